@@ -1,0 +1,280 @@
+"""HTTP API (SPEC §5): reads the registry, never the broker.
+
+Hot answers are bytes from the registry's cache, handed to Starlette as they are.
+Everything the Go daemon answered as plain text stays plain text; JSON is indented
+by two spaces and ends with a newline, like Go's JSONPretty.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Annotated, Any, Protocol
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lobby.labels import parse_label_body
+from lobby.model import Discovery, DiscoveryModel, LabelError
+from lobby.registry import Registry
+
+MAX_BODY = 1024 * 1024
+JSON_TYPE = "application/json; charset=UTF-8"
+_PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+# Go's echo answers a failed token check with JSONPretty(" "): one-space indent.
+DENIED = b'{\n "message": "access denied"\n}\n'
+
+
+class Node(Protocol):
+    """What the API needs from the daemon."""
+
+    registry: Registry
+
+    def own_discovery(self) -> Discovery: ...
+
+    async def add_labels(self, labels: list[str]) -> None: ...
+
+    async def delete_labels(self, labels: list[str]) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def pretty(value: Any) -> bytes:
+    return orjson.dumps(value, option=_PRETTY)
+
+
+def discoveries_json(discoveries: Iterable[Discovery]) -> bytes:
+    return pretty([d.to_dict() for d in discoveries])
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=JSON_TYPE)
+
+
+def split_list(value: str | None) -> list[str]:
+    """`a,b,,c` -> ["a", "b", "c"] (query parameters labels= and prefixes=)."""
+    if not value:
+        return []
+    return [item for item in value.split(",") if item]
+
+
+class Guard:
+    """Token check and body-size limit in front of every route (404s included)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Token {token}".encode() if token else b""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                await _send(send, 403, DENIED, JSON_TYPE)
+                return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > MAX_BODY
+            except ValueError:
+                await _send(send, 400, b"invalid Content-Length\n", "text/plain; charset=utf-8")
+                return
+            if too_big:
+                await _send(send, 413, b"request body over 1 MiB\n", "text/plain; charset=utf-8")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: str) -> None:
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The body, or 413 once it passes `limit` (chunked bodies have no length)."""
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, "request body over 1 MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _labels_from(request: Request) -> list[str]:
+    body = await read_limited(request)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPException(400, "request body is not valid UTF-8") from None
+    try:
+        return parse_label_body(text)
+    except LabelError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _plain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
+
+
+def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path"))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return PlainTextResponse("; ".join(parts) + "\n", status_code=400)
+
+
+_DISCOVERIES_DOC = {
+    200: {"description": "discoveries sorted by hostname", "model": list[DiscoveryModel]},
+}
+LABELS_BODY = {
+    "requestBody": {
+        "description": "one label per line; blank lines are ignored",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+_PLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "invalid request", "content": {"text/plain": {}}},
+}
+
+
+def create_app(node: Node, token: str = "", extra: Sequence[Callable[[FastAPI], None]] = ()) -> Any:
+    """The ASGI app: FastAPI routes behind the token guard.
+
+    `extra` functions add routes other modules own (Prometheus, events).
+    """
+    app = FastAPI(
+        title="lobbyd",
+        version="2.0.0",
+        description="Which servers exist and what runs where: discovery packets by label.",
+    )
+    app.add_exception_handler(HTTPException, _plain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    registry = node.registry
+
+    async def discoveries(
+        labels: Annotated[
+            str | None, Query(description="comma-separated labels; any must match")
+        ] = None,
+        prefixes: Annotated[
+            str | None, Query(description="comma-separated label prefixes; any must match")
+        ] = None,
+    ) -> Response:
+        wanted = split_list(labels)
+        if wanted:
+            key: Any = ("labels", frozenset(wanted))
+            return json_response(
+                registry.cached(key, lambda: discoveries_json(registry.with_labels(wanted)))
+            )
+        starts = split_list(prefixes)
+        if starts:
+            key = ("prefixes", tuple(sorted(set(starts))))
+            return json_response(
+                registry.cached(key, lambda: discoveries_json(registry.with_prefixes(starts)))
+            )
+        return json_response(
+            registry.cached("all", lambda: discoveries_json(registry.discoveries()))
+        )
+
+    for path in ("/", "/v1/discoveries"):
+        app.add_api_route(
+            path,
+            discoveries,
+            methods=["GET"],
+            responses=_DISCOVERIES_DOC,  # type: ignore[arg-type]
+            summary="all live discoveries, optionally filtered"
+            + (" (same as /v1/discoveries)" if path == "/" else ""),
+            operation_id="discoveries_root" if path == "/" else "discoveries",
+        )
+
+    @app.get(
+        "/v1/discovery",
+        responses={200: {"description": "this node's packet", "model": DiscoveryModel}},
+        summary="this node's own discovery packet",
+    )
+    async def discovery() -> Response:
+        return json_response(pretty(node.own_discovery().to_dict()))
+
+    @app.get(
+        "/v1/resolve",
+        responses={
+            200: {"description": "hostnames", "model": list[str]},
+            **_PLAIN_ERRORS,
+        },
+        summary="hostnames of the nodes that carry a label",
+    )
+    async def resolve(
+        label: Annotated[str | None, Query(description="the exact label")] = None,
+    ) -> Response:
+        if not label:
+            raise HTTPException(400, "query parameter label is required")
+        body = registry.cached(
+            ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
+        )
+        return json_response(body)
+
+    async def change_labels(
+        request: Request, apply: Callable[[list[str]], Awaitable[None]]
+    ) -> Response:
+        labels = await _labels_from(request)
+        try:
+            await apply(labels)
+        except LabelError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except OSError as exc:
+            raise HTTPException(500, f"cannot write runtime labels: {exc}") from None
+        return PlainTextResponse("OK")
+
+    label_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "OK", "content": {"text/plain": {}}},
+        413: {"description": "body over 1 MiB", "content": {"text/plain": {}}},
+        500: {"description": "runtime label file not writable", "content": {"text/plain": {}}},
+        **_PLAIN_ERRORS,
+    }
+
+    @app.post(
+        "/v1/labels",
+        response_class=PlainTextResponse,
+        responses=label_responses,
+        openapi_extra=LABELS_BODY,
+        summary="add runtime labels and announce them at once",
+    )
+    async def add_labels(request: Request) -> Response:
+        return await change_labels(request, node.add_labels)
+
+    @app.delete(
+        "/v1/labels",
+        response_class=PlainTextResponse,
+        responses=label_responses,
+        openapi_extra=LABELS_BODY,
+        summary="remove runtime labels and announce at once",
+    )
+    async def delete_labels(request: Request) -> Response:
+        return await change_labels(request, node.delete_labels)
+
+    @app.get("/v1/stats", summary="counters: nodes, index, packets, drops, broker link")
+    async def stats() -> Response:
+        return json_response(pretty(node.stats()))
+
+    for add in extra:
+        add(app)
+    return Guard(app, token)

