@@ -8,10 +8,9 @@ by two spaces and ends with a newline, like Go's JSONPretty.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol
 
-import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
@@ -19,12 +18,11 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lobby.labels import parse_label_body
-from lobby.model import Discovery, DiscoveryModel, LabelError
+from lobby.model import Discovery, DiscoveryModel, LabelError, discoveries_json, pretty
 from lobby.registry import Registry
 
 MAX_BODY = 1024 * 1024
 JSON_TYPE = "application/json; charset=UTF-8"
-_PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 # Go's echo answers a failed token check with JSONPretty(" "): one-space indent.
 DENIED = b'{\n "message": "access denied"\n}\n'
 
@@ -43,12 +41,9 @@ class Node(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-def pretty(value: Any) -> bytes:
-    return orjson.dumps(value, option=_PRETTY)
-
-
-def discoveries_json(discoveries: Iterable[Discovery]) -> bytes:
-    return pretty([d.to_dict() for d in discoveries])
+def all_discoveries(registry: Registry) -> bytes:
+    """GET /v1/discoveries, from the registry's cache."""
+    return registry.cached("all", lambda: discoveries_json(registry.discoveries()))
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
@@ -191,9 +186,7 @@ def create_app(node: Node, token: str = "", extra: Sequence[Callable[[FastAPI], 
             return json_response(
                 registry.cached(key, lambda: discoveries_json(registry.with_prefixes(starts)))
             )
-        return json_response(
-            registry.cached("all", lambda: discoveries_json(registry.discoveries()))
-        )
+        return json_response(all_discoveries(registry))
 
     for path in ("/", "/v1/discoveries"):
         app.add_api_route(

@@ -78,6 +78,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: Any = None
+        self.exit_status = 0
         self._garbage_log = RateLimitedLog(log, burst=5, every=30)
         self._send_log = RateLimitedLog(log, burst=3, every=30)
         self.registry.pause()  # nothing is live until we are linked
@@ -326,6 +327,22 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Start a task that must live as long as the daemon; if it dies, so do we."""
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self._stopping.is_set():
+            return
+        exc = task.exception()
+        log.error(
+            "task %s ended unexpectedly: %r; shutting down", task.get_name(), exc, exc_info=exc
+        )
+        self.exit_status = 1
+        self.stop()
+
     async def run(self) -> int:
         """Serve until stop(); returns the exit status."""
         s = self.settings
@@ -362,17 +379,17 @@ class Daemon:
                 self.driver = self._make_driver(servers)
             log.info("broker: %s %s", s.driver, self.driver.address)
             await self.driver.start(self.on_message, self.on_link)
-            self._tasks += [
-                asyncio.create_task(self._announcer(), name="announcer"),
-                asyncio.create_task(self._sweeper(), name="sweeper"),
-                asyncio.create_task(self._watch_label_dir(), name="label-watch"),
-            ]
+            self._spawn(self._announcer(), "announcer")
+            self._spawn(self._sweeper(), "sweeper")
+            self._spawn(self._watch_label_dir(), "label-watch")
+            if s.callback:
+                self._start_callback()
             if sock is not None:
-                self._tasks.append(asyncio.create_task(self._serve_api(sock), name="api"))
+                self._spawn(self._serve_api(sock), "api")
             await self._stopping.wait()
         finally:
             await self._shutdown()
-        return 0
+        return self.exit_status
 
     async def _serve_api(self, sock: socket.socket) -> None:
         import uvicorn
@@ -399,7 +416,28 @@ class Daemon:
 
     def api_extras(self) -> Sequence[Callable[[Any], None]]:
         """Routes owned by other modules (Prometheus, events)."""
-        return ()
+        from lobby import prometheus
+
+        def add_prometheus(app: Any) -> None:
+            prometheus.add_routes(app, self.registry, self.settings.node_exporter_port)
+
+        return (add_prometheus,)
+
+    def _start_callback(self) -> None:
+        from lobby.api import all_discoveries
+        from lobby.callback import CallbackRunner
+
+        s = self.settings
+        runner = CallbackRunner(
+            s.callback,
+            cooldown=s.callback_cooldown,
+            first_run_delay=s.callback_first_run_delay,
+            timeout=s.callback_timeout,
+            snapshot=lambda: all_discoveries(self.registry),
+        )
+        # startup counts as a change: the runner starts dirty
+        self.registry.add_listener(lambda change: runner.mark_dirty())
+        self._spawn(runner.run(), "callback")
 
     async def _shutdown(self) -> None:
         started = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -171,6 +172,19 @@ def encode_envelope(message: Literal["hi", "goodbye"], discovery: Discovery) -> 
             "message": message,
         }
     )
+
+
+_PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+
+
+def pretty(value: object) -> bytes:
+    """JSON as the Go daemon answered it: 2-space indent, trailing newline."""
+    return orjson.dumps(value, option=_PRETTY)
+
+
+def discoveries_json(discoveries: Iterable[Discovery]) -> bytes:
+    """The body of GET /v1/discoveries (also the callback's standard input)."""
+    return pretty([d.to_dict() for d in discoveries])
 
 
 # -- API schema (OpenAPI); the hot paths serialize with orjson directly ----------

@@ -1,0 +1,5 @@
+"""`python -m lobby` runs lobbyd."""
+
+from lobby.daemon import main
+
+main()

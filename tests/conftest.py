@@ -1,0 +1,91 @@
+"""Fixtures that own real brokers and real lobbyd processes.
+
+Shared servers (`nats_server`, `redis_server`) live for the whole session; tests
+stay apart by using their own subject/channel (`channel`). Fault tests that kill a
+broker make their own with `make_nats` / `make_redis`. Everything started here is
+stopped here, by PID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from support import Lobbyd, NatsServer, Proc, RedisServer, unique
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def nats_server(session_dir: Path) -> Iterator[NatsServer]:
+    server = NatsServer(session_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(session_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(session_dir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def channel() -> str:
+    """A subject/channel of this test's own on the shared brokers."""
+    return unique()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in reversed(started):
+        proc.stop(timeout=3)
+
+
+@pytest.fixture
+def make_nats(tmp_path: Path, procs: list[Proc]) -> Callable[..., NatsServer]:
+    def make(port: int | None = None, extra: list[str] | None = None) -> NatsServer:
+        server = NatsServer(tmp_path, port, extra)
+        procs.append(server)
+        server.start()
+        return server
+
+    return make
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path, procs: list[Proc]) -> Callable[..., RedisServer]:
+    def make(port: int | None = None, password: str | None = None) -> RedisServer:
+        server = RedisServer(tmp_path, port, password)
+        procs.append(server)
+        server.start()
+        return server
+
+    return make
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, procs: list[Proc]) -> Callable[..., Lobbyd]:
+    """Start a lobbyd: spawn("a", {"NATS_URL": ...}) -> Lobbyd (API up when it returns)."""
+
+    def start(name: str, env: Mapping[str, str], ready: bool = True) -> Lobbyd:
+        node = Lobbyd(tmp_path, env, name)
+        procs.append(node)
+        node.start(ready=ready)
+        return node
+
+    return start
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)

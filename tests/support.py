@@ -1,0 +1,232 @@
+"""Real processes for tests: nats-server, redis-server and lobbyd on free loopback ports.
+
+Every process is started on 127.0.0.1, owned by whoever started it, and stopped by
+PID. Fixtures in conftest.py wrap these so that teardown always runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+VENV_BIN = Path(sys.executable).parent
+NATS_SERVER = str(VENV_BIN / "nats-server")
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str = "lobby.test") -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(
+    probe: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = probe()
+        except Exception as exc:  # the thing may not be up yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what or probe}: {last!r}"
+            )
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+        return True
+    return False
+
+
+class Proc:
+    """A child process with a log file, stopped by PID."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            assert self.popen is not None
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.popen is not None
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class NatsServer(Proc):
+    def __init__(self, workdir: Path, port: int | None = None, extra: list[str] | None = None):
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        super().__init__(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), *(extra or [])],
+            workdir / f"nats-{self.port}.log",
+        )
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: port_open(self.port) or not self.running, 10, what="nats-server")
+        assert self.running, self.output()
+
+    def restart(self) -> None:
+        self.kill()
+        wait_for(lambda: not port_open(self.port), 5, what="nats port to close")
+        self.start()
+
+
+class RedisServer(Proc):
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None):
+        self.port = port or free_port()
+        self.password = password
+        argv = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ]
+        if password:
+            argv += ["--requirepass", password]
+        super().__init__(argv, workdir / f"redis-{self.port}.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: port_open(self.port) or not self.running, 10, what="redis-server")
+        assert self.running, self.output()
+
+    def restart(self) -> None:
+        self.kill()
+        wait_for(lambda: not port_open(self.port), 5, what="redis port to close")
+        self.start()
+
+
+class Lobbyd(Proc):
+    """A real lobbyd process (python -m lobby) with its own label directory."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str], name: str):
+        self.name = name
+        self.port = int(env.get("PORT") or free_port())
+        self.labels_path = Path(env.get("LABELS_PATH") or workdir / f"labels-{name}")
+        full = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOSTNAME": name,
+            "PORT": str(self.port),
+            "LABELS_PATH": str(self.labels_path),
+            "LOG_LEVEL": "DEBUG",
+            **env,
+        }
+        full.setdefault("PYTHONUNBUFFERED", "1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = full.get("TOKEN", "")
+        super().__init__([sys.executable, "-m", "lobby"], workdir / f"lobbyd-{name}.log", full)
+
+    def client(self, timeout: float = 5.0) -> httpx.Client:
+        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.get(path, **kw)
+
+    def request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        with self.client() as c:
+            return c.request(method, path, **kw)
+
+    def hostnames(self) -> list[str]:
+        r = self.get("/v1/discoveries")
+        r.raise_for_status()
+        return [d["hostname"] for d in r.json()]
+
+    def start(self, ready: bool = True) -> None:
+        super().start()
+        if ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def up() -> bool:
+            if not self.running:
+                raise AssertionError(f"lobbyd {self.name} exited:\n{self.output()}")
+            return self.get("/v1/discovery").status_code in (200, 403)
+
+        wait_for(up, timeout, what=f"lobbyd {self.name} API")
