@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from support import Lobbyd, NatsServer, Proc, RedisServer, unique
+from support import Broker, Lobbyd, NatsServer, Proc, RedisServer, unique
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +83,20 @@ def spawn(tmp_path: Path, procs: list[Proc]) -> Callable[..., Lobbyd]:
         return node
 
     return start
+
+
+@pytest.fixture(params=["nats", "redis"])
+def broker(request: pytest.FixtureRequest, channel: str) -> Broker:
+    """Each broker kind in turn, shared server, this test's own channel."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    return Broker(request.param, server, channel)
+
+
+@pytest.fixture(params=["nats", "redis"])
+def own_broker(request: pytest.FixtureRequest, channel: str, make_nats, make_redis) -> Broker:
+    """Each broker kind in turn, on a server of this test's own (to kill and restart)."""
+    server = make_nats() if request.param == "nats" else make_redis()
+    return Broker(request.param, server, channel)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -230,3 +230,64 @@ class Lobbyd(Proc):
             return self.get("/v1/discovery").status_code in (200, 403)
 
         wait_for(up, timeout, what=f"lobbyd {self.name} API")
+
+
+def nats_publish(url: str, subject: str, payloads: list[bytes]) -> None:
+    """Publish raw bytes with the NATS text protocol: no client library in between."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        parts = [b'CONNECT {"verbose":false,"pedantic":false}\r\n']
+        for data in payloads:
+            parts.append(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data))
+        parts.append(b"PING\r\n")
+        sock.sendall(b"".join(parts))
+        buf = b""
+        while b"PONG" not in buf:  # the server has processed every PUB before the PONG
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"nats closed: {buf!r}")
+            buf += chunk
+
+
+def redis_publish(
+    port: int, channel: str, payloads: list[bytes], password: str | None = None
+) -> None:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for data in payloads:
+            pipe.publish(channel, data)
+        pipe.execute()
+    finally:
+        client.close()
+
+
+class Broker:
+    """One broker of either kind, as the contract suite sees it."""
+
+    def __init__(self, kind: str, server: NatsServer | RedisServer, channel: str) -> None:
+        self.kind = kind
+        self.server = server
+        self.channel = channel
+
+    def env(self, **extra: str) -> dict[str, str]:
+        if isinstance(self.server, NatsServer):
+            base = {"NATS_URL": self.server.url, "NATS_DISCOVERY_CHANNEL": self.channel}
+        else:
+            base = {
+                "DRIVER": "Redis",
+                "REDIS_PORT": str(self.server.port),
+                "REDIS_CHANNEL": self.channel,
+            }
+            if self.server.password:
+                base["REDIS_PASSWORD"] = self.server.password
+        return {**base, **extra}
+
+    def publish(self, payloads: list[bytes]) -> None:
+        if isinstance(self.server, NatsServer):
+            nats_publish(self.server.url, self.channel, payloads)
+        else:
+            redis_publish(self.server.port, self.channel, payloads, self.server.password)

@@ -1,7 +1,32 @@
 """Lobby: service discovery by labels.
 
-`from lobby import Lobby, LobbyException` gives the Python client; the daemon lives in
-`lobby.daemon` and is started by the `lobbyd` console script.
+`from lobby import Lobby, AsyncLobby, LobbyException` gives the Python client; the daemon
+lives in `lobby.daemon` and is started by the `lobbyd` console script.
+
+The client names are loaded on first use (PEP 562), so `import lobby` stays cheap for
+lobbyctl and for the daemon, neither of which needs httpx at import time.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lobby.client import AsyncLobby, Lobby, LobbyException
+
 __version__ = "2.0.0"
+__all__ = ["AsyncLobby", "Lobby", "LobbyException", "__version__"]
+
+_CLIENT_NAMES = frozenset({"AsyncLobby", "Lobby", "LobbyException"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from lobby import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'lobby' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _CLIENT_NAMES)

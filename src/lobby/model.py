@@ -78,11 +78,12 @@ def label_problem(label: str) -> str | None:
 
 def clean_label(label: str) -> str:
     """Trim a user-supplied label and check it; raises LabelError naming the label."""
-    problem = label_problem(label)
+    stripped = label.strip()
+    problem = label_problem(stripped)
     if problem is not None:
         shown = label if len(label) <= 80 else label[:77] + "..."
         raise LabelError(f"invalid label {shown!r}: {problem}")
-    return sys.intern(label.strip())
+    return sys.intern(stripped)
 
 
 def normalize_labels(labels: object) -> tuple[str, ...]:

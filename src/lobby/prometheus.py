@@ -1,11 +1,210 @@
-"""Prometheus HTTP SD (SPEC §6). Placeholder: being written."""
+"""Prometheus HTTP service discovery (SPEC §6): labels become target groups.
+
+A node joins the answer for service NAME with the bare label `prometheus:NAME` or any
+label `prometheus:NAME:KEY:VALUE`. KEY `host` adds a target host, KEY `port` sets the
+port of every host of that node (`-`: no port), any other KEY becomes a group label.
+
+Prometheus (2.42) throws away a WHOLE answer for one bad label name, so everything a
+label could break is checked here and left out with a warning; the rest stands:
+
+- KEY must be a Prometheus label name. Names starting with `__` are allowed: they are
+  how an SD answer sets `__scheme__`, `__metrics_path__` or `__param_<x>` per group.
+  Only `__address__` is refused, since the targets come from the host labels.
+- A host must be scrapeable: `srv1`, `srv1:1234`, `10.0.0.1`, `2a03::1`, `[2a03::1]` or
+  `[2a03::1]:9100`. A host with a port that is not 1-65535 (`srv1:abc`), an empty host,
+  and anything else with colons that is not an IPv6 address are left out; the node's
+  hostname is NOT used instead (it would scrape a machine nobody named).
+- A `port` value that is not `-` or 1-65535 is ignored; the default port is used.
+- A bare IPv6 address always gets brackets, also with port `-`: `[2a03::1]` is what
+  Prometheus scrapes on the scheme's port, while `2a03::1` could never be scraped.
+
+Several values for one KEY (`port`, a label): the last in label order wins, as in Go.
+A setting without VALUE (`prometheus:NAME:location`) is ignored, as in Go, with a
+warning; it still makes the node a member, as the bare label does.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+import logging
+import re
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from itertools import islice
+from typing import Annotated, Final
 
+from fastapi import FastAPI, Path
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from lobby.api import json_response
+from lobby.model import Discovery, pretty
 from lobby.registry import Registry
 
+log = logging.getLogger("lobby.prometheus")
 
-def add_routes(app: Any, registry: Registry, default_port: int) -> None:
-    """Add GET /v1/prometheus/{name} to `app`."""
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NO_PORT: Final = "-"
+_BAD_HOST_CHAR: Final = re.compile(r"[\s/]")  # never in a scrapeable address
+# Services whose last answer had warnings, remembered so that a rebuild after an
+# unrelated registry change does not log the same problems again.
+_WARNED_MAX: Final = 1000
+_WARN_LINES: Final = 20  # per build: a bad label copied to 10k nodes is not 10k lines
+
+Warn = Callable[[str], None]
+
+
+class TargetGroupModel(BaseModel):
+    """One HTTP SD target group (keys as the Go daemon wrote them)."""
+
+    Targets: list[str] = Field(description="`host:port` addresses to scrape")
+    Labels: dict[str, str] = Field(description="labels Prometheus puts on every target")
+
+
+def _valid_port(port: str) -> bool:
+    return port.isascii() and port.isdigit() and 0 < int(port) <= 65535
+
+
+def target(host: str, port: str | None) -> str:
+    """The scrape address for `host`; `port` None means no port (`-`).
+
+    Raises ValueError naming the problem when `host` cannot be scraped.
+    """
+    if not host:
+        raise ValueError("empty host")
+    if _BAD_HOST_CHAR.search(host):
+        raise ValueError("not a host name or address")
+    if host[0] == "[":  # [v6] or [v6]:port
+        end = host.find("]")
+        if end < 2:
+            raise ValueError("unbalanced brackets")
+        rest = host[end + 1 :]
+        if not rest:
+            return host if port is None else f"{host}:{port}"
+        if rest[0] != ":" or not _valid_port(rest[1:]):
+            raise ValueError("invalid port after brackets")
+        return host
+    if "[" in host or "]" in host:
+        raise ValueError("misplaced brackets")
+    colons = host.count(":")
+    if colons == 0:
+        return host if port is None else f"{host}:{port}"
+    if colons == 1:  # host:port
+        name, _, own_port = host.partition(":")
+        if not name or not _valid_port(own_port):
+            raise ValueError("invalid host:port")
+        return host
+    # Several colons: only a bare IPv6 address makes sense (`2a03::1:9100` is one
+    # too, so a port after a bare IPv6 address cannot be told apart: use brackets).
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError("neither host:port nor an IPv6 address") from None
+    return f"[{host}]" if port is None else f"[{host}]:{port}"
+
+
+def _group(
+    discovery: Discovery, settings: list[str], default_port: int, warn: Warn
+) -> dict[str, object]:
+    """One target group from the node's `KEY:VALUE` settings (prefix already stripped)."""
+    hosts: list[str] = []
+    saw_host = False
+    port: str | None = str(default_port)
+    labels: dict[str, str] = {}
+    for setting in settings:
+        key, colon, value = setting.partition(":")
+        if not colon:  # Go skipped these too
+            warn(f"{discovery.hostname}: {setting!r} is not KEY:VALUE, ignored")
+        elif key == "host":
+            saw_host = True
+            hosts.append(value.strip())
+        elif key == "port":
+            value = value.strip()
+            if value == _NO_PORT:
+                port = None
+            elif _valid_port(value):
+                port = value
+            else:
+                warn(f"{discovery.hostname}: port {value!r} is not 1-65535 or '-', ignored")
+        elif _LABEL_NAME.fullmatch(key) is None or key == "__address__":
+            warn(f"{discovery.hostname}: {key!r} is not a usable Prometheus label name, left out")
+        else:
+            labels[key] = value
+    if not saw_host:
+        hosts.append(discovery.hostname)
+    targets: dict[str, None] = {}  # ordered and de-duplicated
+    for host in hosts:
+        try:
+            targets[target(host, port)] = None
+        except ValueError as exc:
+            warn(f"{discovery.hostname}: host {host!r} left out: {exc}")
+    return {"Targets": list(targets), "Labels": dict(sorted(labels.items()))}
+
+
+def target_groups(
+    discoveries: Iterable[Discovery],
+    name: str,
+    default_port: int,
+    warn: Warn | None = None,
+) -> list[dict[str, object]]:
+    """HTTP SD target groups for service `name`, one per node that has its labels.
+
+    One pass over the nodes; `discovery.labels` must be sorted (as every Discovery's
+    are), so finding a node's labels for the service is a binary search.
+    """
+    bare = f"prometheus:{name}"
+    size = len(bare)
+    say: Warn = warn if warn is not None else (lambda message: None)
+    groups: list[dict[str, object]] = []
+    for discovery in discoveries:
+        labels = discovery.labels
+        # Labels are sorted, so this service's labels sit together from here on.
+        i = bisect_left(labels, bare)
+        member = False
+        settings: list[str] = []
+        for label in islice(labels, i, None):
+            if not label.startswith(bare):
+                break
+            if len(label) == size:
+                member = True
+            elif label[size] == ":":  # not prometheus:{name}xyz
+                member = True
+                settings.append(label[size + 1 :])
+        if member:
+            groups.append(_group(discovery, settings, default_port, say))
+    return groups
+
+
+def add_routes(app: FastAPI, registry: Registry, default_port: int) -> None:
+    """Add GET /v1/prometheus/{name} to `app`.
+
+    The answer is cached per name until the registry changes. Warnings are logged
+    when a build finds a problem the previous build of that name did not have.
+    """
+    warned: dict[str, frozenset[str]] = {}
+
+    def build(name: str) -> bytes:
+        found: list[str] = []
+        groups = target_groups(registry.discoveries(), name, default_port, found.append)
+        before = warned.pop(name, frozenset())
+        new = [m for m in dict.fromkeys(found) if m not in before]
+        for message in new[:_WARN_LINES]:
+            log.warning("prometheus/%s: %s", name, message)
+        if len(new) > _WARN_LINES:
+            log.warning("prometheus/%s: ... and %d more problems", name, len(new) - _WARN_LINES)
+        if found:
+            if len(warned) >= _WARNED_MAX:
+                warned.clear()
+            warned[name] = frozenset(found)
+        return pretty(groups)
+
+    @app.get(
+        "/v1/prometheus/{name}",
+        responses={200: {"description": "HTTP SD target groups", "model": list[TargetGroupModel]}},
+        summary="Prometheus HTTP service discovery for a service",
+    )
+    async def prometheus_targets(
+        name: Annotated[str, Path(description="the service: labels prometheus:NAME[:...]")],
+    ) -> Response:
+        body = registry.cached(("prometheus", name), lambda: build(name), timed=False)
+        return json_response(body)

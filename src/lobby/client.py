@@ -1,0 +1,373 @@
+"""Python client for the lobbyd HTTP API (SPEC §5, §10).
+
+`Lobby` keeps the names and return types of the published `lobby-python` 1.0 client, so
+its users switch by changing nothing; `AsyncLobby` has the same methods as coroutines.
+
+Both twins share everything but the I/O: each method builds a `_Call` (what to send and
+how to read the answer) and hands it to its client's `_run`. The client checks only what
+would otherwise be sent wrongly — a newline inside a label (bodies are one label per
+line), a comma inside a filter (the API splits `labels=`/`prefixes=` on commas), an empty
+name — and leaves the rest (label syntax, empty resolve label) to the daemon, the
+authority, whose 400 comes back as `LobbyException`.
+
+This module must stay light: lobbyctl imports it, so no pydantic, no lobby.model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 10.0
+PROTOCOLS = ("http", "https")
+
+
+class LobbyException(Exception):
+    """lobbyd answered something other than 200, or could not be reached.
+
+    `str(exc)` is the daemon's message ("access denied", "query parameter label is
+    required", ...) or the reason the connection failed; `status_code` is the HTTP
+    status, None when no answer came; `url` is what was requested.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.url = url
+
+
+# -- what to send and how to read the answer (shared by both twins) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    method: str
+    path: str
+    read: Callable[[Any], T]  # turns the decoded answer into the method's result
+    params: dict[str, str] | None = None
+    body: bytes | None = None
+    plain: bool = False  # the answer is text ("OK"), not JSON
+
+    def request(self) -> dict[str, Any]:
+        """Keyword arguments for httpx's `request`."""
+        headers = {"Content-Type": "text/plain; charset=utf-8"} if self.body is not None else None
+        return {
+            "method": self.method,
+            "url": self.path,
+            "params": self.params,
+            "content": self.body,
+            "headers": headers,
+        }
+
+    def answer(self, response: httpx.Response) -> T:
+        url = str(response.request.url)
+        if response.status_code != 200:
+            raise LobbyException(_error_message(response), response.status_code, url)
+        if self.plain:
+            return self.read(response.text)
+        try:
+            value = response.json()
+        except ValueError:
+            raise LobbyException("the answer is not JSON", response.status_code, url) from None
+        try:
+            return self.read(value)
+        except TypeError as exc:
+            raise LobbyException(f"unexpected answer: {exc}", response.status_code, url) from None
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The daemon's message: plain text, or `message` of a JSON body (the 403)."""
+    text = response.text.strip()
+    if response.headers.get("content-type", "").startswith("application/json"):
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+            return str(doc["message"])
+    return text or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _objs(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError("expected a JSON list of objects")
+    return value
+
+
+def _strs(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a JSON list of strings")
+    return value
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+def _as_list(what: str, items: Iterable[str]) -> list[str]:
+    # A bare string is iterable too: "service:web" would become 11 one-letter labels.
+    if isinstance(items, str):
+        raise TypeError(f"{what} must be a list of strings, not a string")
+    out = list(items)
+    for item in out:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must be strings, got {item!r}")
+    return out
+
+
+def _label_body(labels: Iterable[str]) -> bytes:
+    """One label per line, as POST/DELETE /v1/labels expect."""
+    items = _as_list("labels", labels)
+    for label in items:
+        if "\n" in label or "\r" in label:
+            raise ValueError(f"label {label!r} contains a line break")
+        if not label.strip():
+            raise ValueError("a label is empty")
+    return "".join(f"{label}\n" for label in items).encode()
+
+
+def _filter(what: str, items: Iterable[str]) -> str:
+    """`a,b` for `labels=`/`prefixes=`; the API splits on commas, so none may hold one."""
+    values = _as_list(what, items)
+    if not values:
+        raise ValueError(f"give at least one of the {what}")
+    for value in values:
+        if not value:
+            raise ValueError(f"empty string among the {what}")
+        if "," in value:
+            raise ValueError(f"{value!r} contains a comma: the API cannot filter on it")
+    return ",".join(values)
+
+
+def _discovery() -> _Call[dict[str, Any]]:
+    return _Call("GET", "/v1/discovery", _obj)
+
+
+def _discoveries(params: dict[str, str] | None = None) -> _Call[list[dict[str, Any]]]:
+    return _Call("GET", "/v1/discoveries", _objs, params)
+
+
+def _resolve(label: str) -> _Call[list[str]]:
+    return _Call("GET", "/v1/resolve", _strs, {"label": label})
+
+
+def _prometheus(name: str) -> _Call[list[dict[str, Any]]]:
+    if not name:
+        raise ValueError("the Prometheus service name is empty")
+    return _Call("GET", f"/v1/prometheus/{quote(name, safe='')}", _objs)
+
+
+def _labels(method: str, labels: Iterable[str]) -> _Call[str]:
+    return _Call(method, "/v1/labels", _text, body=_label_body(labels), plain=True)
+
+
+# -- the two clients ---------------------------------------------------------------------
+
+
+class _Base:
+    """Validated settings shared by both twins."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int | str = 1313,
+        token: str = "",
+        proto: str = "http",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        proto = str(proto).lower()
+        if proto not in PROTOCOLS:
+            raise ValueError(f"proto must be http or https, not {proto!r}")
+        self.port = _port(port)
+        if not host or any(c.isspace() or c in "/?#@" for c in host):
+            raise ValueError(f"invalid host {host!r}")
+        self.host = host
+        self.proto = proto
+        self.token = token
+        # A bare IPv6 address needs brackets in a URL.
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        self.base_url = f"{proto}://{shown}:{self.port}"
+        try:
+            httpx.URL(self.base_url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"invalid host {host!r}: {exc}") from None
+        self._options: dict[str, Any] = {
+            "base_url": self.base_url,
+            "timeout": timeout,
+            "headers": {"Authorization": f"Token {token}"} if token else {},
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
+
+
+def _port(port: int | str) -> int:
+    # lobby-python built its URL with string formatting, so a port from os.environ worked.
+    if isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, not {port!r}")
+    return port
+
+
+def _unreachable(base_url: str, call: _Call[Any], exc: httpx.RequestError) -> LobbyException:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        reason = f"timed out ({reason})" if str(exc) else "timed out"
+    message = f"cannot reach lobbyd at {base_url}: {reason}"
+    return LobbyException(message, None, base_url + call.path)
+
+
+class Lobby(_Base):
+    """Blocking client: `Lobby(host="localhost", port=1313, token="", proto="http")`."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int | str = 1313,
+        token: str = "",
+        proto: str = "http",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(host, port, token, proto, timeout=timeout)
+        self._http = httpx.Client(**self._options)
+
+    def _run(self, call: _Call[T]) -> T:
+        try:
+            response = self._http.request(**call.request())
+        except httpx.RequestError as exc:
+            raise _unreachable(self.base_url, call, exc) from exc
+        return call.answer(response)
+
+    def get_discovery(self) -> dict[str, Any]:
+        """The packet of the node this client talks to."""
+        return self._run(_discovery())
+
+    def get_discoveries(self) -> list[dict[str, Any]]:
+        """Every live discovery, sorted by hostname."""
+        return self._run(_discoveries())
+
+    def find_by_labels(self, labels: Iterable[str]) -> list[dict[str, Any]]:
+        """Discoveries with any of `labels`, each carrying only its matching labels."""
+        return self._run(_discoveries({"labels": _filter("labels", labels)}))
+
+    def find_by_prefixes(self, prefixes: Iterable[str]) -> list[dict[str, Any]]:
+        """Discoveries with a label starting with any of `prefixes` (matching labels only)."""
+        return self._run(_discoveries({"prefixes": _filter("prefixes", prefixes)}))
+
+    def resolve(self, label: str) -> list[str]:
+        """Hostnames of the nodes that carry `label`."""
+        return self._run(_resolve(label))
+
+    def prometheus(self, name: str) -> list[dict[str, Any]]:
+        """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
+        return self._run(_prometheus(name))
+
+    def add_labels(self, labels: Iterable[str]) -> str:
+        """Add runtime labels to the node; returns "OK"."""
+        return self._run(_labels("POST", labels))
+
+    def delete_labels(self, labels: Iterable[str]) -> str:
+        """Remove runtime labels from the node; returns "OK"."""
+        return self._run(_labels("DELETE", labels))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncLobby(_Base):
+    """`Lobby` with coroutines: `async with AsyncLobby() as lobby: await lobby.resolve(...)`."""
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int | str = 1313,
+        token: str = "",
+        proto: str = "http",
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(host, port, token, proto, timeout=timeout)
+        self._http = httpx.AsyncClient(**self._options)
+
+    async def _run(self, call: _Call[T]) -> T:
+        try:
+            response = await self._http.request(**call.request())
+        except httpx.RequestError as exc:
+            raise _unreachable(self.base_url, call, exc) from exc
+        return call.answer(response)
+
+    async def get_discovery(self) -> dict[str, Any]:
+        """The packet of the node this client talks to."""
+        return await self._run(_discovery())
+
+    async def get_discoveries(self) -> list[dict[str, Any]]:
+        """Every live discovery, sorted by hostname."""
+        return await self._run(_discoveries())
+
+    async def find_by_labels(self, labels: Iterable[str]) -> list[dict[str, Any]]:
+        """Discoveries with any of `labels`, each carrying only its matching labels."""
+        return await self._run(_discoveries({"labels": _filter("labels", labels)}))
+
+    async def find_by_prefixes(self, prefixes: Iterable[str]) -> list[dict[str, Any]]:
+        """Discoveries with a label starting with any of `prefixes` (matching labels only)."""
+        return await self._run(_discoveries({"prefixes": _filter("prefixes", prefixes)}))
+
+    async def resolve(self, label: str) -> list[str]:
+        """Hostnames of the nodes that carry `label`."""
+        return await self._run(_resolve(label))
+
+    async def prometheus(self, name: str) -> list[dict[str, Any]]:
+        """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
+        return await self._run(_prometheus(name))
+
+    async def add_labels(self, labels: Iterable[str]) -> str:
+        """Add runtime labels to the node; returns "OK"."""
+        return await self._run(_labels("POST", labels))
+
+    async def delete_labels(self, labels: Iterable[str]) -> str:
+        """Remove runtime labels from the node; returns "OK"."""
+        return await self._run(_labels("DELETE", labels))
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    aclose = close  # httpx's name for it
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

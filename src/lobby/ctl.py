@@ -1,0 +1,389 @@
+"""lobbyctl: ask a lobbyd from the shell (SPEC §9).
+
+Arguments follow Go's `flag` package, like the Go lobbyctl: flags come before the
+command (`-host H`, `--host H`, `-host=H`, `--host=H`), and parsing stops at the first
+non-flag word or at `--`, so a label may start with a dash. Unset or empty flags fall
+back to the environment (HOST, PORT, PROTOCOL, TOKEN), then to 127.0.0.1, 1313, http and
+no token.
+
+Exit status: 0 done, 1 lobbyd failed (unreachable, 403, 400, ...), 2 usage error. Errors
+are one line on stderr.
+
+Human output (`-json` prints the API's JSON instead, indented by 2 like the daemon's):
+
+- `discoveries`, `discoveries labels ...`, `discoveries search ...`: one block per node,
+  blocks separated by one blank line. A block's first line is the hostname, padded with
+  spaces to the longest hostname plus 4, then the node's first label; each further label
+  is on its own line, indented by that same width. A node without labels is its
+  hostname alone. No trailing spaces::
+
+      a.example           location:prague
+                          service:web
+
+      long-name.example   service:db
+
+      bare.example
+
+- `discovery`: as the Go lobbyctl prints it::
+
+      Hostname:
+        a.example
+      Labels:
+        location:prague
+        service:web
+
+  (no `Labels:` section when the node has none).
+- `resolve LABEL`: one hostname per line.
+- `prometheus NAME`: one line per target: the target padded like a hostname above,
+  then the group's labels as `key=value`, separated by single spaces.
+- `labels add|del`: nothing; the exit status tells.
+- Nothing at all for an empty answer.
+
+Colours (rich, loaded only when they are used): hostnames and targets yellow, a label's
+name (up to its first colon) green and its value magenta. Only when stdout is a terminal
+and NO_COLOR is unset or empty. Control characters from the daemon are printed escaped
+(`\\x1b`), so a hostile label cannot drive the terminal.
+
+Start-up stays fast: this module imports the client and httpx, nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+# httpx's package __init__ imports its own command-line tool, which pulls in rich, click
+# and pygments (~30 ms) whenever they are installed. lobbyctl never uses it, so stop that
+# import in this process; httpx then falls back to a stub for `httpx.main`.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+from lobby.client import Lobby, LobbyException  # noqa: E402 - after the guard above
+
+USAGE = """\
+Usage: lobbyctl [-host H] [-port P] [-proto http|https] [-token T] [-json] COMMAND
+
+Commands:
+  resolve LABEL                    hostnames with that label
+  discovery                        the packet of the node lobbyctl talks to
+  discoveries                      all discoveries
+  discoveries labels LABEL...      discoveries with any of the labels
+  discoveries search PREFIX...     discoveries with labels starting with any prefix
+  labels add LABEL...              add runtime labels
+  labels del LABEL...              delete runtime labels
+  prometheus NAME                  Prometheus HTTP SD targets of service NAME
+
+Flags (also --flag, -flag=value), before the command:
+  -host H          lobbyd's address (env HOST, default 127.0.0.1)
+  -port P          lobbyd's port (env PORT, default 1313)
+  -proto PROTO     http or https (env PROTOCOL, default http)
+  -token T         API token (env TOKEN, default none)
+  -json            print the API's JSON instead of text
+  -h, -help        show this help
+
+Exit status: 0 done, 1 lobbyd failed or unreachable, 2 usage error.
+"""
+
+VALUE_FLAGS = ("host", "port", "proto", "token")
+# Go's strconv.ParseBool, which `-json=value` goes through in the Go tool.
+TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+# command words -> (action, how many arguments: exact count, or -1 for one or more)
+COMMANDS: dict[tuple[str, ...], tuple[str, int, str]] = {
+    ("resolve",): ("resolve", 1, "LABEL"),
+    ("discovery",): ("discovery", 0, ""),
+    ("discoveries",): ("discoveries", 0, ""),
+    ("discoveries", "labels"): ("find_labels", -1, "LABEL"),
+    ("discoveries", "search"): ("find_prefixes", -1, "PREFIX"),
+    ("labels", "add"): ("add", -1, "LABEL"),
+    ("labels", "del"): ("del", -1, "LABEL"),
+    ("prometheus",): ("prometheus", 1, "NAME"),
+}
+
+
+class UsageError(Exception):
+    """Bad command line: print the message and the usage, exit 2."""
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    port: int = 1313
+    proto: str = "http"
+    token: str = ""
+    json: bool = False
+    help: bool = False
+    action: str = ""
+    args: list[str] = field(default_factory=list)
+
+
+def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
+    """Flags, then the command; raises UsageError."""
+    flags: dict[str, str] = {}
+    opts = Options()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else arg[1:].partition("=")
+        i += 1
+        if name in ("h", "help"):
+            opts.help = True
+        elif name == "json":
+            opts.json = _flag_bool(value) if eq else True
+        elif name in VALUE_FLAGS:
+            if not eq:
+                if i == len(argv):
+                    raise UsageError(f"flag needs an argument: {arg}")
+                value = argv[i]
+                i += 1
+            flags[name] = value
+        else:
+            raise UsageError(f"unknown flag: {arg}")
+    if opts.help:
+        return opts
+
+    # Like the Go tool: an empty flag is an unset flag.
+    def setting(name: str, var: str, default: str) -> tuple[str, str]:
+        if flags.get(name):
+            return flags[name], f"-{name}"
+        if env.get(var):
+            return env[var], var
+        return default, ""
+
+    opts.host = setting("host", "HOST", "127.0.0.1")[0]
+    opts.token = setting("token", "TOKEN", "")[0]
+    proto, source = setting("proto", "PROTOCOL", "http")
+    opts.proto = proto.lower()
+    if opts.proto not in ("http", "https"):
+        raise UsageError(f"{source} {proto!r}: expected http or https")
+    port, source = setting("port", "PORT", "1313")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"{source} {port!r}: expected a port number from 1 to 65535")
+    opts.port = int(port)
+    opts.action, opts.args = _command(list(argv[i:]))
+    return opts
+
+
+def _flag_bool(value: str) -> bool:
+    if value in TRUE:
+        return True
+    if value in FALSE:
+        return False
+    raise UsageError(f"invalid boolean value {value!r} for -json")
+
+
+def _command(words: list[str]) -> tuple[str, list[str]]:
+    if not words:
+        raise UsageError("missing command")
+    # The longest matching command wins: `discoveries labels X` over `discoveries`.
+    for size in (2, 1):
+        spec = COMMANDS.get(tuple(words[:size]))
+        if spec is None:
+            continue
+        action, count, metavar = spec
+        args = words[size:]
+        shown = " ".join(words[:size])
+        if count == -1 and not args:
+            raise UsageError(f"{shown}: give at least one {metavar}")
+        if count >= 0 and len(args) != count:
+            if count == 0:
+                hint = " (flags go before the command)" if args[0].startswith("-") else ""
+                raise UsageError(f"{shown}: unexpected argument {args[0]!r}{hint}")
+            raise UsageError(f"{shown}: expects exactly one {metavar}")
+        return action, args
+    if words[0] in ("labels", "discoveries") and len(words) > 1:
+        raise UsageError(f"unknown {words[0]} subcommand {words[1]!r}")
+    if words[0] == "labels":
+        raise UsageError("labels: expects add or del")
+    raise UsageError(f"unknown command {words[0]!r}")
+
+
+# -- human output -----------------------------------------------------------------------
+
+HOST_STYLE = "yellow"
+NAME_STYLE = "green"
+VALUE_STYLE = "magenta"
+GAP = 4  # spaces between the hostname column and the labels, as in the Go tool
+
+Segment = tuple[str, str | None]  # text and its rich style
+Line = list[Segment]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(text: str) -> str:
+    """`text` with control characters escaped: they would drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def label_segments(label: str) -> Line:
+    """`name:value` as name (green), colon, value (magenta); split on the first colon."""
+    name, colon, value = safe(label).partition(":")
+    line: Line = [(name, NAME_STYLE)]
+    if colon:
+        line += [(colon, None), (value, VALUE_STYLE)]
+    return line
+
+
+def _table(rows: Sequence[tuple[str, Sequence[Line]]], blank_between: bool) -> list[Line]:
+    """First column padded to the widest entry + GAP; further cells aligned under it."""
+    width = max((len(key) for key, _ in rows), default=0) + GAP
+    lines: list[Line] = []
+    for n, (key, cells) in enumerate(rows):
+        if blank_between and n:
+            lines.append([])
+        if not cells:
+            lines.append([(key, HOST_STYLE)])
+            continue
+        lines.append([(key, HOST_STYLE), (" " * (width - len(key)), None), *cells[0]])
+        lines.extend([(" " * width, None), *cell] for cell in cells[1:])
+    return lines
+
+
+def discoveries_lines(discoveries: Sequence[Mapping[str, Any]]) -> list[Line]:
+    rows = [
+        (safe(str(d.get("hostname", ""))), [label_segments(lab) for lab in d.get("labels") or []])
+        for d in discoveries
+    ]
+    return _table(rows, blank_between=True)
+
+
+def discovery_lines(discovery: Mapping[str, Any]) -> list[Line]:
+    lines: list[Line] = [
+        [("Hostname:", None)],
+        [("  ", None), (safe(discovery["hostname"]), HOST_STYLE)],
+    ]
+    labels = discovery.get("labels") or []
+    if labels:
+        lines.append([("Labels:", None)])
+        lines.extend([("  ", None), *label_segments(label)] for label in labels)
+    return lines
+
+
+def hostnames_lines(hostnames: Sequence[str]) -> list[Line]:
+    return [[(safe(name), HOST_STYLE)] for name in hostnames]
+
+
+def prometheus_lines(groups: Sequence[Mapping[str, Any]]) -> list[Line]:
+    rows: list[tuple[str, Sequence[Line]]] = []
+    for group in groups:
+        # Prometheus reads the keys case-insensitively; lobbyd writes Targets/Labels.
+        targets = group.get("Targets", group.get("targets")) or []
+        labels = group.get("Labels", group.get("labels")) or {}
+        cell: Line = []
+        for key, value in labels.items():
+            if cell:
+                cell.append((" ", None))
+            cell += [(safe(str(key)), NAME_STYLE), ("=", None), (safe(str(value)), VALUE_STYLE)]
+        rows.extend((safe(str(t)), [cell] if cell else []) for t in targets)
+    return _table(rows, blank_between=False)
+
+
+def use_colour(out: TextIO, env: Mapping[str, str]) -> bool:
+    """Colour only on a terminal, never with NO_COLOR (https://no-color.org)."""
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty()) and not env.get("NO_COLOR")
+
+
+def write_lines(lines: Sequence[Line], out: TextIO, colour: bool) -> None:
+    if not colour:
+        out.writelines("".join(text for text, _ in line) + "\n" for line in lines)
+        return
+    from rich.console import Console  # only here: rich costs more to import than the rest
+    from rich.text import Text
+
+    console = Console(file=out, force_terminal=True, highlight=False, emoji=False, markup=False)
+    for line in lines:
+        console.print(Text.assemble(*[(t, s) if s else t for t, s in line]), soft_wrap=True)
+
+
+def write_json(value: object, out: TextIO) -> None:
+    """The API's JSON as the daemon prints it: 2-space indent, UTF-8, final newline."""
+    out.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+# -- running a command --------------------------------------------------------------------
+
+Render = Callable[[Any], list[Line]]
+
+
+def execute(lobby: Lobby, opts: Options) -> tuple[object, Render] | None:
+    """Ask lobbyd; the answer and how to print it, or None for nothing to print."""
+    args = opts.args
+    if opts.action == "add":
+        lobby.add_labels(args)
+        return None
+    if opts.action == "del":
+        lobby.delete_labels(args)
+        return None
+    answers: dict[str, Callable[[], tuple[object, Render]]] = {
+        "resolve": lambda: (lobby.resolve(args[0]), hostnames_lines),
+        "discovery": lambda: (lobby.get_discovery(), discovery_lines),
+        "discoveries": lambda: (lobby.get_discoveries(), discoveries_lines),
+        "find_labels": lambda: (lobby.find_by_labels(args), discoveries_lines),
+        "find_prefixes": lambda: (lobby.find_by_prefixes(args), discoveries_lines),
+        "prometheus": lambda: (lobby.prometheus(args[0]), prometheus_lines),
+    }
+    return answers[opts.action]()
+
+
+def error_line(exc: LobbyException) -> str:
+    """One line for stderr, whatever the daemon answered."""
+    message = " ".join(str(exc).split())
+    if exc.status_code is None:
+        return message
+    line = f"lobbyd answered {exc.status_code} for {exc.url}: {message}"
+    if exc.status_code == 403:
+        line += " (give the token with -token or TOKEN)"
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `lobbyctl` console script; returns the exit status."""
+    out, err = sys.stdout, sys.stderr
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except UsageError as exc:
+        err.write(f"lobbyctl: {exc}\n\n{USAGE}")
+        return 2
+    if opts.help:
+        out.write(USAGE)
+        return 0
+    try:
+        with Lobby(opts.host, opts.port, opts.token, opts.proto) as lobby:
+            result = execute(lobby, opts)
+        if result is not None:
+            value, render = result
+            if opts.json:
+                write_json(value, out)
+            else:
+                write_lines(render(value), out, use_colour(out, os.environ))
+            out.flush()
+    except (ValueError, TypeError) as exc:  # an argument the client refuses to send
+        err.write(f"lobbyctl: {exc}\n")
+        return 2
+    except LobbyException as exc:
+        err.write(f"lobbyctl: {error_line(exc)}\n")
+        return 1
+    except BrokenPipeError:
+        # `lobbyctl discoveries | head`: the reader left; stop quietly, and keep Python
+        # from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

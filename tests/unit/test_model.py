@@ -1,0 +1,183 @@
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lobby.model import (
+    MAX_PACKET_BYTES,
+    Discovery,
+    LabelError,
+    PacketError,
+    clean_label,
+    decode_envelope,
+    encode_envelope,
+    label_problem,
+    normalize_labels,
+)
+
+SAMPLES = (
+    Path(__file__).parents[2].parent / "shared" / "wire-samples" / "go-lobby-1.5-envelopes.jsonl"
+)
+if not SAMPLES.exists():  # CI checks out the repo alone: keep a copy
+    SAMPLES = Path(__file__).parent.parent / "data" / "go-lobby-1.5-envelopes.jsonl"
+GO_LINES = SAMPLES.read_bytes().splitlines()
+
+
+def test_samples_are_there():
+    assert len(GO_LINES) == 12
+
+
+@pytest.mark.parametrize("line", GO_LINES, ids=range(len(GO_LINES)))
+def test_go_messages_decode_and_reencode_byte_for_byte(line):
+    envelope = decode_envelope(line)
+    doc = json.loads(line)
+    assert envelope.message == doc["message"]
+    assert envelope.discovery.hostname == doc["discovery"]["hostname"]
+    if envelope.message == "hi":
+        assert list(envelope.discovery.labels) == doc["discovery"]["labels"]
+        assert encode_envelope("hi", envelope.discovery) == line
+
+
+def test_go_goodbye_with_null_labels():
+    raw = (
+        b'{"discovery":{"hostname":"old.example","labels":null,"last_check":0},"message":"goodbye"}'
+    )
+    envelope = decode_envelope(raw)
+    assert envelope.message == "goodbye"
+    assert envelope.discovery.hostname == "old.example"
+
+
+def test_null_labels_on_hi_mean_no_labels():
+    raw = b'{"discovery":{"hostname":"c","labels":null,"last_check":0},"message":"hi"}'
+    assert decode_envelope(raw).discovery.labels == ()
+
+
+def test_unknown_fields_are_ignored():
+    raw = b'{"discovery":{"hostname":"c","labels":["a"],"last_check":0,"x":1},"message":"hi","v":2}'
+    assert decode_envelope(raw).discovery == Discovery("c", ("a",))
+
+
+def test_missing_last_check_is_fine_and_receivers_ignore_the_senders_value():
+    raw = b'{"discovery":{"hostname":"c","labels":[]},"message":"hi"}'
+    assert decode_envelope(raw).discovery.last_check == 0
+    raw = b'{"discovery":{"hostname":"c","labels":[],"last_check":12345},"message":"hi"}'
+    assert decode_envelope(raw).discovery.last_check == 0
+
+
+def test_unsorted_duplicate_labels_are_normalized():
+    raw = b'{"discovery":{"hostname":"c","labels":["b","a","b"],"last_check":0},"message":"hi"}'
+    assert decode_envelope(raw).discovery.labels == ("a", "b")
+
+
+def test_encode_is_compact_and_go_ordered():
+    data = encode_envelope("goodbye", Discovery("h", ("a", "b"), 99))
+    assert (
+        data
+        == b'{"discovery":{"hostname":"h","labels":["a","b"],"last_check":0},"message":"goodbye"}'
+    )
+
+
+def _packet(**discovery):
+    body = {"hostname": "h", "labels": [], "last_check": 0}
+    body.update(discovery)
+    return orjson.dumps({"discovery": body, "message": "hi"})
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "not_json"),
+        (b"not json", "not_json"),
+        (b"\xff\xfe", "not_json"),
+        (b'{"discovery":', "not_json"),
+        (b"[]", "bad_shape"),
+        (b"null", "bad_shape"),
+        (b'"hi"', "bad_shape"),
+        (b'{"message":"hi"}', "bad_shape"),
+        (b'{"message":"hi","discovery":[]}', "bad_shape"),
+        (b'{"message":"hello","discovery":{"hostname":"h"}}', "bad_message"),
+        (b'{"message":null,"discovery":{"hostname":"h"}}', "bad_message"),
+        (b'{"discovery":{"hostname":"h"}}', "bad_message"),
+        (_packet(hostname=""), "bad_hostname"),
+        (_packet(hostname=None), "bad_hostname"),
+        (_packet(hostname=5), "bad_hostname"),
+        (_packet(hostname="a\nb"), "bad_hostname"),
+        (_packet(hostname="   "), "bad_hostname"),
+        (_packet(hostname="x" * 1025), "bad_hostname"),
+        (_packet(labels="a,b"), "bad_labels"),
+        (_packet(labels={"a": 1}), "bad_labels"),
+        (_packet(labels=[1]), "bad_labels"),
+        (_packet(labels=[None]), "bad_labels"),
+        (_packet(labels=[["a"]]), "bad_labels"),
+        (_packet(labels=[""]), "bad_label"),
+        (_packet(labels=["  "]), "bad_label"),
+        (_packet(labels=["a\nb"]), "bad_label"),
+        (_packet(labels=["nul\x00"]), "bad_label"),
+        (_packet(labels=["del\x7f"]), "bad_label"),
+        (_packet(labels=["c1\x85"]), "bad_label"),
+        (_packet(labels=["x" * 1025]), "bad_label"),
+        (_packet(labels=["é" * 513]), "bad_label"),
+        (_packet(last_check="0"), "bad_shape"),
+        (_packet(last_check=1.5), "bad_shape"),
+        (_packet(labels=["a"] * 20000), "too_large"),
+        (b"[" * 100_000, "too_large"),
+        (b"[" * 10_000 + b"]" * 10_000, "not_json"),  # nesting beyond orjson's limit
+        (b" " * (MAX_PACKET_BYTES + 1), "too_large"),
+    ],
+)
+def test_garbage_is_rejected_with_a_reason(data, reason):
+    with pytest.raises(PacketError) as info:
+        decode_envelope(data)
+    assert info.value.reason == reason
+
+
+def test_exactly_1024_bytes_is_a_valid_label():
+    assert decode_envelope(_packet(labels=["x" * 1024])).discovery.labels == ("x" * 1024,)
+    assert label_problem("é" * 512) is None
+
+
+def test_labels_are_interned():
+    a = decode_envelope(_packet(labels=["service:" + "web"]))
+    b = decode_envelope(_packet(hostname="other", labels=["service:" + "web"]))
+    assert a.discovery.labels[0] is b.discovery.labels[0]
+
+
+def test_clean_label_trims_and_names_the_bad_label():
+    assert clean_label("  service:web \t") == "service:web"
+    with pytest.raises(LabelError, match="'a\\\\nb'"):
+        clean_label("a\nb")
+    with pytest.raises(LabelError, match="empty"):
+        clean_label("   ")
+
+
+def test_normalize_labels():
+    assert normalize_labels(["b", " a", "b"]) == ("a", "b")
+    with pytest.raises(LabelError):
+        normalize_labels("ab")
+    with pytest.raises(LabelError):
+        normalize_labels([1])
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise_anything_but_packet_error(data):
+    try:
+        decode_envelope(data)
+    except PacketError:
+        pass
+
+
+label_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40
+).filter(lambda s: s.strip() != "")
+
+
+@given(
+    st.text(min_size=1, max_size=30).filter(lambda h: h.strip() and label_problem(h) is None),
+    st.lists(label_text, max_size=20),
+)
+def test_encode_decode_roundtrip(hostname, labels):
+    discovery = Discovery(hostname, tuple(sorted(set(labels))))
+    assert decode_envelope(encode_envelope("hi", discovery)).discovery == discovery
