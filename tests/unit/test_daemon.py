@@ -40,9 +40,9 @@ async def make(tmp_path, broker) -> AsyncIterator[Callable[..., Daemon]]:
         return daemon
 
     yield start
-    for daemon, task in started:
+    for daemon, _ in started:
         daemon.stop()
-    for daemon, task in started:
+    for _, task in started:
         assert await asyncio.wait_for(task, 5) == 0
 
 
@@ -58,7 +58,7 @@ async def test_nodes_hear_each_other_and_themselves(make):
 
 
 async def test_register_false_listens_but_never_announces(make, broker):
-    a = make("a")
+    make("a")
     c = make("client", REGISTER="false")
     await until(lambda: hosts(c) == ["a"])
     c.stop()
@@ -102,7 +102,7 @@ async def test_label_change_is_announced_at_once(make):
 
 
 async def test_labels_from_a_new_file_are_announced(make, tmp_path):
-    a = make("a", KEEP_ALIVE="60")
+    make("a", KEEP_ALIVE="60")
     b = make("b", KEEP_ALIVE="60")
     await until(lambda: "a" in b.registry)
     (tmp_path / "a").mkdir(exist_ok=True)
