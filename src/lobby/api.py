@@ -17,9 +17,11 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lobby import watch
 from lobby.labels import parse_label_body
 from lobby.model import Discovery, DiscoveryModel, LabelError, discoveries_json, pretty
 from lobby.registry import Registry
+from lobby.watch import ChangeFeed
 
 MAX_BODY = 1024 * 1024
 JSON_TYPE = "application/json; charset=UTF-8"
@@ -152,10 +154,16 @@ _PLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(node: Node, token: str = "", extra: Sequence[Callable[[FastAPI], None]] = ()) -> Any:
+def create_app(
+    node: Node,
+    token: str = "",
+    extra: Sequence[Callable[[FastAPI], None]] = (),
+    feed: ChangeFeed | None = None,
+) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
-    `extra` functions add routes other modules own (Prometheus, events).
+    `extra` functions add routes other modules own (Prometheus). With a change `feed`,
+    every GET supports blocking queries and `/v1/events` streams changes.
     """
     app = FastAPI(
         title="lobbyd",
@@ -270,4 +278,8 @@ def create_app(node: Node, token: str = "", extra: Sequence[Callable[[FastAPI], 
 
     for add in extra:
         add(app)
-    return Guard(app, token)
+    if feed is None:
+        return Guard(app, token)
+    watch.add_routes(app, feed)
+    watch.document_blocking(app)
+    return Guard(watch.Blocking(app, feed), token)

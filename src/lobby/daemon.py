@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -34,13 +35,18 @@ from lobby.model import (
     LabelError,
     PacketError,
     decode_envelope,
+    decode_sync,
     encode_envelope,
+    encode_sync,
 )
 from lobby.registry import Registry
+from lobby.watch import ChangeFeed
 
 log = logging.getLogger("lobby")
 
 __version__ = "2.0.0"
+
+SYNC_SPREAD = 0.2  # seconds over which peers answer a sync request
 
 
 class Daemon:
@@ -82,6 +88,8 @@ class Daemon:
         self._garbage_log = RateLimitedLog(log, burst=5, every=30)
         self._send_log = RateLimitedLog(log, burst=3, every=30)
         self.registry.pause()  # nothing is live until we are linked
+        self.feed = ChangeFeed(self.registry)
+        self._sync_pending = False
 
     # -- what the API reads -------------------------------------------------------
 
@@ -109,12 +117,14 @@ class Daemon:
                 "dropped_slow_consumer": driver.dropped if driver else 0,
             },
             "announcements": {"sent": self.sent, "failed": self.send_failures},
+            "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
         }
 
     # -- incoming -----------------------------------------------------------------
 
     def on_message(self, topic: Topic, data: bytes) -> None:
-        if topic != "discovery":
+        if topic == "sync":
+            self._on_sync(data)
             return
         self.received += 1
         try:
@@ -146,7 +156,37 @@ class Daemon:
             self._heard_self = time.monotonic()
             self._echo_ok = True
             self._wake.set()  # announce at once after (re)connecting
+            # and ask every peer to announce itself too, instead of waiting for their
+            # next keep-alive (fast join; Go peers never see the sync topic)
+            task = asyncio.create_task(self._request_sync())
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
         self._update_pause()
+
+    async def _request_sync(self) -> None:
+        assert self.driver is not None
+        request = encode_sync(self.hostname)
+        try:
+            await self.driver.publish("sync", request)
+        except DriverError as exc:
+            log.debug("cannot ask peers to sync: %s", exc)
+
+    def _on_sync(self, data: bytes) -> None:
+        try:
+            requester = decode_sync(data)
+        except PacketError as exc:
+            self.rejected["sync_" + exc.reason] += 1
+            return
+        if requester == self.hostname or not self.settings.announce or self._sync_pending:
+            return
+        # a random delay spreads the answers of a large cluster over SYNC_SPREAD seconds;
+        # requests arriving meanwhile share the one announcement
+        self._sync_pending = True
+        asyncio.get_running_loop().call_later(random.uniform(0, SYNC_SPREAD), self._sync_now)
+
+    def _sync_now(self) -> None:
+        self._sync_pending = False
+        self._wake.set()
 
     def _update_pause(self) -> None:
         if self._link_up and self._echo_ok:
@@ -401,7 +441,7 @@ class Daemon:
             def capture_signals(self) -> Generator[None, None, None]:
                 yield  # the daemon owns SIGTERM/SIGINT
 
-        app = create_app(self, token=self.settings.token, extra=self.api_extras())
+        app = create_app(self, token=self.settings.token, extra=self.api_extras(), feed=self.feed)
         cfg = uvicorn.Config(
             app,
             log_level="warning",

@@ -175,6 +175,30 @@ def encode_envelope(message: Literal["hi", "goodbye"], discovery: Discovery) -> 
     )
 
 
+# -- sync requests (side topic, Python peers only) -----------------------------------
+
+
+def encode_sync(hostname: str) -> bytes:
+    """Ask every peer to announce itself now (fast join)."""
+    return orjson.dumps({"message": "sync", "hostname": hostname})
+
+
+def decode_sync(data: bytes | bytearray | memoryview | str) -> str:
+    """The requesting hostname; raises PacketError."""
+    if len(data) > 4096:
+        raise PacketError("too_large", f"{len(data)} bytes")
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise PacketError("not_json") from None
+    if type(doc) is not dict or doc.get("message") != "sync":
+        raise PacketError("bad_message", "not a sync request")
+    hostname = doc.get("hostname")
+    if type(hostname) is not str:
+        raise PacketError("bad_hostname")
+    return hostname
+
+
 _PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
 
 

@@ -39,6 +39,7 @@ class Change:
     hostname: str
     labels: tuple[str, ...]
     reason: LeaveReason = ""
+    old_labels: tuple[str, ...] = ()  # before an update; () for join and leave
 
 
 @dataclass(slots=True)
@@ -116,12 +117,13 @@ class Registry:
         hostname: str,
         labels: tuple[str, ...],
         reason: LeaveReason = "",
+        old_labels: tuple[str, ...] = (),
     ) -> None:
         self._index += 1
         if kind != "update":
             self._sorted = None
         if self._listeners:
-            change = Change(self._index, kind, hostname, labels, reason)
+            change = Change(self._index, kind, hostname, labels, reason, old_labels)
             for listener in tuple(self._listeners):
                 listener(change)
 
@@ -137,10 +139,11 @@ class Registry:
             record.seen = now
             record.last_check = last_check
             records.move_to_end(hostname)
-            if record.labels == discovery.labels:
+            old = record.labels
+            if old == discovery.labels:
                 return False
             record.labels = discovery.labels
-            self._changed("update", hostname, discovery.labels)
+            self._changed("update", hostname, discovery.labels, old_labels=old)
             return True
         records[hostname] = _Record(discovery.labels, now, last_check)
         self._changed("join", hostname, discovery.labels)

@@ -1,0 +1,374 @@
+"""Watching for changes: blocking queries and the event stream.
+
+Both hang off the registry's change index. `ChangeFeed` listens to the registry,
+keeps the last few thousand changes (so a stream can resume from an index), and holds
+one asyncio.Event that is set and replaced on every change: any number of waiting
+requests sleep on it and cost nothing until the index moves.
+
+Blocking queries work as in Consul: every read answer carries `X-Lobby-Index`; a
+request with `?index=N` is held until the index is no longer N or `wait` (default
+5 min, at most 10 min, plus up to 1/16 of jitter so that clients spread out) runs out,
+then answered as usual. It is a middleware, so every GET route gets it.
+
+`GET /v1/events` is a Server-Sent Events stream: a snapshot of the (filtered) view as
+`join` events, then `join`/`update`/`leave` as they happen, a comment every 15 s so
+proxies keep the connection open, and resumption from `Last-Event-ID` (or `?index=`)
+while the change is still in the history; otherwise a `reset` event and a fresh
+snapshot. With a filter the stream describes the filtered view: a node whose labels
+stop matching leaves it (reason `unmatched`), one that starts matching joins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Final
+from urllib.parse import parse_qs
+
+import orjson
+from fastapi import FastAPI, Header, Query
+from fastapi.responses import StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lobby.registry import Change, Registry
+
+DEFAULT_WAIT: Final = 300.0
+MAX_WAIT: Final = 600.0
+HISTORY: Final = 10_000
+QUEUE_MAX: Final = 10_000
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+Filter = Callable[[tuple[str, ...]], "tuple[str, ...] | None"]
+
+
+def parse_wait(text: str) -> float:
+    """`30s`, `5m`, `1h`, `250ms` or plain seconds; capped at MAX_WAIT."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid wait {text!r}: expected a duration like 30s, 5m or 250ms")
+    return min(float(match.group(1)) * _UNIT[match.group(2)], MAX_WAIT)
+
+
+def parse_index(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"invalid index {text!r}: expected a non-negative integer")
+    return int(text)
+
+
+def make_filter(labels: list[str], prefixes: list[str]) -> Filter:
+    """The matching labels of a node, or None when it is outside the view (SPEC §5)."""
+    if labels:
+        wanted = frozenset(labels)
+        return lambda have: tuple(x for x in have if x in wanted) or None
+    if prefixes:
+        starts = tuple(prefixes)
+        return lambda have: tuple(x for x in have if x.startswith(starts)) or None
+    return lambda have: have
+
+
+_OVERFLOW: Final = object()
+
+
+class Watcher:
+    """One stream's queue of changes; on overflow it starts over from a snapshot."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_MAX)
+
+    def push(self, change: Change) -> None:
+        try:
+            self.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(_OVERFLOW)
+
+
+class ChangeFeed:
+    def __init__(self, registry: Registry, heartbeat: float = 15.0) -> None:
+        self.registry = registry
+        self.heartbeat = heartbeat
+        self.watchers: set[Watcher] = set()
+        self.waiting = 0  # blocking queries being held
+        self._history: deque[Change] = deque(maxlen=HISTORY)
+        self._moved = asyncio.Event()
+        registry.add_listener(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        self._history.append(change)
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+        for watcher in self.watchers:
+            watcher.push(change)
+
+    async def wait_past(self, index: int, timeout: float) -> None:
+        """Return when the index is no longer `index`, or after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.waiting += 1
+        try:
+            while self.registry.index == index:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), remaining)
+        finally:
+            self.waiting -= 1
+
+    def since(self, index: int) -> list[Change] | None:
+        """Changes after `index`, or None when the history no longer reaches back."""
+        current = self.registry.index
+        if index > current:
+            return None
+        if index == current:
+            return []
+        history = self._history
+        if not history or history[0].index > index + 1:
+            return None
+        return [c for c in history if c.index > index]
+
+
+# -- blocking queries ---------------------------------------------------------------
+
+
+def _plain(status: int, text: str) -> tuple[Message, Message]:
+    body = (text + "\n").encode()
+    return (
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        },
+        {"type": "http.response.body", "body": body},
+    )
+
+
+class Blocking:
+    """`?index=N&wait=D` on any GET, and `X-Lobby-Index` on every answer."""
+
+    def __init__(self, app: ASGIApp, feed: ChangeFeed) -> None:
+        self.app = app
+        self.feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] == "/v1/events":
+            await self.app(scope, receive, send)
+            return
+        registry = self.feed.registry
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        if "index" in query:
+            try:
+                index = parse_index(query["index"][0])
+                wait = parse_wait(query["wait"][0]) if "wait" in query else DEFAULT_WAIT
+            except ValueError as exc:
+                for message in _plain(400, str(exc)):
+                    await send(message)
+                return
+            if index == registry.index:
+                held = await self._hold(index, wait + random.uniform(0, wait / 16), receive)
+                if held is None:
+                    return  # the client went away while we held it
+                receive = held
+
+        async def send_with_index(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-lobby-index", str(registry.index).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_index)
+
+    async def _hold(self, index: int, wait: float, receive: Receive) -> Receive | None:
+        """Wait for a change while watching for the client's disconnect."""
+        first = await receive()  # the (empty) GET body
+        if first["type"] == "http.disconnect":
+            return None
+        waiter = asyncio.ensure_future(self.feed.wait_past(index, wait))
+        gone = asyncio.ensure_future(receive())
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, gone):
+                task.cancel()
+        if gone.done() and not gone.cancelled():
+            return None
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        return replay
+
+
+def document_blocking(app: FastAPI) -> None:
+    """Describe `index`, `wait` and `X-Lobby-Index` on every GET in the OpenAPI document."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for path, ops in schema.get("paths", {}).items():
+            get = ops.get("get")
+            if get is None or path in ("/v1/events", "/v1/stats"):
+                continue
+            params = get.setdefault("parameters", [])
+            params += [
+                {
+                    "name": "index",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "blocking query: hold the answer until the change index "
+                    "is no longer this value (see X-Lobby-Index)",
+                },
+                {
+                    "name": "wait",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"},
+                    "description": "how long to hold a blocking query (default 5m, max 10m)",
+                },
+            ]
+            for response in get.get("responses", {}).values():
+                response.setdefault("headers", {})["X-Lobby-Index"] = {
+                    "description": "the registry's change index this answer reflects",
+                    "schema": {"type": "integer"},
+                }
+            get.setdefault("responses", {}).setdefault(
+                "400", {"description": "invalid index or wait", "content": {"text/plain": {}}}
+            )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- event stream -------------------------------------------------------------------
+
+
+def _event(
+    kind: str, index: int, hostname: str, labels: tuple[str, ...], reason: str = ""
+) -> bytes:
+    data: dict[str, Any] = {"hostname": hostname, "labels": list(labels), "index": index}
+    if kind == "leave":
+        data["reason"] = reason
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (index, kind.encode(), orjson.dumps(data))
+
+
+def render(change: Change, view: Filter) -> bytes | None:
+    """The event a change means for a filtered view, if any."""
+    if change.kind == "leave":
+        gone = view(change.labels)
+        if gone is None:
+            return None
+        return _event("leave", change.index, change.hostname, gone, change.reason)
+    new = view(change.labels)
+    old = view(change.old_labels) if change.kind == "update" else None
+    if new is None and old is None:
+        return None
+    if old is None:
+        assert new is not None
+        return _event("join", change.index, change.hostname, new)
+    if new is None:
+        return _event("leave", change.index, change.hostname, old, "unmatched")
+    if new == old:
+        return None
+    return _event("update", change.index, change.hostname, new)
+
+
+def _snapshot(registry: Registry, view: Filter) -> tuple[int, list[bytes]]:
+    index = registry.index
+    out = []
+    for discovery in registry.discoveries():
+        labels = view(discovery.labels)
+        if labels is not None:
+            out.append(_event("join", index, discovery.hostname, labels))
+    return index, out
+
+
+async def stream(feed: ChangeFeed, view: Filter, resume_from: int | None) -> AsyncIterator[bytes]:
+    watcher = Watcher()
+    feed.watchers.add(watcher)  # before the snapshot: nothing falls between the two
+    try:
+        seen = 0
+        backlog = feed.since(resume_from) if resume_from is not None else None
+        if backlog is None:
+            if resume_from is not None:
+                yield b"event: reset\ndata: {}\n\n"
+            seen, events = _snapshot(feed.registry, view)
+            for chunk in events:
+                yield chunk
+        else:
+            for change in backlog:
+                seen = change.index
+                if (event := render(change, view)) is not None:
+                    yield event
+            seen = max(seen, resume_from or 0)
+        yield b": live\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(watcher.queue.get(), feed.heartbeat)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if item is _OVERFLOW:
+                yield b"event: reset\ndata: {}\n\n"
+                seen, events = _snapshot(feed.registry, view)
+                for chunk in events:
+                    yield chunk
+                continue
+            if item.index <= seen:
+                continue
+            seen = item.index
+            if (event := render(item, view)) is not None:
+                yield event
+    finally:
+        feed.watchers.discard(watcher)
+
+
+def add_routes(app: FastAPI, feed: ChangeFeed) -> None:
+    from lobby.api import split_list
+
+    @app.get(
+        "/v1/events",
+        summary="Server-Sent Events: join, update, leave",
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "an event stream: `join`/`update`/`leave` events whose data is "
+                "`{hostname, labels, index[, reason]}`; `reset` before a fresh snapshot",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def events(
+        labels: Annotated[str | None, Query(description="comma-separated labels")] = None,
+        prefixes: Annotated[str | None, Query(description="comma-separated prefixes")] = None,
+        index: Annotated[int | None, Query(ge=0, description="resume after this index")] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        view = make_filter(split_list(labels), split_list(prefixes))
+        resume = index
+        if last_event_id and last_event_id.isdigit():
+            resume = int(last_event_id)
+        return StreamingResponse(
+            stream(feed, view, resume),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
