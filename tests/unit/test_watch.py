@@ -1,0 +1,89 @@
+import asyncio
+
+import orjson
+import pytest
+
+from lobby.model import Discovery
+from lobby.registry import Change, Registry
+from lobby.watch import ChangeFeed, make_filter, parse_index, parse_wait, render
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("250ms", 0.25), ("1h", 600), ("45", 45), ("1.5s", 1.5), ("0", 0)],
+)
+def test_parse_wait(text, seconds):
+    assert parse_wait(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1s", "5 m", "1d", "s"])
+def test_parse_wait_rejects(text):
+    with pytest.raises(ValueError, match="wait"):
+        parse_wait(text)
+
+
+def test_parse_index():
+    assert parse_index("42") == 42
+    for bad in ["-1", "x", "", "1.0"]:
+        with pytest.raises(ValueError):
+            parse_index(bad)
+
+
+def event(data: bytes | None) -> tuple[str, dict] | None:
+    if data is None:
+        return None
+    lines = data.decode().splitlines()
+    return lines[1].removeprefix("event: "), orjson.loads(lines[2].removeprefix("data: "))
+
+
+def test_render_unfiltered():
+    view = make_filter([], [])
+    assert event(render(Change(5, "join", "a", ()), view)) == (
+        "join", {"hostname": "a", "labels": [], "index": 5},
+    )
+    assert event(render(Change(6, "update", "a", ("x",), "", ()), view))[0] == "update"
+    assert event(render(Change(7, "leave", "a", ("x",), "expired"), view)) == (
+        "leave", {"hostname": "a", "labels": ["x"], "index": 7, "reason": "expired"},
+    )
+
+
+def test_render_filtered_view_enter_change_exit():
+    view = make_filter(["role:db", "role:web"], [])
+    assert render(Change(2, "join", "a", ("other",)), view) is None
+    assert event(render(Change(3, "update", "a", ("other", "role:db"), "", ("other",)), view)) == (
+        "join", {"hostname": "a", "labels": ["role:db"], "index": 3},
+    )
+    assert render(Change(4, "update", "a", ("more", "role:db"), "", ("other", "role:db")), view) is None
+    kind, data = event(render(Change(5, "update", "a", ("role:db", "role:web"), "", ("role:db",)), view))
+    assert (kind, data["labels"]) == ("update", ["role:db", "role:web"])
+    kind, data = event(render(Change(6, "update", "a", ("x",), "", ("role:db",)), view))
+    assert (kind, data["reason"], data["labels"]) == ("leave", "unmatched", ["role:db"])
+    assert render(Change(7, "leave", "a", ("x",), "goodbye"), view) is None
+
+
+def test_prefix_filter():
+    view = make_filter([], ["service:"])
+    assert view(("location:x", "service:web")) == ("service:web",)
+    assert view(("location:x",)) is None
+
+
+async def test_feed_history_and_waiting():
+    clock = [0.0]
+    registry = Registry(30, clock=lambda: clock[0])
+    feed = ChangeFeed(registry)
+    start = registry.index
+    registry.update(Discovery("a", ()))
+    registry.update(Discovery("b", ()))
+    assert [c.hostname for c in feed.since(start)] == ["a", "b"]
+    assert feed.since(registry.index) == []
+    assert feed.since(registry.index + 5) is None
+    # a waiter wakes on a change and not before
+    index = registry.index
+    waiter = asyncio.create_task(feed.wait_past(index, 10))
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and feed.waiting == 1
+    registry.remove("a")
+    await asyncio.wait_for(waiter, 1)
+    assert feed.waiting == 0
+    # and gives up after its timeout
+    await asyncio.wait_for(feed.wait_past(registry.index, 0.01), 1)
