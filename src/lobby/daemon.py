@@ -328,6 +328,29 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------
 
+    async def _keep_embedded(self) -> None:
+        """If the node that ran the local nats-server went away, run one ourselves.
+
+        Every node on the embedded default watches the port; the first to find it dead
+        starts a server there, the others lose the race for the port and join it. The
+        NATS client keeps reconnecting to the same URL, so nothing else changes.
+        """
+        from lobby.embedded import EmbeddedError, is_nats
+
+        embedded = self.embedded
+        assert embedded is not None and self.driver is not None
+        while True:
+            await asyncio.sleep(1.0 + random.random())
+            if self.driver.connected or embedded.owned:
+                continue
+            if await is_nats(embedded.host, embedded.port, timeout=0.5):
+                continue
+            log.warning("nothing serves NATS on %s any more: starting it here", embedded.url)
+            try:
+                await embedded.start()
+            except (EmbeddedError, OSError) as exc:
+                log.warning("cannot start the embedded nats-server: %s", exc)
+
     def _make_driver(self, servers: list[str]) -> Driver:
         s = self.settings
         if s.driver == "Redis":
@@ -419,6 +442,8 @@ class Daemon:
                 self.driver = self._make_driver(servers)
             log.info("broker: %s %s", s.driver, self.driver.address)
             await self.driver.start(self.on_message, self.on_link)
+            if self.embedded is not None:
+                self._spawn(self._keep_embedded(), "embedded-watch")
             self._spawn(self._announcer(), "announcer")
             self._spawn(self._sweeper(), "sweeper")
             self._spawn(self._watch_label_dir(), "label-watch")

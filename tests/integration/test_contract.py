@@ -174,3 +174,18 @@ def test_disable_api_still_announces(broker, spawn):
     quiet = spawn("quiet.example", broker.env(DISABLE_API="true", **FAST), ready=False)
     wait_for(lambda: a.hostnames() == ["a.example", "quiet.example"], what="quiet announced")
     assert quiet.running
+
+
+def test_embedded_server_is_taken_over_when_its_owner_leaves(spawn):
+    port = free_port()
+    env = {"EMBEDDED_NATS_PORT": str(port), "KEEP_ALIVE": "1", "TTL": "30"}
+    a = spawn("a.example", env)
+    b = spawn("b.example", env)
+    c = spawn("c.example", env)
+    wait_for(lambda: c.hostnames() == ["a.example", "b.example", "c.example"], what="all on c")
+    a.stop()
+    assert "stopped embedded nats-server" in a.output()
+    wait_for(lambda: "starting it here" in b.output() + c.output(), timeout=15, what="takeover")
+    wait_for(lambda: b.hostnames() == ["b.example", "c.example"], timeout=15, what="b and c")
+    b.request("POST", "/v1/labels", content="after:takeover\n")
+    wait_for(lambda: c.get("/v1/discoveries?labels=after:takeover").json(), what="traffic flows")
