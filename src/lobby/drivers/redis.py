@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
@@ -125,8 +125,12 @@ class RedisDriver:
         self._task = asyncio.create_task(self._run(), name="redis-link")
 
     def _link(self, up: bool) -> None:
-        if self._on_link is not None and not self._closing:
+        if self._on_link is None or self._closing:
+            return
+        try:
             self._on_link(up)
+        except Exception:  # the daemon's bug must not stop reconnecting
+            log.exception("Redis link handler failed")
 
     async def _run(self) -> None:
         delay = BACKOFF_MIN
@@ -161,7 +165,7 @@ class RedisDriver:
                 describe(exc),
                 delay,
             )
-        elif isinstance(exc, OSError | TimeoutError) or type(exc).__module__.startswith("redis"):
+        elif isinstance(exc, RedisError | OSError | TimeoutError):
             self._fail_log(
                 logging.WARNING,
                 "cannot connect to Redis %s: %s; retrying in %.1f s",
@@ -283,6 +287,6 @@ class RedisDriver:
         self._up = False
         if self._task is not None:
             self._task.cancel()
-            await asyncio.wait({self._task}, timeout=0.5)
+            await asyncio.wait({self._task}, timeout=0.3)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._publisher.aclose(), timeout=0.5)
+            await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
