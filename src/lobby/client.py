@@ -76,7 +76,8 @@ class _Call(Generic[T]):
         try:
             value = response.json()
         except ValueError:
-            raise LobbyException("the answer is not JSON", response.status_code, url) from None
+            shown = response.text[:60]
+            raise LobbyException(f"the answer is not JSON: {shown!r}", 200, url) from None
         try:
             return self.read(value)
         except TypeError as exc:
@@ -179,7 +180,11 @@ def _labels(method: str, labels: Iterable[str]) -> _Call[str]:
 
 
 class _Base:
-    """Validated settings shared by both twins."""
+    """What both twins share: checked settings and the base URL.
+
+    `host`, `port` (a number, or digits in a string), `token` ("" for none), `proto`
+    (http or https) and, keyword-only, `timeout` in seconds; ValueError when one is bad.
+    """
 
     def __init__(
         self,
@@ -206,11 +211,12 @@ class _Base:
             httpx.URL(self.base_url)
         except httpx.InvalidURL as exc:
             raise ValueError(f"invalid host {host!r}: {exc}") from None
-        self._options: dict[str, Any] = {
-            "base_url": self.base_url,
-            "timeout": timeout,
-            "headers": {"Authorization": f"Token {token}"} if token else {},
-        }
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        self._open({"base_url": self.base_url, "timeout": timeout, "headers": headers})
+
+    def _open(self, options: dict[str, Any]) -> None:
+        """Create the httpx client of this twin."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
@@ -236,17 +242,8 @@ def _unreachable(base_url: str, call: _Call[Any], exc: httpx.RequestError) -> Lo
 class Lobby(_Base):
     """Blocking client: `Lobby(host="localhost", port=1313, token="", proto="http")`."""
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int | str = 1313,
-        token: str = "",
-        proto: str = "http",
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(host, port, token, proto, timeout=timeout)
-        self._http = httpx.Client(**self._options)
+    def _open(self, options: dict[str, Any]) -> None:
+        self._http = httpx.Client(**options)
 
     def _run(self, call: _Call[T]) -> T:
         try:
@@ -305,17 +302,8 @@ class Lobby(_Base):
 class AsyncLobby(_Base):
     """`Lobby` with coroutines: `async with AsyncLobby() as lobby: await lobby.resolve(...)`."""
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int | str = 1313,
-        token: str = "",
-        proto: str = "http",
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> None:
-        super().__init__(host, port, token, proto, timeout=timeout)
-        self._http = httpx.AsyncClient(**self._options)
+    def _open(self, options: dict[str, Any]) -> None:
+        self._http = httpx.AsyncClient(**options)
 
     async def _run(self, call: _Call[T]) -> T:
         try:

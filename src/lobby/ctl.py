@@ -15,16 +15,16 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
   blocks separated by one blank line. A block's first line is the hostname, padded with
   spaces to the longest hostname plus 4, then the node's first label; each further label
   is on its own line, indented by that same width. A node without labels is its
-  hostname alone. No trailing spaces::
+  hostname alone. No line has trailing spaces::
 
-      a.example           location:prague
-                          service:web
+      a.example            location:prague
+                           service:web
 
-      long-name.example   service:db
+      long-name.example    service:db
 
       bare.example
 
-- `discovery`: as the Go lobbyctl prints it::
+- `discovery`: as the Go lobbyctl prints it (no `Labels:` section without labels)::
 
       Hostname:
         a.example
@@ -32,10 +32,13 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
         location:prague
         service:web
 
-  (no `Labels:` section when the node has none).
 - `resolve LABEL`: one hostname per line.
-- `prometheus NAME`: one line per target: the target padded like a hostname above,
-  then the group's labels as `key=value`, separated by single spaces.
+- `prometheus NAME`: one line per target, padded like the hostnames above, then its
+  group's labels as `key=value`, separated by single spaces::
+
+      10.0.0.1:9100     location=prague env=prod
+      [2a03::1]:9100    location=prague env=prod
+
 - `labels add|del`: nothing; the exit status tells.
 - Nothing at all for an empty answer.
 
@@ -134,7 +137,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
             break
         if not arg.startswith("-") or arg == "-":
             break
-        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else arg[1:].partition("=")
+        name, eq, value = arg.removeprefix("-").removeprefix("-").partition("=")
         i += 1
         if name in ("h", "help"):
             opts.help = True
@@ -174,6 +177,12 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
     return opts
 
 
+def _is_flag(word: str) -> bool:
+    """One of our flags, misplaced after the command (a label never looks like one)."""
+    name = word[2:] if word.startswith("--") else word[1:] if word.startswith("-") else ""
+    return name.partition("=")[0] in ("h", "help", "json", *VALUE_FLAGS)
+
+
 def _flag_bool(value: str) -> bool:
     if value in TRUE:
         return True
@@ -185,9 +194,15 @@ def _flag_bool(value: str) -> bool:
 def _command(words: list[str]) -> tuple[str, list[str]]:
     if not words:
         raise UsageError("missing command")
+    stray = next((word for word in words[1:] if _is_flag(word)), None)
+    if stray is not None:
+        raise UsageError(f"flags go before the command: {stray}")
+    subcommands = [w[1] for w in COMMANDS if len(w) == 2 and w[0] == words[0]]
+    if subcommands and len(words) > 1 and words[1] not in subcommands:
+        raise UsageError(f"unknown {words[0]} subcommand {words[1]!r}")
     # The longest matching command wins: `discoveries labels X` over `discoveries`.
     for size in (2, 1):
-        spec = COMMANDS.get(tuple(words[:size]))
+        spec = COMMANDS.get(tuple(words[:size])) if len(words) >= size else None
         if spec is None:
             continue
         action, count, metavar = spec
@@ -197,14 +212,11 @@ def _command(words: list[str]) -> tuple[str, list[str]]:
             raise UsageError(f"{shown}: give at least one {metavar}")
         if count >= 0 and len(args) != count:
             if count == 0:
-                hint = " (flags go before the command)" if args[0].startswith("-") else ""
-                raise UsageError(f"{shown}: unexpected argument {args[0]!r}{hint}")
+                raise UsageError(f"{shown}: unexpected argument {args[0]!r}")
             raise UsageError(f"{shown}: expects exactly one {metavar}")
         return action, args
-    if words[0] in ("labels", "discoveries") and len(words) > 1:
-        raise UsageError(f"unknown {words[0]} subcommand {words[1]!r}")
-    if words[0] == "labels":
-        raise UsageError("labels: expects add or del")
+    if subcommands:  # `labels` alone
+        raise UsageError(f"{words[0]}: expects {' or '.join(subcommands)}")
     raise UsageError(f"unknown command {words[0]!r}")
 
 
@@ -259,10 +271,8 @@ def discoveries_lines(discoveries: Sequence[Mapping[str, Any]]) -> list[Line]:
 
 
 def discovery_lines(discovery: Mapping[str, Any]) -> list[Line]:
-    lines: list[Line] = [
-        [("Hostname:", None)],
-        [("  ", None), (safe(discovery["hostname"]), HOST_STYLE)],
-    ]
+    hostname = safe(str(discovery.get("hostname", "")))
+    lines: list[Line] = [[("Hostname:", None)], [("  ", None), (hostname, HOST_STYLE)]]
     labels = discovery.get("labels") or []
     if labels:
         lines.append([("Labels:", None)])
@@ -320,21 +330,26 @@ Render = Callable[[Any], list[Line]]
 def execute(lobby: Lobby, opts: Options) -> tuple[object, Render] | None:
     """Ask lobbyd; the answer and how to print it, or None for nothing to print."""
     args = opts.args
-    if opts.action == "add":
-        lobby.add_labels(args)
-        return None
-    if opts.action == "del":
-        lobby.delete_labels(args)
-        return None
-    answers: dict[str, Callable[[], tuple[object, Render]]] = {
-        "resolve": lambda: (lobby.resolve(args[0]), hostnames_lines),
-        "discovery": lambda: (lobby.get_discovery(), discovery_lines),
-        "discoveries": lambda: (lobby.get_discoveries(), discoveries_lines),
-        "find_labels": lambda: (lobby.find_by_labels(args), discoveries_lines),
-        "find_prefixes": lambda: (lobby.find_by_prefixes(args), discoveries_lines),
-        "prometheus": lambda: (lobby.prometheus(args[0]), prometheus_lines),
-    }
-    return answers[opts.action]()
+    match opts.action:
+        case "add":
+            lobby.add_labels(args)
+            return None
+        case "del":
+            lobby.delete_labels(args)
+            return None
+        case "resolve":
+            return lobby.resolve(args[0]), hostnames_lines
+        case "discovery":
+            return lobby.get_discovery(), discovery_lines
+        case "discoveries":
+            return lobby.get_discoveries(), discoveries_lines
+        case "find_labels":
+            return lobby.find_by_labels(args), discoveries_lines
+        case "find_prefixes":
+            return lobby.find_by_prefixes(args), discoveries_lines
+        case "prometheus":
+            return lobby.prometheus(args[0]), prometheus_lines
+    raise AssertionError(f"no such action {opts.action!r}")
 
 
 def error_line(exc: LobbyException) -> str:
@@ -362,26 +377,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Lobby(opts.host, opts.port, opts.token, opts.proto) as lobby:
             result = execute(lobby, opts)
-        if result is not None:
-            value, render = result
-            if opts.json:
-                write_json(value, out)
-            else:
-                write_lines(render(value), out, use_colour(out, os.environ))
-            out.flush()
-    except (ValueError, TypeError) as exc:  # an argument the client refuses to send
+    except ValueError as exc:  # an argument the client refuses to send
         err.write(f"lobbyctl: {exc}\n")
         return 2
     except LobbyException as exc:
         err.write(f"lobbyctl: {error_line(exc)}\n")
         return 1
+    if result is None:
+        return 0
+    value, render = result
+    try:
+        if opts.json:
+            write_json(value, out)
+        else:
+            write_lines(render(value), out, use_colour(out, os.environ))
+        out.flush()
     except BrokenPipeError:
-        # `lobbyctl discoveries | head`: the reader left; stop quietly, and keep Python
+        # `lobbyctl discoveries | head`: the reader left. Stop quietly, and keep Python
         # from failing again when it flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
 

@@ -63,7 +63,7 @@ async def test_register_false_listens_but_never_announces(make, broker):
     await until(lambda: hosts(c) == ["a"])
     c.stop()
     await asyncio.sleep(0.05)
-    assert all(b"client" not in data for _, data in broker.published)
+    assert all(b"client" not in data for topic, data in broker.published if topic == "discovery")
 
 
 async def test_goodbye_on_stop_removes_node_from_peers(make, broker):
@@ -158,7 +158,7 @@ async def test_hostname_change_says_goodbye_for_the_old_name(tmp_path, broker):
     await until(lambda: hosts(daemon) == ["new"], timeout=5)
     daemon.stop()
     assert await task == 0
-    messages = [orjson.loads(data) for _, data in broker.published]
+    messages = [orjson.loads(data) for topic, data in broker.published if topic == "discovery"]
     old_bye = messages.index(
         {"discovery": {"hostname": "old", "labels": [], "last_check": 0}, "message": "goodbye"}
     )

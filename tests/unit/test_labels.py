@@ -37,7 +37,9 @@ def test_label_file_lines():
 
 def test_label_body_is_strict():
     assert parse_label_body("a\n\n  b \r\n") == ["a", "b"]
-    assert parse_label_body("#not-a-comment") == ["#not-a-comment"]
+    assert parse_label_body("tag:#hash") == ["tag:#hash"]
+    with pytest.raises(LabelError, match="comment"):
+        parse_label_body("ok\n#hash:tag")
     with pytest.raises(LabelError, match="control"):
         parse_label_body("a\nb\x00c")
     with pytest.raises(LabelError, match="1024"):
