@@ -15,7 +15,10 @@ This module must stay light: lobbyctl imports it, so no pydantic, no lobby.model
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -176,6 +179,67 @@ def _labels(method: str, labels: Iterable[str]) -> _Call[str]:
     return _Call(method, "/v1/labels", _text, body=_label_body(labels), plain=True)
 
 
+# -- the event stream (GET /v1/events) --------------------------------------------------
+
+# A stream is quiet between events except for a comment every 15 s; a minute without
+# even that means the connection is dead.
+_STREAM_READ_TIMEOUT = 60.0
+_RECONNECT_DELAY = 1.0
+
+
+def _watch_params(
+    labels: Iterable[str] | None, prefixes: Iterable[str] | None
+) -> dict[str, str] | None:
+    if labels is not None:
+        return {"labels": _filter("labels", labels)}
+    if prefixes is not None:
+        return {"prefixes": _filter("prefixes", prefixes)}
+    return None
+
+
+class _EventParser:
+    """Server-Sent Events, line by line; remembers the last id to resume from."""
+
+    def __init__(self) -> None:
+        self.last_id = ""
+        self._kind = ""
+        self._data: list[str] = []
+
+    def headers(self) -> dict[str, str]:
+        return {"Last-Event-ID": self.last_id} if self.last_id else {}
+
+    def feed(self, line: str) -> dict[str, Any] | None:
+        """A finished event (a dict with its name under "event"), or None."""
+        if not line:
+            kind, data = self._kind, self._data
+            self._kind, self._data = "", []
+            if not kind and not data:
+                return None
+            try:
+                event = json.loads("\n".join(data)) if data else {}
+            except ValueError:
+                event = {}
+            if not isinstance(event, dict):
+                event = {"data": event}
+            event["event"] = kind or "message"
+            return event
+        if line.startswith(":"):
+            return None  # comment: the server's keep-alive
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self._kind = value
+        elif name == "data":
+            self._data.append(value)
+        elif name == "id":
+            self.last_id = value
+        return None
+
+
+def _stream_error(response: httpx.Response) -> LobbyException:
+    return LobbyException(_error_message(response), response.status_code, str(response.request.url))
+
+
 # -- the two clients ---------------------------------------------------------------------
 
 
@@ -212,6 +276,7 @@ class _Base:
         except httpx.InvalidURL as exc:
             raise ValueError(f"invalid host {host!r}: {exc}") from None
         headers = {"Authorization": f"Token {token}"} if token else {}
+        self._stream_timeout = httpx.Timeout(timeout, read=_STREAM_READ_TIMEOUT)
         self._open({"base_url": self.base_url, "timeout": timeout, "headers": headers})
 
     def _open(self, options: dict[str, Any]) -> None:
@@ -284,6 +349,49 @@ class Lobby(_Base):
         """Remove runtime labels from the node; returns "OK"."""
         return self._run(_labels("DELETE", labels))
 
+    def watch(
+        self,
+        labels: Iterable[str] | None = None,
+        prefixes: Iterable[str] | None = None,
+        *,
+        reconnect: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Live changes: dicts with "event" (join, update, leave, reset), "hostname",
+        "labels", "index" and, for leave, "reason" (goodbye, expired, unmatched).
+
+        Starts with a `join` for every node in the (filtered) view. After a dropped
+        connection it reconnects every second and resumes where it left off (a `reset`
+        and a fresh snapshot when the daemon cannot); LobbyException when the first
+        connection fails or the daemon refuses.
+        """
+        params = _watch_params(labels, prefixes)
+        parser = _EventParser()
+        connected = False
+        while True:
+            try:
+                with self._http.stream(
+                    "GET",
+                    "/v1/events",
+                    params=params,
+                    headers=parser.headers(),
+                    timeout=self._stream_timeout,
+                ) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise _stream_error(response)
+                    connected = True
+                    for line in response.iter_lines():
+                        if (event := parser.feed(line)) is not None:
+                            yield event
+            except httpx.RequestError as exc:
+                if not connected or not reconnect:
+                    raise _unreachable(
+                        self.base_url, _Call("GET", "/v1/events", _obj), exc
+                    ) from exc
+            if not reconnect:
+                return
+            time.sleep(_RECONNECT_DELAY)
+
     def close(self) -> None:
         self._http.close()
 
@@ -343,6 +451,42 @@ class AsyncLobby(_Base):
     async def delete_labels(self, labels: Iterable[str]) -> str:
         """Remove runtime labels from the node; returns "OK"."""
         return await self._run(_labels("DELETE", labels))
+
+    async def watch(
+        self,
+        labels: Iterable[str] | None = None,
+        prefixes: Iterable[str] | None = None,
+        *,
+        reconnect: bool = True,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`Lobby.watch` as an async generator: `async for event in lobby.watch(): ...`."""
+        params = _watch_params(labels, prefixes)
+        parser = _EventParser()
+        connected = False
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    "/v1/events",
+                    params=params,
+                    headers=parser.headers(),
+                    timeout=self._stream_timeout,
+                ) as response:
+                    if response.status_code != 200:
+                        await response.aread()
+                        raise _stream_error(response)
+                    connected = True
+                    async for line in response.aiter_lines():
+                        if (event := parser.feed(line)) is not None:
+                            yield event
+            except httpx.RequestError as exc:
+                if not connected or not reconnect:
+                    raise _unreachable(
+                        self.base_url, _Call("GET", "/v1/events", _obj), exc
+                    ) from exc
+            if not reconnect:
+                return
+            await asyncio.sleep(_RECONNECT_DELAY)
 
     async def close(self) -> None:
         await self._http.aclose()

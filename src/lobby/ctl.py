@@ -39,6 +39,15 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
       10.0.0.1:9100     location=prague env=prod
       [2a03::1]:9100    location=prague env=prod
 
+- `watch`: one line per event as it happens: the event name padded to 6, the hostname,
+  then its (matching) labels separated by two spaces; a leave ends with its reason in
+  parentheses. It starts with a `join` for every node already there::
+
+      join   a.example  location:prague  service:web
+      update a.example  service:web
+      leave  a.example  service:web  (goodbye)
+
+  With `-json`, one compact JSON object per line (`{"event": "join", ...}`).
 - `labels add|del`: nothing; the exit status tells.
 - Nothing at all for an empty answer.
 
@@ -79,6 +88,7 @@ Commands:
   labels add LABEL...              add runtime labels
   labels del LABEL...              delete runtime labels
   prometheus NAME                  Prometheus HTTP SD targets of service NAME
+  watch [labels L...|search P...]  print changes as they happen (Ctrl-C ends)
 
 Flags (also --flag, -flag=value), before the command:
   -host H          lobbyd's address (env HOST, default 127.0.0.1)
@@ -106,6 +116,9 @@ COMMANDS: dict[tuple[str, ...], tuple[str, int, str]] = {
     ("labels", "add"): ("add", -1, "LABEL"),
     ("labels", "del"): ("del", -1, "LABEL"),
     ("prometheus",): ("prometheus", 1, "NAME"),
+    ("watch",): ("watch", 0, ""),
+    ("watch", "labels"): ("watch_labels", -1, "LABEL"),
+    ("watch", "search"): ("watch_prefixes", -1, "PREFIX"),
 }
 
 
@@ -352,6 +365,32 @@ def execute(lobby: Lobby, opts: Options) -> tuple[object, Render] | None:
     raise AssertionError(f"no such action {opts.action!r}")
 
 
+def event_line(event: Mapping[str, Any]) -> Line:
+    kind = str(event.get("event", ""))
+    line: Line = [(f"{kind:<6}", None)]
+    if kind == "reset":
+        return [*line, (" (the stream starts over: a fresh snapshot follows)", None)]
+    line += [(" ", None), (safe(str(event.get("hostname", ""))), HOST_STYLE)]
+    for label in event.get("labels") or []:
+        line += [("  ", None), *label_segments(str(label))]
+    if kind == "leave":
+        line.append((f"  ({safe(str(event.get('reason', '')))})", None))
+    return line
+
+
+def watch(lobby: Lobby, opts: Options, out: TextIO) -> None:
+    """Print events until interrupted; each line is flushed as it comes."""
+    labels = opts.args if opts.action == "watch_labels" else None
+    prefixes = opts.args if opts.action == "watch_prefixes" else None
+    colour = use_colour(out, os.environ)
+    for event in lobby.watch(labels, prefixes):
+        if opts.json:
+            out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        else:
+            write_lines([event_line(event)], out, colour)
+        out.flush()
+
+
 def error_line(exc: LobbyException) -> str:
     """One line for stderr, whatever the daemon answered."""
     message = " ".join(str(exc).split())
@@ -376,7 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         with Lobby(opts.host, opts.port, opts.token, opts.proto) as lobby:
+            if opts.action.startswith("watch"):
+                watch(lobby, opts, out)
+                return 0
             result = execute(lobby, opts)
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 1
     except ValueError as exc:  # an argument the client refuses to send
         err.write(f"lobbyctl: {exc}\n")
         return 2

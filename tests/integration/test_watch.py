@@ -15,15 +15,19 @@ HERE = Path(__file__).parent.parent
 
 def test_fresh_node_lists_50_live_nodes_long_before_keep_alive(broker, spawn, procs, tmp_path):
     env = broker.env(KEEP_ALIVE="30", TTL="90")
-    crowd = Proc([sys.executable, str(HERE / "peers.py"), "50", "peer"], tmp_path / "peers.log",
-                 {**env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE)})
+    crowd = Proc(
+        [sys.executable, str(HERE / "peers.py"), "50", "peer"],
+        tmp_path / "peers.log",
+        {**env, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE)},
+    )
     procs.append(crowd)
     crowd.start()
     wait_for(lambda: "ready" in crowd.output(), what="peers up")
     time.sleep(1)  # let their first announcements pass: the fresh node must ask
     fresh = spawn("fresh.example", env)
-    names = wait_for(lambda: len(fresh.hostnames()) == 51 and fresh.hostnames(), timeout=10,
-                     what="51 nodes")
+    names = wait_for(
+        lambda: len(fresh.hostnames()) == 51 and fresh.hostnames(), timeout=10, what="51 nodes"
+    )
     assert names[0] == "fresh.example" and names[-1] == "peer049"
     # KEEP_ALIVE is 30 s: without the sync they would trickle in over 30 s
     assert crowd.running
@@ -44,8 +48,7 @@ def test_blocking_query(broker, spawn):
     result = {}
 
     def block():
-        result["r"] = a.get("/v1/discoveries", params={"index": index, "wait": "30s"},
-                            timeout=40)
+        result["r"] = a.get("/v1/discoveries", params={"index": index, "wait": "30s"}, timeout=40)
 
     t = threading.Thread(target=block)
     t.start()
@@ -64,7 +67,9 @@ def test_blocking_query(broker, spawn):
         assert "x-lobby-index" in a.get(path).headers, path
 
 
-def read_events(client: httpx.Client, path: str, count: int, headers=None) -> list[tuple[str, dict]]:
+def read_events(
+    client: httpx.Client, path: str, count: int, headers=None
+) -> list[tuple[str, dict]]:
     events: list[tuple[str, dict]] = []
     with client.stream("GET", path, headers=headers, timeout=20) as r:
         assert r.status_code == 200
@@ -108,8 +113,11 @@ def test_event_stream_delivers_join_update_leave_in_order(broker, spawn):
     for t in threads:
         t.join(15)
     assert [(k, e["hostname"]) for k, e in got] == [
-        ("join", "a.example"), ("join", "b.example"), ("update", "b.example"),
-        ("update", "b.example"), ("leave", "b.example"),
+        ("join", "a.example"),
+        ("join", "b.example"),
+        ("update", "b.example"),
+        ("update", "b.example"),
+        ("leave", "b.example"),
     ]
     assert got[0][1]["labels"] == ["service:web"]
     assert got[2][1]["labels"] == ["role:db"] and got[3][1]["labels"] == []
@@ -144,9 +152,79 @@ def test_client_disconnect_leaves_nothing_behind(broker, spawn):
             next(r.iter_lines())
     with a.client() as c:
         try:
-            c.get("/v1/discoveries", params={"index": a.get("/").headers["x-lobby-index"],
-                                             "wait": "60s"}, timeout=0.5)
+            c.get(
+                "/v1/discoveries",
+                params={"index": a.get("/").headers["x-lobby-index"], "wait": "60s"},
+                timeout=0.5,
+            )
         except httpx.ReadTimeout:
             pass
-    wait_for(lambda: a.get("/v1/stats").json()["watchers"] == {"streams": 0, "blocking": 0},
-             what="no watchers left")
+    wait_for(
+        lambda: a.get("/v1/stats").json()["watchers"] == {"streams": 0, "blocking": 0},
+        what="no watchers left",
+    )
+
+
+def test_client_watch_sync_and_async_and_lobbyctl_watch(nats_server, channel, spawn):
+    import asyncio
+    import subprocess
+
+    from lobby import AsyncLobby, Lobby
+
+    env = {
+        "NATS_URL": nats_server.url,
+        "NATS_DISCOVERY_CHANNEL": channel,
+        "KEEP_ALIVE": "1",
+        "TTL": "60",
+        "LABELS": "service:web",
+    }
+    a = spawn("a.example", env)
+    wait_for(lambda: a.hostnames() == ["a.example"], what="a listed")
+    with Lobby("127.0.0.1", a.port) as lobby:
+        stream = lobby.watch(labels=["role:db"])
+        a.request("POST", "/v1/labels", content="role:db\n")
+        first = next(stream)
+        stream.close()
+    assert (first["event"], first["hostname"], first["labels"]) == (
+        "join",
+        "a.example",
+        ["role:db"],
+    )
+
+    async def async_watch():
+        async with AsyncLobby("127.0.0.1", a.port) as lobby:
+            gen = lobby.watch(prefixes=["service:"])
+            event = await gen.__anext__()
+            await gen.aclose()
+            return event
+
+    event = asyncio.run(async_watch())
+    assert (event["event"], event["labels"]) == ("join", ["service:web"])
+
+    ctl = subprocess.Popen(
+        [sys.executable, "-m", "lobby.ctl", "-port", str(a.port), "watch", "search", "role:"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"},
+    )
+    try:
+        assert ctl.stdout.readline() == "join   a.example  role:db\n"
+        a.request("DELETE", "/v1/labels", content="role:db\n")
+        assert ctl.stdout.readline() == "leave  a.example  role:db  (unmatched)\n"
+    finally:
+        ctl.kill()
+        ctl.wait()
+    json_ctl = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lobby.ctl",
+            "-port",
+            str(a.port + 1 if a.port < 65535 else 1),
+            "watch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert json_ctl.returncode == 1 and "cannot reach lobbyd" in json_ctl.stderr
