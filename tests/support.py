@@ -291,3 +291,176 @@ class Broker:
             nats_publish(self.server.url, self.channel, payloads)
         else:
             redis_publish(self.server.port, self.channel, payloads, self.server.password)
+
+
+# -- fault-injection helpers (tests/faults) ------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process, in KiB (VmRSS from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def log_line_count(proc: Proc) -> int:
+    return len(proc.output().splitlines())
+
+
+class ApiPoller:
+    """Polls the API of some lobbyd nodes in a background thread, recording every answer.
+
+    Each sample is (monotonic time, node name, sorted hostnames or None on error,
+    broker connected, expiry_paused, error text). Use as a context manager:
+
+        with ApiPoller([a, b]) as poller:
+            ... inject the fault ...
+        assert poller.errors() == []
+    """
+
+    def __init__(self, nodes: list[Lobbyd], interval: float = 0.05) -> None:
+        import threading
+
+        self.nodes = nodes
+        self.interval = interval
+        self.samples: list[tuple[float, str, list[str] | None, bool | None, bool | None, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-poller", daemon=True)
+
+    def _run(self) -> None:
+        clients = {node.name: node.client(timeout=2.0) for node in self.nodes}
+        try:
+            while not self._stop.is_set():
+                for node in self.nodes:
+                    client = clients[node.name]
+                    try:
+                        hosts = sorted(d["hostname"] for d in client.get("/v1/discoveries").json())
+                        broker = client.get("/v1/stats").json()["broker"]
+                        sample = (
+                            time.monotonic(),
+                            node.name,
+                            hosts,
+                            bool(broker["connected"]),
+                            bool(broker["expiry_paused"]),
+                            "",
+                        )
+                    except Exception as exc:
+                        sample = (time.monotonic(), node.name, None, None, None, repr(exc))
+                    self.samples.append(sample)
+                self._stop.wait(self.interval)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def __enter__(self) -> ApiPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def errors(self) -> list[tuple[float, str, str]]:
+        """Samples where the API did not answer."""
+        return [(t, name, err) for t, name, hosts, _, _, err in self.samples if hosts is None]
+
+    def views(self, name: str) -> list[list[str]]:
+        return [hosts for _, n, hosts, _, _, _ in self.samples if n == name and hosts is not None]
+
+    def missing(self, expected: list[str]) -> list[tuple[float, str, list[str]]]:
+        """Samples whose view lacked one of `expected` (a peer disappeared)."""
+        want = set(expected)
+        return [
+            (t, name, hosts)
+            for t, name, hosts, _, _, _ in self.samples
+            if hosts is not None and not want <= set(hosts)
+        ]
+
+    def longest_disconnect(self, name: str) -> float:
+        """Longest span (seconds) during which `name` reported its broker link down."""
+        longest = 0.0
+        down_since: float | None = None
+        for t, n, _, connected, _, _ in self.samples:
+            if n != name or connected is None:
+                continue
+            if not connected and down_since is None:
+                down_since = t
+            elif connected and down_since is not None:
+                longest = max(longest, t - down_since)
+                down_since = None
+        return longest
+
+    def saw(self, name: str, *, connected: bool | None = None, paused: bool | None = None) -> bool:
+        return any(
+            n == name and (connected is None or c == connected) and (paused is None or p == paused)
+            for _, n, hosts, c, p, _ in self.samples
+            if hosts is not None
+        )
+
+
+def envelope(hostname: str, labels: list[str] | None = None, message: str = "hi") -> bytes:
+    """A wire envelope as the Go implementation sends it."""
+    import orjson
+
+    return orjson.dumps(
+        {
+            "discovery": {"hostname": hostname, "labels": labels or [], "last_check": 0},
+            "message": message,
+        }
+    )
+
+
+class NatsCluster:
+    """Three nats-servers on loopback routed into one cluster, each with monitoring."""
+
+    def __init__(self, workdir: Path, procs: list[Proc], size: int = 3) -> None:
+        self.cluster_ports = [free_port() for _ in range(size)]
+        self.monitor_ports = [free_port() for _ in range(size)]
+        self.servers: list[NatsServer] = []
+        for i in range(size):
+            routes = ",".join(
+                f"nats://127.0.0.1:{p}" for j, p in enumerate(self.cluster_ports) if j != i
+            )
+            extra = [
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_ports[i]}",
+                "--routes",
+                routes,
+                "--cluster_name",
+                "lobby",
+                "-m",
+                str(self.monitor_ports[i]),
+            ]
+            server = NatsServer(workdir, extra=extra)
+            procs.append(server)
+            self.servers.append(server)
+
+    @property
+    def urls(self) -> str:
+        return ",".join(s.url for s in self.servers)
+
+    def monitor(self, i: int, endpoint: str) -> Any:
+        return httpx.get(f"http://127.0.0.1:{self.monitor_ports[i]}/{endpoint}", timeout=2).json()
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        size = len(self.servers)
+        for i in range(size):
+            wait_for(
+                lambda i=i: self.monitor(i, "routez")["num_routes"] >= size - 1,
+                15,
+                what=f"nats-server {i} routed to the others",
+            )
+
+    def server_of(self, client_name: str) -> int:
+        """Index of the server a client (by its CONNECT name) is connected to."""
+        for i, server in enumerate(self.servers):
+            if not server.running:
+                continue
+            conns = self.monitor(i, "connz").get("connections") or []
+            if any(c.get("name") == client_name for c in conns):
+                return i
+        raise AssertionError(f"{client_name} is connected to no server")

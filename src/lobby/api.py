@@ -7,6 +7,7 @@ by two spaces and ends with a newline, like Go's JSONPretty.
 
 from __future__ import annotations
 
+import copy
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Protocol
@@ -154,6 +155,54 @@ _PLAIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_DENIED_DOC = {
+    "description": "missing or wrong `Authorization: Token <TOKEN>` header",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}},
+                "required": ["message"],
+            }
+        }
+    },
+}
+
+
+def _document_guard(app: FastAPI, token: bool) -> None:
+    """Make the OpenAPI document tell what the app really answers.
+
+    Validation errors are 400 text/plain here, never FastAPI's 422 JSON; and with a
+    token, every operation may answer 403 (found by fuzzing the API with schemathesis).
+    """
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", copy.deepcopy(_PLAIN_ERRORS[400]))
+                if token:
+                    responses["403"] = copy.deepcopy(_DENIED_DOC)
+        if token:
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["token"] = {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <TOKEN>`",
+            }
+            schema["security"] = [{"token": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(
     node: Node,
     token: str = "",
@@ -279,7 +328,9 @@ def create_app(
     for add in extra:
         add(app)
     if feed is None:
+        _document_guard(app, bool(token))
         return Guard(app, token)
     watch.add_routes(app, feed)
     watch.document_blocking(app)
+    _document_guard(app, bool(token))
     return Guard(watch.Blocking(app, feed), token)

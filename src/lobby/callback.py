@@ -27,7 +27,7 @@ log = logging.getLogger("lobby.callback")
 
 OUTPUT_LIMIT: Final = 4096  # bytes of the command's output kept for the log
 _READ_CHUNK: Final = 65536
-_REAP_GRACE: Final = 1.0  # after SIGKILL: how long to wait for the pipe to close
+_REAP_GRACE: Final = 1.0  # after SIGKILL: how long to wait for the pipes to close
 
 
 class _Output:
@@ -60,6 +60,41 @@ async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
         pass  # the command need not read its input
     finally:
         stdin.close()
+
+
+async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
+    """Start the command in a session of its own, even if cancelled meanwhile.
+
+    The child can run before asyncio has connected its pipes; a cancellation then
+    would leave it (and whatever it started) running, so it is killed here.
+    """
+    start = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
+    try:
+        return await asyncio.shield(start)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await start
+            _kill_group(proc.pid)
+            await _reap(proc)
+        raise
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a finished or killed command, briefly.
+
+    asyncio's wait() also waits for the pipes, which a process that left the group
+    (setsid) may hold for ever.
+    """
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), _REAP_GRACE)
 
 
 def _kill_group(pid: int) -> None:
@@ -139,13 +174,7 @@ class CallbackRunner:
         data = self._snapshot()
         started = time.monotonic()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            proc = await _spawn(argv)
         except OSError as exc:
             log.error("callback %r cannot start: %s", name, exc.strerror or exc)
             return None
@@ -153,31 +182,26 @@ class CallbackRunner:
         output = _Output(self._output_limit)
         feeder = asyncio.create_task(_feed(proc.stdin, data))
         reader = asyncio.create_task(output.read(proc.stdout))
-        timed_out = False
+        status: int | None = None
         try:
             try:
                 async with asyncio.timeout(self.timeout):
                     await asyncio.wait({reader})  # not cancelled by the timeout
                     status = await proc.wait()
             except TimeoutError:
-                timed_out = True
                 _kill_group(proc.pid)
-                status = await proc.wait()
-                # a process that left the group may still hold the pipe: stop reading
-                await asyncio.wait({reader}, timeout=_REAP_GRACE)
+                await asyncio.wait({reader}, timeout=_REAP_GRACE)  # the output so far
         finally:
             # also on cancellation (daemon shutdown): leave no child behind
             if proc.returncode is None or not reader.done():
                 _kill_group(proc.pid)
             await _finish(feeder)
             await _finish(reader)
-            if proc.returncode is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), _REAP_GRACE)
+            await _reap(proc)
         took = time.monotonic() - started
         shown = output.text()
         tail = f"; output:\n{shown}" if shown else ""
-        if timed_out:
+        if status is None:
             log.error("callback %r still running after %g s: killed%s", name, self.timeout, tail)
             return None
         if status == 0:

@@ -38,6 +38,7 @@ from lobby.model import (
     decode_sync,
     encode_envelope,
     encode_sync,
+    label_problem,
 )
 from lobby.registry import Registry
 from lobby.watch import ChangeFeed
@@ -84,6 +85,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: Any = None
+        self.callback: Any = None
         self.exit_status = 0
         self._garbage_log = RateLimitedLog(log, burst=5, every=30)
         self._send_log = RateLimitedLog(log, burst=3, every=30)
@@ -118,6 +120,11 @@ class Daemon:
             },
             "announcements": {"sent": self.sent, "failed": self.send_failures},
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
+            "callback": (
+                {"runs": self.callback.runs, "last_status": self.callback.last_status}
+                if self.callback is not None
+                else None
+            ),
         }
 
     # -- incoming -----------------------------------------------------------------
@@ -192,7 +199,8 @@ class Daemon:
         if self._link_up and self._echo_ok:
             self.registry.resume()
         else:
-            self.registry.pause(since=None if not self._link_up else self._heard_self)
+            # from the last sign the link worked: our own "hi" coming back to us
+            self.registry.pause(since=self._heard_self if self.settings.announce else None)
 
     # -- local labels -------------------------------------------------------------
 
@@ -274,15 +282,23 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
             except TimeoutError:
-                # the periodic path: fallback label re-read, hostname, echo watchdog
+                # the periodic path: fallback label re-read, hostname
                 self.refresh_labels()
                 old_name = self._hostname_changed()
-                self._watch_echo()
             self._wake.clear()
             if self.settings.announce and self.driver is not None and self.driver.connected:
                 if old_name is not None:
                     await self._publish(GOODBYE, Discovery(old_name, ()))
                 await self._publish(HI, self.own_discovery())
+
+    async def _echo_watchdog(self) -> None:
+        # Its own task, ticking faster than KEEP_ALIVE: the announcer can sit in a
+        # publish for seconds on a frozen broker (Redis: PUBLISH_TIMEOUT), and noticing
+        # the silence that late let records expire before expiry was paused.
+        tick = self.settings.keep_alive / 4
+        while True:
+            await asyncio.sleep(tick)
+            self._watch_echo()
 
     def _watch_echo(self) -> None:
         if not (self.settings.announce and self._link_up and self._echo_ok):
@@ -419,6 +435,7 @@ class Daemon:
             log.warning(
                 "TTL=%d <= KEEP_ALIVE=%d: nodes will flap between keep-alives", s.ttl, s.keep_alive
             )
+        self.local.runtime.remove_stale_temp_files()
         sock = None
         if not s.disable_api:
             try:
@@ -445,6 +462,7 @@ class Daemon:
             if self.embedded is not None:
                 self._spawn(self._keep_embedded(), "embedded-watch")
             self._spawn(self._announcer(), "announcer")
+            self._spawn(self._echo_watchdog(), "echo-watchdog")
             self._spawn(self._sweeper(), "sweeper")
             self._spawn(self._watch_label_dir(), "label-watch")
             if s.callback:
@@ -502,6 +520,7 @@ class Daemon:
         )
         # startup counts as a change: the runner starts dirty
         self.registry.add_listener(lambda change: runner.mark_dirty())
+        self.callback = runner
         self._spawn(runner.run(), "callback")
 
     async def _shutdown(self) -> None:
@@ -546,6 +565,9 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     except LabelError as exc:
         _usage_error(f"invalid LABELS: {exc}")
         raise
+    problem = label_problem(settings.hostname) if settings.hostname else None
+    if problem is not None:
+        _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
     return settings
 
 

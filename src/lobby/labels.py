@@ -109,6 +109,19 @@ class RuntimeLabels:
         self.path = path
         self._lock = asyncio.Lock()
 
+    def remove_stale_temp_files(self) -> None:
+        """Remove temporary files that a write killed mid-way left (at startup only)."""
+        try:
+            stale = list(self.path.parent.glob(f".{self.path.name}.*.tmp"))
+        except OSError:
+            return
+        for tmp in stale:
+            try:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted write", tmp)
+            except OSError as exc:
+                log.warning("cannot remove stale temporary file %s: %s", tmp, exc)
+
     def read(self) -> list[str]:
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")

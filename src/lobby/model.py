@@ -24,9 +24,10 @@ MAX_HOSTNAME_BYTES: Final = 1024
 HI: Final = "hi"
 GOODBYE: Final = "goodbye"
 
-# C0, DEL and C1 control characters. A newline in a label would corrupt the
+# C0, DEL and C1 control characters, and the Unicode line and paragraph separators
+# (str.splitlines() breaks lines there too). A newline in a label would corrupt the
 # one-label-per-line formats (files, API bodies, lobbyctl output).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class PacketError(ValueError):
@@ -70,8 +71,12 @@ def label_problem(label: str) -> str | None:
     if not stripped:
         return "label is empty"
     if _CONTROL.search(label):
-        return "label contains a control character"
-    if len(stripped) > MAX_LABEL_BYTES // 4 and len(stripped.encode()) > MAX_LABEL_BYTES:
+        return "label contains a control character or line separator"
+    try:
+        size = len(stripped.encode())
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from non-UTF-8 bytes in LABELS
+        return "label is not valid UTF-8"
+    if size > MAX_LABEL_BYTES:
         return f"label is longer than {MAX_LABEL_BYTES} bytes"
     return None
 
@@ -100,9 +105,28 @@ def normalize_labels(labels: object) -> tuple[str, ...]:
 
 # Labels repeat across nodes and across every keep-alive of one node, so a label
 # seen once valid is remembered: the common case costs one dict lookup and also
-# interns the string (SPEC §11). Bounded so garbage cannot grow it without limit.
+# interns the string (SPEC §11). Only labels of packets that passed validation are
+# remembered, and the cache is bounded in count and in characters, so neither garbage
+# nor label churn can grow it without limit (1,500 dropped packets of long labels
+# used to pin ~100 MB).
 _known_labels: dict[str, str] = {}
+_known_chars = 0
 _KNOWN_LABELS_MAX: Final = 200_000
+_KNOWN_LABELS_MAX_CHARS: Final = 16 * 1024 * 1024
+
+
+def _remember(labels: list[str]) -> None:
+    global _known_chars
+    chars = sum(map(len, labels))
+    if (
+        len(_known_labels) + len(labels) > _KNOWN_LABELS_MAX
+        or _known_chars + chars > _KNOWN_LABELS_MAX_CHARS
+    ):
+        _known_labels.clear()
+        _known_chars = 0
+    for label in labels:
+        _known_labels[label] = label
+    _known_chars += chars
 
 
 def _wire_labels(raw: object) -> tuple[str, ...]:
@@ -112,6 +136,7 @@ def _wire_labels(raw: object) -> tuple[str, ...]:
         raise PacketError("bad_labels", "labels is not a list")
     known = _known_labels
     out: list[str] = []
+    new: list[str] | None = None
     for item in raw:
         label = known.get(item) if type(item) is str else None
         if label is None:
@@ -120,10 +145,13 @@ def _wire_labels(raw: object) -> tuple[str, ...]:
             problem = label_problem(item)
             if problem is not None:
                 raise PacketError("bad_label", problem)
-            if len(known) >= _KNOWN_LABELS_MAX:
-                known.clear()
-            label = known[item] = sys.intern(item)
+            label = sys.intern(item)
+            if new is None:
+                new = []
+            new.append(label)
         out.append(label)
+    if new is not None:
+        _remember(new)
     # Go peers send sorted, unique labels: checking is cheaper than sorting.
     for i in range(1, len(out)):
         if out[i - 1] >= out[i]:

@@ -180,3 +180,9 @@ label_text = st.text(
 def test_encode_decode_roundtrip(hostname, labels):
     discovery = Discovery(hostname, tuple(sorted(set(labels))))
     assert decode_envelope(encode_envelope("hi", discovery)).discovery == discovery
+
+
+def test_lone_surrogates_are_not_labels():
+    # os.environ turns non-UTF-8 bytes into lone surrogates, which cannot go on the wire
+    with pytest.raises(LabelError, match="UTF-8"):
+        clean_label("loc:\udcff")
