@@ -20,8 +20,13 @@ from lobby.daemon import Daemon
 async def main(count: int, prefix: str) -> None:
     daemons = []
     for i in range(count):
-        env = {**os.environ, "HOSTNAME": f"{prefix}{i:03d}", "DISABLE_API": "true",
-               "LABELS_PATH": "/nonexistent", "LABELS": f"peer:{i},crowd:{prefix}"}
+        env = {
+            **os.environ,
+            "HOSTNAME": f"{prefix}{i:03d}",
+            "DISABLE_API": "true",
+            "LABELS_PATH": "/nonexistent",
+            "LABELS": f"peer:{i},crowd:{prefix}",
+        }
         daemons.append(Daemon(config.load(env)))
     tasks = [asyncio.create_task(d.run()) for d in daemons]
     stop = asyncio.Event()

@@ -39,11 +39,13 @@ def event(data: bytes | None) -> tuple[str, dict] | None:
 def test_render_unfiltered():
     view = make_filter([], [])
     assert event(render(Change(5, "join", "a", ()), view)) == (
-        "join", {"hostname": "a", "labels": [], "index": 5},
+        "join",
+        {"hostname": "a", "labels": [], "index": 5},
     )
     assert event(render(Change(6, "update", "a", ("x",), "", ()), view))[0] == "update"
     assert event(render(Change(7, "leave", "a", ("x",), "expired"), view)) == (
-        "leave", {"hostname": "a", "labels": ["x"], "index": 7, "reason": "expired"},
+        "leave",
+        {"hostname": "a", "labels": ["x"], "index": 7, "reason": "expired"},
     )
 
 
@@ -51,10 +53,16 @@ def test_render_filtered_view_enter_change_exit():
     view = make_filter(["role:db", "role:web"], [])
     assert render(Change(2, "join", "a", ("other",)), view) is None
     assert event(render(Change(3, "update", "a", ("other", "role:db"), "", ("other",)), view)) == (
-        "join", {"hostname": "a", "labels": ["role:db"], "index": 3},
+        "join",
+        {"hostname": "a", "labels": ["role:db"], "index": 3},
     )
-    assert render(Change(4, "update", "a", ("more", "role:db"), "", ("other", "role:db")), view) is None
-    kind, data = event(render(Change(5, "update", "a", ("role:db", "role:web"), "", ("role:db",)), view))
+    assert (
+        render(Change(4, "update", "a", ("more", "role:db"), "", ("other", "role:db")), view)
+        is None
+    )
+    kind, data = event(
+        render(Change(5, "update", "a", ("role:db", "role:web"), "", ("role:db",)), view)
+    )
     assert (kind, data["labels"]) == ("update", ["role:db", "role:web"])
     kind, data = event(render(Change(6, "update", "a", ("x",), "", ("role:db",)), view))
     assert (kind, data["reason"], data["labels"]) == ("leave", "unmatched", ["role:db"])
