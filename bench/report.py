@@ -1,0 +1,586 @@
+"""Results -> markdown tables (stdout, bench/README.md) and PNG plots (bench/*.png)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+BROKERS = ("nats", "redis")
+NAMES = {"nats": "NATS", "redis": "Redis"}
+GO_INGEST = {1_000: 20_000, 10_000: 5_000, 50_000: 1_500}
+GO_API_10K = 64
+
+# SPEC §11
+INGEST_TARGET = 50_000
+LOAD_TARGET_S = 1.0
+API_TARGETS = {10_000: 600, 10: 5_000}
+PROPAGATION_P99_S = 0.050
+RSS_PER_NODE = 1024
+FAILURE_SLACK_S = 1.0
+
+README_START = "<!-- bench:results:start -->"
+README_END = "<!-- bench:results:end -->"
+
+
+def mark(ok: bool | None) -> str:
+    return "" if ok is None else (" ✅" if ok else " ❌")
+
+
+def num(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def _get(d: Any, *path: Any) -> Any:
+    for p in path:
+        if d is None:
+            return None
+        if isinstance(p, int) and isinstance(d, list):
+            d = d[p] if -len(d) <= p < len(d) else None
+        elif isinstance(d, dict):
+            d = d.get(p)
+        else:
+            return None
+    return d
+
+
+def _by_n(section: Any, n: int) -> dict[str, Any] | None:
+    for entry in _get(section, "by_n") or []:
+        if entry.get("n") == n:
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def _cells(
+    results: dict[str, Any], fn: Callable[[dict[str, Any]], tuple[str, bool | None] | None]
+) -> list[str] | None:
+    """One cell per broker; None when no broker has this figure."""
+    cells, any_value = [], False
+    for broker in BROKERS:
+        data = _get(results, "brokers", broker)
+        value = fn(data) if data else None
+        if value is None:
+            cells.append("-")
+        else:
+            any_value = True
+            text, ok = value
+            cells.append(text + mark(ok))
+    return cells if any_value else None
+
+
+def _err(data: dict[str, Any], key: str) -> tuple[str, None] | None:
+    if _get(data, key, "error"):
+        return ("error", None)
+    return None
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str, list[str] | None]] = []
+    ingest_ns = sorted(
+        {e["n"] for b in BROKERS for e in _get(results, "brokers", b, "ingest", "by_n") or []}
+    )
+    for n in ingest_ns:
+
+        def ingest_rate(d: dict[str, Any], n: int = n) -> tuple[str, bool | None] | None:
+            e = _by_n(d.get("ingest"), n)
+            if e is None:
+                return _err(d, "ingest")
+            rate = e.get("max_rate")
+            if rate is None:
+                return ("none kept up", False)
+            return (f"{rate:,}/s", rate >= INGEST_TARGET)
+
+        go = f" (Go: {GO_INGEST[n]:,}/s)" if n in GO_INGEST else ""
+        rows.append(
+            (
+                f"ingest, N={n:,}: highest rate kept up with",
+                f"≥ {INGEST_TARGET:,}/s{go}",
+                _cells(results, ingest_rate),
+            )
+        )
+
+    def cost_growth(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        entries = [e for e in _get(d, "ingest", "by_n") or [] if e.get("cpu_s_per_100k")]
+        if len(entries) < 2:
+            return None
+        first, last = entries[0], entries[-1]
+        ratio = last["cpu_s_per_100k"] / first["cpu_s_per_100k"]
+        text = (
+            f"{first['cpu_s_per_100k']:.2f} s → {last['cpu_s_per_100k']:.2f} s"
+            f" (N {first['n']:,} → {last['n']:,}, x{ratio:.2f})"
+        )
+        return (text, ratio < 1.25)
+
+    rows.append(
+        ("lobbyd CPU per 100k packets", "must not grow with N", _cells(results, cost_growth))
+    )
+
+    def load(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        s = _get(d, "memory", "load_seconds")
+        if s is None:
+            return _err(d, "memory")
+        return (f"{s:.2f} s", s < LOAD_TARGET_S)
+
+    rows.append(
+        ("load 50,000 nodes from nothing", f"< {LOAD_TARGET_S:.0f} s", _cells(results, load))
+    )
+
+    for n, target in sorted(API_TARGETS.items(), reverse=True):
+
+        def api(
+            d: dict[str, Any], n: int = n, target: int = target
+        ) -> tuple[str, bool | None] | None:
+            r = _get(_by_n(d.get("api"), n), "endpoints", "all")
+            if r is None:
+                return _err(d, "api")
+            return (f"{r['rps']:,.0f} req/s (p99 {r.get('p99_ms', 0):.1f} ms)", r["rps"] >= target)
+
+        go = f" (Go: {GO_API_10K}/s)" if n == 10_000 else ""
+        rows.append(
+            (
+                f"GET /v1/discoveries, {n:,} nodes, 16 clients",
+                f"≥ {target:,} req/s{go}",
+                _cells(results, api),
+            )
+        )
+
+    def prop(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        v = _get(d, "propagation", "visible_s")
+        if v is None:
+            return _err(d, "propagation")
+        return (
+            f"p50 {v['p50'] * 1e3:.1f} ms, p99 {v['p99'] * 1e3:.1f} ms",
+            v["p99"] < PROPAGATION_P99_S,
+        )
+
+    rows.append(("label POSTed on A → visible on B", "p99 < 50 ms", _cells(results, prop)))
+
+    def kill(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        f = d.get("failure")
+        if not f or "sigkill_s" not in f:
+            return _err(d, "failure")
+        worst = f["sigkill_s"]["max"]
+        return (
+            f"{f['sigkill_s']['p50']:.2f} s (max {worst:.2f} s, TTL {f['ttl']} s)",
+            worst <= f["ttl"] + FAILURE_SLACK_S,
+        )
+
+    rows.append(("SIGKILLed node gone from a peer", "≤ TTL + 1 s", _cells(results, kill)))
+
+    def term(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        f = d.get("failure")
+        if not f or "sigterm_s" not in f:
+            return _err(d, "failure")
+        worst = f["sigterm_s"]["max"]
+        return (f"{f['sigterm_s']['p50'] * 1e3:.0f} ms (max {worst * 1e3:.0f} ms)", worst <= 1.0)
+
+    rows.append(
+        ("SIGTERMed node gone from a peer (goodbye)", "at once (≤ 1 s)", _cells(results, term))
+    )
+
+    def per_node(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        e = _by_n(d.get("memory"), 50_000)
+        if e is None:
+            return _err(d, "memory")
+        b = e["bytes_per_node"]
+        return (f"{b:,.0f} B", b <= RSS_PER_NODE)
+
+    rows.append(("RSS per node record, 50,000 nodes", "≤ 1 KiB", _cells(results, per_node)))
+
+    def jump(d: dict[str, Any]) -> tuple[str, bool | None] | None:
+        f = _get(d, "memory", "full_list")
+        if f is None:
+            return _err(d, "memory")
+        mib = 2**20
+        # one cached copy of the answer stays by design (SPEC §11: answers are cached)
+        ok = f["jump"] <= 1.1 * f["bytes"] + 2 * mib
+        return (
+            f"+{f['jump'] / mib:.1f} MiB after {len(f['rss_after_each'])} GETs"
+            f" (answer {f['bytes'] / mib:.1f} MiB, peak +{f['peak_jump'] / mib:.1f})",
+            ok,
+        )
+
+    rows.append(
+        (
+            "RSS after GET /v1/discoveries at 50k",
+            "no jump (beyond the one cached answer)",
+            _cells(results, jump),
+        )
+    )
+
+    lines = [
+        f"| {what} | {goal} | " + " | ".join(cells) + " |"
+        for what, goal, cells in rows
+        if cells is not None
+    ]
+    if not lines:
+        return []
+    return ["| measurement | target | NATS | Redis |", "| --- | --- | --- | --- |", *lines]
+
+
+def ingest_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| broker | N | highest rate kept up with | lobbyd CPU there | CPU s per 100k packets | µs per packet | packets per CPU second | others' CPU on its core |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    found = False
+    for broker in BROKERS:
+        for e in _get(results, "brokers", broker, "ingest", "by_n") or []:
+            found = True
+            best = next(
+                (s for s in e["steps"] if s["ok"] and round(s["rate"]) == e["max_rate"]), None
+            )
+            foreign = best["foreign_cpu"] if best else None
+            lines.append(
+                f"| {NAMES[broker]} | {e['n']:,} | {num(e['max_rate'])}/s"
+                f" | {num(100 * e['cpu_util_at_max'] if e['cpu_util_at_max'] is not None else None)} %"
+                f" | {num(e['cpu_s_per_100k'], 3)} | {num(10 * e['cpu_s_per_100k'] if e['cpu_s_per_100k'] else None, 1)}"
+                f" | {num(e['implied_capacity'])} | {num(100 * foreign if foreign is not None else None)} % |"
+            )
+    return lines if found else []
+
+
+def api_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| N | request | answer | NATS req/s | p50 | p99 | Redis req/s | p50 | p99 |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ns = sorted({e["n"] for b in BROKERS for e in _get(results, "brokers", b, "api", "by_n") or []})
+    for n in ns:
+        names: list[str] = []
+        for b in BROKERS:
+            for name in _get(_by_n(_get(results, "brokers", b, "api"), n), "endpoints") or {}:
+                if name not in names:
+                    names.append(name)
+        for name in names:
+            cols, path, size = [], "", None
+            for b in BROKERS:
+                r = _get(_by_n(_get(results, "brokers", b, "api"), n), "endpoints", name)
+                if r is None:
+                    cols += ["-", "-", "-"]
+                    continue
+                path, size = r["path"], r["bytes"]
+                bad = f" ({r['non_2xx']} non-2xx)" if r.get("non_2xx") else ""
+                cols += [
+                    f"{r['rps']:,.0f}{bad}",
+                    f"{r.get('p50_ms', 0):.2f} ms",
+                    f"{r.get('p99_ms', 0):.2f} ms",
+                ]
+            lines.append(f"| {n:,} | `{path}` | {_size(size)} | " + " | ".join(cols) + " |")
+    return lines if ns else []
+
+
+def _size(b: int | None) -> str:
+    if b is None:
+        return "-"
+    if b >= 2**20:
+        return f"{b / 2**20:.1f} MiB"
+    if b >= 1024:
+        return f"{b / 1024:.0f} KiB"
+    return f"{b} B"
+
+
+def other_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| measurement | NATS | Redis |", "| --- | --- | --- |"]
+    rows = 0
+
+    def row(what: str, fn: Callable[[dict[str, Any]], str | None]) -> None:
+        nonlocal rows
+        cells = []
+        for b in BROKERS:
+            d = _get(results, "brokers", b)
+            cells.append((fn(d) if d else None) or "-")
+        if any(c != "-" for c in cells):
+            lines.append(f"| {what} | " + " | ".join(cells) + " |")
+            rows += 1
+
+    def join(peers: str) -> Callable[[dict[str, Any]], str | None]:
+        def cell(d: dict[str, Any]) -> str | None:
+            v = _get(d, "join", peers)
+            if not v:
+                return None
+            c, a = v["complete_s"], v["complete_after_connect_s"]
+            return f"{c['p50']:.2f} s (max {c['max']:.2f}); {a['p50']:.2f} s after connecting"
+
+        return cell
+
+    def join_what(peers: str) -> str:
+        for b in BROKERS:
+            j = _get(results, "brokers", b, "join")
+            if j and peers in j:
+                return (
+                    f"fresh node among {j['n']:,} {'Go' if peers == 'go' else 'Python'} peers"
+                    f" (KEEP_ALIVE {j['keep_alive']} s): spawn → lists all,"
+                    f" {j[peers]['complete_s']['trials']} trials"
+                )
+        return f"join, {peers} peers"
+
+    row(join_what("go"), join("go"))
+    row(join_what("python"), join("python"))
+    row(
+        "POST /v1/labels on A (part of propagation)",
+        lambda d: (
+            f"p50 {d['propagation']['post_s']['p50'] * 1e3:.1f} ms, p99 {d['propagation']['post_s']['p99'] * 1e3:.1f} ms"
+            if _get(d, "propagation", "post_s")
+            else None
+        ),
+    )
+    row(
+        "SIGTERM → process exited",
+        lambda d: (
+            f"{d['failure']['sigterm_exit_s']['max'] * 1e3:.0f} ms (max)"
+            if _get(d, "failure", "sigterm_exit_s")
+            else None
+        ),
+    )
+    row(
+        "RSS with ~0 nodes",
+        lambda d: (
+            f"{d['memory']['rss_base'] / 2**20:.1f} MiB" if _get(d, "memory", "rss_base") else None
+        ),
+    )
+
+    def rss_at(n: int) -> Callable[[dict[str, Any]], str | None]:
+        def cell(d: dict[str, Any]) -> str | None:
+            e = _by_n(d.get("memory"), n)
+            return f"{e['rss'] / 2**20:.1f} MiB ({e['bytes_per_node']:,.0f} B)" if e else None
+
+        return cell
+
+    for n in (50_000, 100_000):
+        row(f"RSS at {n:,} nodes (per node record)", rss_at(n))
+    row(
+        "simulator alone into the broker",
+        lambda d: (
+            f"{d['ingest']['simulator_max_rate']:,} packets/s"
+            if _get(d, "ingest", "simulator_max_rate")
+            else None
+        ),
+    )
+    return lines if rows else []
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    noise = results.get("noise", {})
+    text = (
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']};"
+        f" lobbyd {m['lobbyd']}; nats-server {m['nats_server'].removeprefix('nats-server: ')};"
+        f" {m['redis_server']}. Every lobbyd pinned to core {m['daemon_cpus']}, broker,"
+        f" simulator and wrk on {m['other_cpus']}. Run {results['started']},"
+        f" {results['duration_s']:.0f} s{' (--quick)' if results.get('quick') else ''}."
+    )
+    if noise.get("wall"):
+        share = noise["foreign_cpu_s"] / noise["wall"]
+        text += f" Other processes used {share:.0%} of one core on average meanwhile."
+    return text
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = [machine_line(results)]
+    if targets := targets_table(results):
+        parts += ["", *targets]
+    for title, table in (
+        ("Ingest", ingest_table(results)),
+        ("API (wrk -t2 -c16, registry changing once a second)", api_table(results)),
+        ("Join, failure, memory", other_table(results)),
+    ):
+        if table:
+            parts += ["", f"**{title}**", "", *table]
+    errors = [
+        f"- {NAMES[b]} {name}: {sec['error']}"
+        for b in BROKERS
+        for name, sec in (_get(results, "brokers", b) or {}).items()
+        if isinstance(sec, dict) and sec.get("error")
+    ]
+    if errors:
+        parts += ["", "**Errors**", "", *errors]
+    return "\n".join(parts) + "\n"
+
+
+def update_readme(results: dict[str, Any], plots: list[str]) -> bool:
+    path = BENCH / "README.md"
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    body = markdown(results)
+    if plots:
+        body += "\n" + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots) + "\n"
+    new = re.sub(
+        re.escape(README_START) + ".*?" + re.escape(README_END),
+        lambda _: f"{README_START}\n{body}{README_END}",
+        text,
+        flags=re.S,
+    )
+    path.write_text(new)
+    return True
+
+
+# -- plots ------------------------------------------------------------------------------
+
+COLORS = {"nats": "#1f77b4", "redis": "#d62728", "go": "#7f7f7f"}
+
+
+def plots(results: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    brokers = {b: d for b in BROKERS if (d := _get(results, "brokers", b))}
+
+    # ingest
+    if any(_get(d, "ingest", "by_n") for d in brokers.values()):
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for b, d in brokers.items():
+            entries = [e for e in _get(d, "ingest", "by_n") or [] if e.get("max_rate")]
+            if entries:
+                ns = [e["n"] for e in entries]
+                ax1.plot(
+                    ns,
+                    [e["max_rate"] for e in entries],
+                    "o-",
+                    color=COLORS[b],
+                    label=f"lobbyd, {NAMES[b]}",
+                )
+                ax2.plot(
+                    ns,
+                    [10 * e["cpu_s_per_100k"] for e in entries],
+                    "o-",
+                    color=COLORS[b],
+                    label=NAMES[b],
+                )
+        ax1.plot(
+            list(GO_INGEST),
+            list(GO_INGEST.values()),
+            "s--",
+            color=COLORS["go"],
+            label="Go lobby 1.5",
+        )
+        ax1.axhline(INGEST_TARGET, color="green", ls=":", label="target 50,000/s")
+        ax1.set(
+            xscale="log",
+            yscale="log",
+            xlabel="nodes (N)",
+            ylabel="packets/s kept up with",
+            title="Ingest, one core",
+        )
+        ax2.set(
+            xscale="log",
+            xlabel="nodes (N)",
+            ylabel="lobbyd CPU µs per packet",
+            title="Cost per packet",
+        )
+        ax2.set_ylim(bottom=0)
+        for ax in (ax1, ax2):
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, "ingest.png"))
+        plt.close(fig)
+
+    # API
+    api_ns = sorted({e["n"] for d in brokers.values() for e in _get(d, "api", "by_n") or []})
+    if api_ns:
+        fig, axes = plt.subplots(1, len(api_ns), figsize=(4.2 * len(api_ns), 4.4), squeeze=False)
+        for ax, n in zip(axes[0], api_ns, strict=True):
+            names: list[str] = []
+            for d in brokers.values():
+                for name in _get(_by_n(d.get("api"), n), "endpoints") or {}:
+                    if name not in names:
+                        names.append(name)
+            width = 0.8 / max(len(brokers), 1)
+            for k, (b, d) in enumerate(brokers.items()):
+                eps = _get(_by_n(d.get("api"), n), "endpoints") or {}
+                xs = [i + (k - (len(brokers) - 1) / 2) * width for i in range(len(names))]
+                ys = [_get(eps, name, "rps") or 0 for name in names]
+                ax.bar(xs, ys, width, color=COLORS[b], label=f"lobbyd, {NAMES[b]}")
+            if n in API_TARGETS:
+                ax.axhline(API_TARGETS[n], color="green", ls=":", label="target (full list)")
+            if n == 10_000:
+                ax.axhline(
+                    GO_API_10K, color=COLORS["go"], ls="--", label="Go lobby 1.5 (full list)"
+                )
+            ax.set_xticks(range(len(names)), names, rotation=30)
+            ax.set(title=f"N = {n:,}", ylabel="req/s")
+            ax.set_ylim(bottom=0)
+            ax.grid(True, axis="y", alpha=0.3)
+        handles: dict[str, Any] = {}
+        for ax in axes[0]:
+            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(label, h)
+        fig.legend(
+            handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8
+        )
+        fig.suptitle("API throughput, wrk -t2 -c16, registry changing once a second")
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        written.append(_save(fig, "api.png"))
+        plt.close(fig)
+
+    # propagation
+    if any(_get(d, "propagation", "samples") for d in brokers.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for b, d in brokers.items():
+            samples = sorted(_get(d, "propagation", "samples") or [])
+            if samples:
+                ys = [(i + 1) / len(samples) for i in range(len(samples))]
+                ax.step(
+                    [s * 1e3 for s in samples], ys, where="post", color=COLORS[b], label=NAMES[b]
+                )
+        ax.axvline(PROPAGATION_P99_S * 1e3, color="green", ls=":", label="target p99 50 ms")
+        ax.set(
+            xlabel="ms from POST on A to visible on B",
+            ylabel="fraction of trials",
+            title="Label propagation",
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, "propagation.png"))
+        plt.close(fig)
+
+    # memory
+    if any(_get(d, "memory", "by_n") for d in brokers.values()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for b, d in brokers.items():
+            base = _get(d, "memory", "rss_base") or 0
+            entries = _get(d, "memory", "by_n") or []
+            ns = [0] + [e["n"] for e in entries]
+            ax.plot(
+                ns,
+                [base / 2**20] + [e["rss"] / 2**20 for e in entries],
+                "o-",
+                color=COLORS[b],
+                label=NAMES[b],
+            )
+        top = max(
+            (e["n"] for d in brokers.values() for e in _get(d, "memory", "by_n") or []), default=0
+        )
+        base = min((_get(d, "memory", "rss_base") or 0 for d in brokers.values()), default=0)
+        ax.plot(
+            [0, top],
+            [base / 2**20, (base + RSS_PER_NODE * top) / 2**20],
+            "g:",
+            label="1 KiB per node",
+        )
+        ax.set(xlabel="nodes", ylabel="lobbyd RSS, MiB", title="Memory")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, "memory.png"))
+        plt.close(fig)
+    return written
+
+
+def _save(fig: Any, name: str) -> str:
+    path = BENCH / name
+    fig.savefig(path, dpi=90)
+    return str(path)
