@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lobby import watch
+from lobby import __version__, watch
 from lobby.labels import parse_label_body
 from lobby.model import Discovery, DiscoveryModel, LabelError, discoveries_json, pretty
 from lobby.registry import Registry
@@ -216,7 +216,7 @@ def create_app(
     """
     app = FastAPI(
         title="lobbyd",
-        version="2.0.0",
+        version=__version__,
         description="Which servers exist and what runs where: discovery packets by label.",
     )
     app.add_exception_handler(HTTPException, _plain_error)

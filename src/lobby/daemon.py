@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from lobby import config
+from lobby import __version__, config
 from lobby._ratelimit import RateLimitedLog
 from lobby.config import Settings
 from lobby.drivers.base import Driver, DriverError, Topic
@@ -44,8 +44,6 @@ from lobby.registry import Registry
 from lobby.watch import ChangeFeed
 
 log = logging.getLogger("lobby")
-
-__version__ = "2.0.0"
 
 SYNC_SPREAD = 0.2  # seconds over which peers answer a sync request
 
