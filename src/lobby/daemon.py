@@ -280,8 +280,10 @@ class Daemon:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
             except TimeoutError:
-                # the periodic path: fallback label re-read, hostname
+                # the periodic path: fallback label re-read, hostname, log summaries
                 self.refresh_labels()
+                self._garbage_log.flush()
+                self._send_log.flush()
                 old_name = self._hostname_changed()
             self._wake.clear()
             if self.settings.announce and self.driver is not None and self.driver.connected:

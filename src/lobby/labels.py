@@ -149,7 +149,7 @@ class RuntimeLabels:
         merged = sorted((set(current) | set(add)) - set(delete))
         if check is not None:
             check(merged)
-        if merged == sorted(set(current)) and self.path.exists():
+        if merged == sorted(set(current)):  # nothing to change: no write, no mkdir
             return
         write_atomic(self.path, "".join(label + "\n" for label in merged))
 
