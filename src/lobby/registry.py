@@ -50,6 +50,20 @@ class _Record:
 
 
 Listener = Callable[[Change], None]
+# A node's labels -> the labels a filtered view shows of it, or None: not in the view.
+View = Callable[[tuple[str, ...]], "tuple[str, ...] | None"]
+
+
+def make_view(labels: Iterable[str] = (), prefixes: Iterable[str] = ()) -> View:
+    """The filters of SPEC §5: any of `labels` (which wins), else any of `prefixes`,
+    else everything. A filtered node shows only its matching labels."""
+    wanted = frozenset(labels)
+    if wanted:
+        return lambda have: tuple(x for x in have if x in wanted) or None
+    starts = tuple(prefixes)
+    if starts:
+        return lambda have: tuple(x for x in have if x.startswith(starts)) or None
+    return lambda have: have
 
 
 class Registry:
@@ -209,31 +223,25 @@ class Registry:
         records = self._records
         return [Discovery(h, (r := records[h]).labels, r.last_check) for h in self._hostnames()]
 
-    def with_labels(self, wanted: Iterable[str]) -> list[Discovery]:
-        """Nodes with at least one of `wanted`, each carrying only its matching labels."""
-        want = frozenset(wanted)
+    def view(self, pick: View) -> list[Discovery]:
+        """The nodes `pick` keeps, each carrying the labels it picked (sorted by hostname)."""
         self.expire()
         out = []
         records = self._records
         for hostname in self._hostnames():
             record = records[hostname]
-            matched = tuple(label for label in record.labels if label in want)
-            if matched:
-                out.append(Discovery(hostname, matched, record.last_check))
+            labels = pick(record.labels)
+            if labels is not None:
+                out.append(Discovery(hostname, labels, record.last_check))
         return out
+
+    def with_labels(self, wanted: Iterable[str]) -> list[Discovery]:
+        """Nodes with at least one of `wanted`, each carrying only its matching labels."""
+        return self.view(make_view(labels=wanted))
 
     def with_prefixes(self, prefixes: Iterable[str]) -> list[Discovery]:
         """Nodes with a label starting with one of `prefixes`; only matching labels kept."""
-        starts = tuple(prefixes)
-        self.expire()
-        out = []
-        records = self._records
-        for hostname in self._hostnames():
-            record = records[hostname]
-            matched = tuple(label for label in record.labels if label.startswith(starts))
-            if matched:
-                out.append(Discovery(hostname, matched, record.last_check))
-        return out
+        return self.view(make_view(prefixes=prefixes))
 
     def resolve(self, label: str) -> list[str]:
         """Sorted hostnames of the nodes that carry `label`."""

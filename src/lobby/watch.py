@@ -25,7 +25,7 @@ import contextlib
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qs
 
@@ -34,7 +34,7 @@ from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lobby.registry import Change, Registry
+from lobby.registry import Change, Registry, View, make_view
 
 DEFAULT_WAIT: Final = 300.0
 MAX_WAIT: Final = 600.0
@@ -43,8 +43,6 @@ QUEUE_MAX: Final = 10_000
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-Filter = Callable[[tuple[str, ...]], "tuple[str, ...] | None"]
 
 
 def parse_wait(text: str) -> float:
@@ -59,17 +57,6 @@ def parse_index(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"invalid index {text!r}: expected a non-negative integer")
     return int(text)
-
-
-def make_filter(labels: list[str], prefixes: list[str]) -> Filter:
-    """The matching labels of a node, or None when it is outside the view (SPEC §5)."""
-    if labels:
-        wanted = frozenset(labels)
-        return lambda have: tuple(x for x in have if x in wanted) or None
-    if prefixes:
-        starts = tuple(prefixes)
-        return lambda have: tuple(x for x in have if x.startswith(starts)) or None
-    return lambda have: have
 
 
 _OVERFLOW: Final = object()
@@ -271,7 +258,7 @@ def _event(
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (index, kind.encode(), orjson.dumps(data))
 
 
-def render(change: Change, view: Filter) -> bytes | None:
+def render(change: Change, view: View) -> bytes | None:
     """The event a change means for a filtered view, if any."""
     if change.kind == "leave":
         gone = view(change.labels)
@@ -292,17 +279,12 @@ def render(change: Change, view: Filter) -> bytes | None:
     return _event("update", change.index, change.hostname, new)
 
 
-def _snapshot(registry: Registry, view: Filter) -> tuple[int, list[bytes]]:
+def _snapshot(registry: Registry, view: View) -> tuple[int, list[bytes]]:
     index = registry.index
-    out = []
-    for discovery in registry.discoveries():
-        labels = view(discovery.labels)
-        if labels is not None:
-            out.append(_event("join", index, discovery.hostname, labels))
-    return index, out
+    return index, [_event("join", index, d.hostname, d.labels) for d in registry.view(view)]
 
 
-async def stream(feed: ChangeFeed, view: Filter, resume_from: int | None) -> AsyncIterator[bytes]:
+async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> AsyncIterator[bytes]:
     watcher = Watcher()
     feed.watchers.add(watcher)  # before the snapshot: nothing falls between the two
     try:
@@ -363,7 +345,7 @@ def add_routes(app: FastAPI, feed: ChangeFeed) -> None:
         index: Annotated[int | None, Query(ge=0, description="resume after this index")] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
-        view = make_filter(split_list(labels), split_list(prefixes))
+        view = make_view(split_list(labels), split_list(prefixes))
         resume = index
         if last_event_id and last_event_id.isdigit():
             resume = int(last_event_id)

@@ -5,7 +5,8 @@ import pytest
 
 from lobby.model import Discovery
 from lobby.registry import Change, Registry
-from lobby.watch import ChangeFeed, make_filter, parse_index, parse_wait, render
+from lobby.registry import make_view as make_filter
+from lobby.watch import ChangeFeed, parse_index, parse_wait, render
 
 
 @pytest.mark.parametrize(
