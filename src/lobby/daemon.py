@@ -63,6 +63,9 @@ class Daemon:
             settings.labels_path,
             settings.runtime_labels_filename,
         )
+        # before anything can write: a temporary file found now is a crash's leftover,
+        # one found later may be a write in progress
+        self.local.runtime.remove_stale_temp_files()
         self._system_hostname = system_hostname
         self.hostname = settings.hostname or system_hostname()
         self._labels = self.local.read()
@@ -435,7 +438,6 @@ class Daemon:
             log.warning(
                 "TTL=%d <= KEEP_ALIVE=%d: nodes will flap between keep-alives", s.ttl, s.keep_alive
             )
-        self.local.runtime.remove_stale_temp_files()
         sock = None
         if not s.disable_api:
             try:
