@@ -125,7 +125,7 @@ class RuntimeLabels:
     def read(self) -> list[str]:
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file, no runtime labels
             return []
         return parse_label_lines(text)
 

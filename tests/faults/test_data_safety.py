@@ -209,12 +209,14 @@ def test_unwritable_labels_path_answers_500_and_the_daemon_goes_on(
         nats_env(nats_server, channel, LABELS_PATH=str(path), KEEP_ALIVE="1", LABELS="env:1"),
     )
     sent = node.get("/v1/stats").json()["announcements"]["sent"]
-    for method in ("POST", "DELETE"):
-        r = node.request(method, "/v1/labels", content="new:1\n")
-        assert r.status_code == 500, (method, r.status_code, r.text)
-        assert r.headers["content-type"].startswith("text/plain")
-        assert "cannot write runtime labels" in r.text and str(path.parent.name) in r.text, r.text
-        assert len(r.text) < 400
+    r = node.request("POST", "/v1/labels", content="new:1\n")
+    assert r.status_code == 500, (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("text/plain")
+    assert "cannot write runtime labels" in r.text and str(path.parent.name) in r.text, r.text
+    assert len(r.text) < 400
+    # deleting what is not there changes nothing, so there is nothing to write
+    r = node.request("DELETE", "/v1/labels", content="new:1\n")
+    assert (r.status_code, r.text) == (200, "OK")
     # ...and goes on: answers, announces, keeps its other labels
     assert node.get("/v1/discovery").json()["labels"] == ["env:1"]
     wait_for(lambda: node.get("/v1/stats").json()["announcements"]["sent"] >= sent + 2, 5)
