@@ -6,6 +6,7 @@ PID. Fixtures in conftest.py wrap these so that teardown always runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -56,6 +57,20 @@ def wait_for(
                 f"timed out after {timeout} s waiting for {what or probe}: {last!r}"
             )
         time.sleep(interval)
+
+
+async def until(
+    probe: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> T:
+    """`wait_for` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}: {value!r}")
+        await asyncio.sleep(interval)
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

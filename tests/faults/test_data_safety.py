@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import Lobbyd, wait_for
+from support import Lobbyd, until, wait_for
 
 from lobby import config
 from lobby import daemon as daemon_module
@@ -236,14 +236,6 @@ class WallClock:
 
     def __call__(self) -> float:
         return self.real() + self.offset
-
-
-async def until(probe: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 async def hold(probe: Callable[[], bool], seconds: float) -> None:

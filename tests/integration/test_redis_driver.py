@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 import redis
-from support import Lobbyd, RedisServer, free_port, unique, wait_for
+from support import Lobbyd, RedisServer, free_port, unique, until, wait_for
 
 from lobby.drivers.base import DriverError, Topic
 from lobby.drivers.redis import RedisDriver
-
-
-async def until(probe: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll `probe` without blocking the loop until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or probe}")
-        await asyncio.sleep(0.02)
 
 
 class Peer:

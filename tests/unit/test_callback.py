@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import until
 
 from lobby.api import all_discoveries
 from lobby.callback import CallbackRunner
@@ -62,18 +63,6 @@ def records(out: Path) -> list[dict[str, Any]]:
     if not out.exists():
         return []
     return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-async def until(probe: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll without blocking the loop the runner lives on."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or probe}: {value!r}")
-        await asyncio.sleep(0.02)
 
 
 async def settle(seconds: float) -> None:

@@ -6,20 +6,13 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import orjson
 import pytest
+from support import until
 
 from lobby import config
 from lobby.api import create_app
 from lobby.daemon import Daemon
 from lobby.drivers.memory import MemoryBroker
 from lobby.model import Discovery, encode_envelope
-
-
-async def until(probe: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not probe():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
