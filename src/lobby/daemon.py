@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from lobby import __version__, config
 from lobby._ratelimit import RateLimitedLog
@@ -216,10 +216,9 @@ class Daemon:
         return True
 
     def _check_size(self, runtime: list[str]) -> None:
-        labels = set(self.local.env_labels).union(runtime)
-        for label in self._labels:
-            labels.add(label)
-        size = len(encode_envelope(HI, Discovery(self.hostname, tuple(sorted(labels)))))
+        # our labels already hold LABELS and every file's; add the new runtime set
+        labels = tuple(sorted(set(self._labels).union(runtime)))
+        size = len(encode_envelope(HI, Discovery(self.hostname, labels)))
         if size > MAX_PACKET_BYTES:
             raise LabelError(
                 f"too many labels: this node's announcement would be {size} bytes, "
@@ -236,9 +235,9 @@ class Daemon:
 
     # -- outgoing -----------------------------------------------------------------
 
-    async def _publish(self, message: str, discovery: Discovery) -> bool:
+    async def _publish(self, message: Literal["hi", "goodbye"], discovery: Discovery) -> bool:
         assert self.driver is not None
-        data = encode_envelope(HI if message == HI else GOODBYE, discovery)
+        data = encode_envelope(message, discovery)
         if len(data) > MAX_PACKET_BYTES:
             self._send_log(
                 logging.ERROR,

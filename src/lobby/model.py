@@ -91,18 +91,6 @@ def clean_label(label: str) -> str:
     return sys.intern(stripped)
 
 
-def normalize_labels(labels: object) -> tuple[str, ...]:
-    """Sorted, de-duplicated, interned tuple of valid labels (user input: trimmed)."""
-    if not isinstance(labels, list | tuple | set | frozenset):
-        raise LabelError("labels must be a list of strings")
-    out = set()
-    for label in labels:
-        if not isinstance(label, str):
-            raise LabelError(f"label {label!r} is not a string")
-        out.add(clean_label(label))
-    return tuple(sorted(out))
-
-
 # Labels repeat across nodes and across every keep-alive of one node, so a label
 # seen once valid is remembered: the common case costs one dict lookup and also
 # interns the string (SPEC §11). Only labels of packets that passed validation are
@@ -249,7 +237,3 @@ class DiscoveryModel(BaseModel):
     hostname: str = Field(description="the node's hostname")
     labels: list[str] = Field(description="sorted, unique labels")
     last_check: int = Field(description="Unix time this daemon last heard the node")
-
-
-class MessageModel(BaseModel):
-    message: str

@@ -121,10 +121,6 @@ class Registry:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     def _changed(
         self,
         kind: ChangeKind,

@@ -16,7 +16,6 @@ from lobby.model import (
     decode_envelope,
     encode_envelope,
     label_problem,
-    normalize_labels,
 )
 
 SAMPLES = (
@@ -152,14 +151,6 @@ def test_clean_label_trims_and_names_the_bad_label():
         clean_label("a\nb")
     with pytest.raises(LabelError, match="empty"):
         clean_label("   ")
-
-
-def test_normalize_labels():
-    assert normalize_labels(["b", " a", "b"]) == ("a", "b")
-    with pytest.raises(LabelError):
-        normalize_labels("ab")
-    with pytest.raises(LabelError):
-        normalize_labels([1])
 
 
 @given(st.binary(max_size=300))
