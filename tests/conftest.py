@@ -8,11 +8,16 @@ stopped here, by PID.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from support import Broker, Lobbyd, NatsServer, Proc, RedisServer, unique
+
+from lobby import config
+from lobby.daemon import Daemon
+from lobby.drivers.memory import MemoryBroker
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +102,33 @@ def own_broker(request: pytest.FixtureRequest, channel: str, make_nats, make_red
     """Each broker kind in turn, on a server of this test's own (to kill and restart)."""
     server = make_nats() if request.param == "nats" else make_redis()
     return Broker(request.param, server, channel)
+
+
+@pytest.fixture
+def memory_broker() -> MemoryBroker:
+    return MemoryBroker()
+
+
+@pytest.fixture
+async def memory_daemons(
+    tmp_path: Path, memory_broker: MemoryBroker
+) -> AsyncIterator[Callable[..., Daemon]]:
+    """Real Daemons on one in-memory broker: start(name, **env); all must exit 0 after."""
+    started: list[tuple[Daemon, asyncio.Task[int]]] = []
+
+    def start(name: str, **env: str) -> Daemon:
+        settings = config.load(
+            {"HOSTNAME": name, "DISABLE_API": "true", "LABELS_PATH": str(tmp_path / name), **env}
+        )
+        node = Daemon(settings, driver=memory_broker.driver())
+        started.append((node, asyncio.create_task(node.run())))
+        return node
+
+    yield start
+    for node, _ in started:
+        node.stop()
+    for _, task in started:
+        assert await asyncio.wait_for(task, 5) == 0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,17 +12,15 @@ import random
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from support import Lobbyd, until, wait_for
 
-from lobby import config
 from lobby import daemon as daemon_module
 from lobby.daemon import Daemon
-from lobby.drivers.memory import MemoryBroker
 from lobby.model import label_problem
 from lobby.registry import Registry
 
@@ -247,33 +245,15 @@ async def hold(probe: Callable[[], bool], seconds: float) -> None:
 
 
 @pytest.fixture
-async def cluster(tmp_path, monkeypatch) -> AsyncIterator[tuple[WallClock, Callable[..., Daemon]]]:
+def cluster(monkeypatch, memory_daemons) -> tuple[WallClock, Callable[[str], Daemon]]:
     wall = WallClock()
     monkeypatch.setattr(time, "time", wall)  # everything that reads the wall clock
     monkeypatch.setattr(daemon_module, "Registry", functools.partial(Registry, wall_clock=wall))
-    broker = MemoryBroker()
-    started: list[tuple[Daemon, asyncio.Task[int]]] = []
 
     def start(name: str) -> Daemon:
-        settings = config.load(
-            {
-                "HOSTNAME": name,
-                "DISABLE_API": "true",
-                "LABELS_PATH": str(tmp_path / name),
-                "KEEP_ALIVE": "1",
-                "TTL": "3",
-                "CLEAN_EVERY": "1",
-            }
-        )
-        node = Daemon(settings, driver=broker.driver())
-        started.append((node, asyncio.create_task(node.run())))
-        return node
+        return memory_daemons(name, KEEP_ALIVE="1", TTL="3", CLEAN_EVERY="1")
 
-    yield wall, start
-    for node, _ in started:
-        node.stop()
-    for _, task in started:
-        assert await asyncio.wait_for(task, 5) == 0
+    return wall, start
 
 
 def hosts(node: Daemon) -> list[str]:

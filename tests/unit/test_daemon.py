@@ -1,7 +1,7 @@
 """The daemon on the in-memory broker: lifecycle logic, fast and deterministic."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -16,27 +16,13 @@ from lobby.model import Discovery, encode_envelope
 
 
 @pytest.fixture
-def broker() -> MemoryBroker:
-    return MemoryBroker()
+def broker(memory_broker: MemoryBroker) -> MemoryBroker:
+    return memory_broker
 
 
 @pytest.fixture
-async def make(tmp_path, broker) -> AsyncIterator[Callable[..., Daemon]]:
-    started: list[tuple[Daemon, asyncio.Task[int]]] = []
-
-    def start(name: str, **env: str) -> Daemon:
-        settings = config.load(
-            {"HOSTNAME": name, "DISABLE_API": "true", "LABELS_PATH": str(tmp_path / name), **env}
-        )
-        daemon = Daemon(settings, driver=broker.driver())
-        started.append((daemon, asyncio.create_task(daemon.run())))
-        return daemon
-
-    yield start
-    for daemon, _ in started:
-        daemon.stop()
-    for _, task in started:
-        assert await asyncio.wait_for(task, 5) == 0
+def make(memory_daemons: Callable[..., Daemon]) -> Callable[..., Daemon]:
+    return memory_daemons
 
 
 def hosts(daemon: Daemon) -> list[str]:
