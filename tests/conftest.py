@@ -16,6 +16,7 @@ import pytest
 from support import Broker, Lobbyd, NatsServer, Proc, RedisServer, unique
 
 from lobby import config
+from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.daemon import Daemon
 from lobby.drivers.memory import MemoryBroker
 
@@ -116,11 +117,11 @@ async def memory_daemons(
     """Real Daemons on one in-memory broker: start(name, **env); all must exit 0 after."""
     started: list[tuple[Daemon, asyncio.Task[int]]] = []
 
-    def start(name: str, **env: str) -> Daemon:
+    def start(name: str, clock: Clock = SYSTEM_CLOCK, **env: str) -> Daemon:
         settings = config.load(
             {"HOSTNAME": name, "DISABLE_API": "true", "LABELS_PATH": str(tmp_path / name), **env}
         )
-        node = Daemon(settings, driver=memory_broker.driver())
+        node = Daemon(settings, driver=memory_broker.driver(), clock=clock)
         started.append((node, asyncio.create_task(node.run())))
         return node
 

@@ -350,6 +350,7 @@ class ApiPoller:
             while not self._stop.is_set():
                 for node in self.nodes:
                     client = clients[node.name]
+                    sample: tuple[float, str, list[str] | None, bool | None, bool | None, str]
                     try:
                         hosts = sorted(d["hostname"] for d in client.get("/v1/discoveries").json())
                         broker = client.get("/v1/stats").json()["broker"]
@@ -465,7 +466,7 @@ class NatsCluster:
         size = len(self.servers)
         for i in range(size):
             wait_for(
-                lambda i=i: self.monitor(i, "routez")["num_routes"] >= size - 1,
+                lambda i=i: self.monitor(i, "routez")["num_routes"] >= size - 1,  # type: ignore[misc]
                 15,
                 what=f"nats-server {i} routed to the others",
             )

@@ -1,10 +1,10 @@
 """Lobby: service discovery by labels.
 
 `from lobby import Lobby, AsyncLobby, LobbyException` gives the Python client; the daemon
-lives in `lobby.daemon` and is started by the `lobbyd` console script.
+lives in `lobby.daemon` and is started by the `lobbyd` console script (`lobby.lobbyd`).
 
-The client names are loaded on first use (PEP 562), so `import lobby` stays cheap for
-lobbyctl and for the daemon, neither of which needs httpx at import time.
+The client names are loaded on first use (PEP 562), so `import lobby` stays cheap and
+the daemon never loads httpx; lobbyctl imports the client (and httpx) directly.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`python -m lobby` runs lobbyd."""
 
-from lobby.daemon import main
+from lobby.lobbyd import main
 
 main()

@@ -12,9 +12,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("lobby.embedded")
@@ -136,3 +138,23 @@ class EmbeddedNats:
         if self.owned:
             log.info("stopped embedded nats-server")
         self.owned = False
+
+
+async def keep_serving(embedded: EmbeddedNats, connected: Callable[[], bool]) -> None:
+    """If the node that ran the local nats-server went away, run one ourselves.
+
+    Every node on the embedded default watches the port; the first to find it dead
+    starts a server there, the others lose the race for the port and join it. The
+    NATS client keeps reconnecting to the same URL, so nothing else changes.
+    """
+    while True:
+        await asyncio.sleep(1.0 + random.random())
+        if connected() or embedded.owned:
+            continue
+        if await is_nats(embedded.host, embedded.port, timeout=0.5):
+            continue
+        log.warning("nothing serves NATS on %s any more: starting it here", embedded.url)
+        try:
+            await embedded.start()
+        except (EmbeddedError, OSError) as exc:
+            log.warning("cannot start the embedded nats-server: %s", exc)

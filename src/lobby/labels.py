@@ -186,3 +186,32 @@ __all__ = [
     "read_label_dir",
     "write_atomic",
 ]
+
+
+async def watch_label_dir(
+    path: Path, changed: Callable[[], object], stopping: asyncio.Event
+) -> None:
+    """Call `changed()` whenever the label directory may have changed, until `stopping`.
+
+    watchfiles debounces a burst of edits into one call (50 ms); a directory that does
+    not exist yet is polled every 0.5 s until it appears. The announcer also re-reads
+    every KEEP_ALIVE, so a missed event costs at most one keep-alive.
+    """
+    from watchfiles import awatch
+
+    is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
+    while True:
+        if not is_dir():
+            await asyncio.sleep(0.5)
+            if is_dir():
+                changed()
+            continue
+        try:
+            async for _ in awatch(path, debounce=50, step=25, recursive=False, stop_event=stopping):
+                changed()
+        except (OSError, RuntimeError) as exc:
+            log.debug("label directory watch ended: %s", exc)
+        if stopping.is_set():
+            return
+        changed()
+        await asyncio.sleep(0.5)

@@ -2,8 +2,8 @@
 
 The wire format is the Go implementation's, byte for byte (SPEC §1-2). Decoding is
 the daemon's hot path, so `decode_envelope` uses orjson and direct checks instead of
-a pydantic model (about 4x faster); the pydantic models below describe the same
-shapes for the HTTP API and its OpenAPI document.
+a pydantic model (about 4x faster); `lobby.api._schema` describes the same shapes
+for the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 import orjson
-from pydantic import BaseModel, Field
 
 MAX_PACKET_BYTES: Final = 64 * 1024
 MAX_LABEL_BYTES: Final = 1024
@@ -226,14 +225,3 @@ def pretty(value: object) -> bytes:
 def discoveries_json(discoveries: Iterable[Discovery]) -> bytes:
     """The body of GET /v1/discoveries (also the callback's standard input)."""
     return pretty([d.to_dict() for d in discoveries])
-
-
-# -- API schema (OpenAPI); the hot paths serialize with orjson directly ----------
-
-
-class DiscoveryModel(BaseModel):
-    """One node's discovery packet as the API returns it."""
-
-    hostname: str = Field(description="the node's hostname")
-    labels: list[str] = Field(description="sorted, unique labels")
-    last_check: int = Field(description="Unix time this daemon last heard the node")

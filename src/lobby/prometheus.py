@@ -31,13 +31,8 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from itertools import islice
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import FastAPI, Path
-from fastapi.responses import Response
-from pydantic import BaseModel, Field
-
-from lobby.api import json_response
 from lobby.model import Discovery, pretty
 from lobby.registry import Registry
 
@@ -52,13 +47,6 @@ _WARNED_MAX: Final = 1000
 _WARN_LINES: Final = 20  # per build: a bad label copied to 10k nodes is not 10k lines
 
 Warn = Callable[[str], None]
-
-
-class TargetGroupModel(BaseModel):
-    """One HTTP SD target group (keys as the Go daemon wrote them)."""
-
-    Targets: list[str] = Field(description="`host:port` addresses to scrape")
-    Labels: dict[str, str] = Field(description="labels Prometheus puts on every target")
 
 
 def _valid_port(port: str) -> bool:
@@ -175,17 +163,25 @@ def target_groups(
     return groups
 
 
-def add_routes(app: FastAPI, registry: Registry, default_port: int) -> None:
-    """Add GET /v1/prometheus/{name} to `app`.
+class PrometheusSD:
+    """GET /v1/prometheus/{name}'s answers, cached per name until the registry changes.
 
-    The answer is cached per name until the registry changes. Warnings are logged
-    when a build finds a problem the previous build of that name did not have.
+    Warnings are logged when a build finds a problem the previous build of that name
+    did not have.
     """
-    warned: dict[str, frozenset[str]] = {}
 
-    def build(name: str) -> bytes:
+    def __init__(self, registry: Registry, default_port: int) -> None:
+        self.registry = registry
+        self.default_port = default_port
+        self._warned: dict[str, frozenset[str]] = {}
+
+    def answer(self, name: str) -> bytes:
+        return self.registry.cached(("prometheus", name), lambda: self._build(name), timed=False)
+
+    def _build(self, name: str) -> bytes:
         found: list[str] = []
-        groups = target_groups(registry.discoveries(), name, default_port, found.append)
+        groups = target_groups(self.registry.discoveries(), name, self.default_port, found.append)
+        warned = self._warned
         before = warned.pop(name, frozenset())
         new = [m for m in dict.fromkeys(found) if m not in before]
         for message in new[:_WARN_LINES]:
@@ -197,14 +193,3 @@ def add_routes(app: FastAPI, registry: Registry, default_port: int) -> None:
                 warned.clear()
             warned[name] = frozenset(found)
         return pretty(groups)
-
-    @app.get(
-        "/v1/prometheus/{name}",
-        responses={200: {"description": "HTTP SD target groups", "model": list[TargetGroupModel]}},
-        summary="Prometheus HTTP service discovery for a service",
-    )
-    async def prometheus_targets(
-        name: Annotated[str, Path(description="the service: labels prometheus:NAME[:...]")],
-    ) -> Response:
-        body = registry.cached(("prometheus", name), lambda: build(name), timed=False)
-        return json_response(body)

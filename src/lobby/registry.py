@@ -16,13 +16,14 @@ Knows nothing of brokers or HTTP. Three ideas carry it:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from lobby.model import Discovery
+from lobby.model import Discovery, discoveries_json
 
 ChangeKind = Literal["join", "update", "leave"]
 LeaveReason = Literal["", "goodbye", "expired"]
@@ -244,6 +245,17 @@ class Registry:
         self.expire()
         records = self._records
         return [h for h in self._hostnames() if label in records[h].labels]
+
+    def all_json(self) -> bytes:
+        """GET /v1/discoveries (also the callback's input), from the answer cache."""
+        return self.cached("all", lambda: discoveries_json(self.discoveries()))
+
+    async def sweep(self, clean_every: float) -> None:
+        """Expire records at their exact deadline, forever (CLEAN_EVERY caps the sleep)."""
+        while True:
+            wait = self.next_expiry()
+            await asyncio.sleep(clean_every if wait is None else min(wait + 0.001, clean_every))
+            self.expire()
 
     # -- answer cache -------------------------------------------------------------
 

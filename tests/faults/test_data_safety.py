@@ -7,7 +7,6 @@ What is acknowledged with 200 is on disk and announced; what is on disk is never
 from __future__ import annotations
 
 import asyncio
-import functools
 import random
 import stat
 import threading
@@ -19,10 +18,9 @@ import httpx
 import pytest
 from support import Lobbyd, until, wait_for
 
-from lobby import daemon as daemon_module
+from lobby.clock import Clock
 from lobby.daemon import Daemon
 from lobby.model import label_problem
-from lobby.registry import Registry
 
 pytestmark = pytest.mark.fault
 
@@ -245,13 +243,12 @@ async def hold(probe: Callable[[], bool], seconds: float) -> None:
 
 
 @pytest.fixture
-def cluster(monkeypatch, memory_daemons) -> tuple[WallClock, Callable[[str], Daemon]]:
+def cluster(memory_daemons) -> tuple[WallClock, Callable[[str], Daemon]]:
     wall = WallClock()
-    monkeypatch.setattr(time, "time", wall)  # everything that reads the wall clock
-    monkeypatch.setattr(daemon_module, "Registry", functools.partial(Registry, wall_clock=wall))
+    clock = Clock(wall=wall)
 
     def start(name: str) -> Daemon:
-        return memory_daemons(name, KEEP_ALIVE="1", TTL="3", CLEAN_EVERY="1")
+        return memory_daemons(name, clock=clock, KEEP_ALIVE="1", TTL="3", CLEAN_EVERY="1")
 
     return wall, start
 

@@ -1,5 +1,8 @@
+import dataclasses
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +123,27 @@ def test_malformed_values_name_the_variable(name, value):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "0"}, "invalid PORT='0': expected an integer from 1 to 65535"),
+        ({"TTL": "x"}, "invalid TTL='x': expected an integer >= 1"),
+        ({"DRIVER": "Kafka"}, "invalid DRIVER='Kafka': expected NATS or Redis (case-insensitive)"),
+        (
+            {"REGISTER": "yes"},
+            "invalid REGISTER='yes': expected a boolean (1, t, true, 0, f, false, ...)",
+        ),
+        (
+            {"RUNTIME_LABELS_FILENAME": "."},
+            "invalid RUNTIME_LABELS_FILENAME='.': expected a plain file name",
+        ),
+    ],
+)
+def test_error_messages(env, message):
+    with pytest.raises(ConfigError, match=re.escape(message) + "$"):
+        load(env)
+
+
 def test_driver_is_case_insensitive():
     assert load({"DRIVER": "redis"}).driver == "Redis"
     assert load({"DRIVER": "nats"}).driver == "NATS"
@@ -140,7 +164,147 @@ def test_help_lists_every_variable_with_default():
     text = config.help_text()
     for var in config.VARIABLES:
         assert f"  {var.name} " in text
-    assert "(default 1313)" in text and "(default lobby.discovery)" in text
+    assert "(1-65535; default 1313)" in text and "(default lobby.discovery)" in text
+    assert "(NATS or Redis; default NATS)" in text and "(secret; default empty)" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_help_shows_each_variable_once_with_its_help_and_default():
+    lines = config.help_text().splitlines()
+    text = " ".join(config.help_text().split())  # undo the wrapping
+    for var in config.VARIABLES:
+        assert sum(line.startswith(f"  {var.name} ") for line in lines) == 1, var.name
+        assert f" {var.name} {var.help} (" in text, var.name
+        assert f"default {var.shown_default('empty')})" in text, var.name
+
+
+# -- one source: Settings' fields ------------------------------------------------------
+
+
+def test_every_settings_field_is_exactly_one_variable():
+    fields = [f.name for f in dataclasses.fields(config.Settings)]
+    assert [var.field for var in config.VARIABLES] == fields
+    names = [var.name for var in config.VARIABLES]
+    assert len(set(names)) == len(names)
+    renamed = {var.name: var.field for var in config.VARIABLES if var.name != var.field.upper()}
+    assert renamed == {"REGISTER": "announce"}
+
+
+def test_variables_carry_the_settings_defaults():
+    defaults = load({})
+    for var in config.VARIABLES:
+        assert getattr(defaults, var.field) == var.default, var.name
+        assert type(getattr(defaults, var.field)) is type(var.default), var.name
+
+
+def test_each_default_is_a_valid_value_of_its_variable():
+    for var in config.VARIABLES:
+        if var.default != "":
+            assert var.parse(var.shown_default("")) == var.default, var.name
+        if var.kind == "choice":
+            assert var.default in var.choices
+
+
+def test_variable_kinds_follow_the_annotations():
+    kinds = {var.name: (var.kind, var.choices) for var in config.VARIABLES}
+    assert kinds["PORT"] == ("int", ())
+    assert kinds["REGISTER"] == ("bool", ())
+    assert kinds["TOKEN"] == ("str", ())
+    assert kinds["DRIVER"] == ("choice", ("NATS", "Redis"))
+    assert kinds["LOG_LEVEL"] == ("choice", ("DEBUG", "INFO", "WARNING", "ERROR"))
+    assert {var.name for var in config.VARIABLES if var.secret} == {"TOKEN", "REDIS_PASSWORD"}
+
+
+def test_settings_are_immutable_and_keep_secrets_out_of_repr():
+    s = load({"TOKEN": "hunter2", "REDIS_PASSWORD": "swordfish", "PORT": "8080"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.port = 1  # type: ignore[misc]
+    assert "hunter2" not in repr(s) and "swordfish" not in repr(s)
+    assert "port=8080" in repr(s)
+    assert s == load({"TOKEN": "hunter2", "REDIS_PASSWORD": "swordfish", "PORT": "0x1f90"})
+
+
+def test_importing_config_does_not_import_pydantic():
+    code = "import sys, lobby.config; print('pydantic' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# -- what a new variable can be ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "expected"),
+    [
+        (config.Var("X", "int", 5, "h", low=1), "0", "an integer >= 1"),
+        (config.Var("X", "int", 5, "h", low=1, high=9), "10", "an integer from 1 to 9"),
+        (config.Var("X", "int", 5, "h"), "five", "an integer"),
+        (
+            config.Var("X", "choice", "A", "h", choices=("A", "Bb")),
+            "c",
+            "A or Bb (case-insensitive)",
+        ),
+        (config.Var("X", "duration", 2.0, "h", low=0.5), "0.1", "a duration in seconds (1.5) or"),
+        (config.Var("X", "duration", 2.0, "h", low=0, high=60), "2h", "from 0s to 60s"),
+        (config.Var("X", "duration", 2.0, "h"), "5 s", "a duration"),
+        (config.Var("X", "str", "", "h", check=str.isdigit, must_be="digits"), "a1", "digits"),
+    ],
+)
+def test_var_kinds_reject_with_what_they_expect(var, raw, expected):
+    with pytest.raises(ConfigError) as info:
+        var.parse(raw)
+    assert str(info.value).startswith(f"invalid X={raw!r}: expected ")
+    assert expected in str(info.value)
+
+
+def test_choices_normalize_to_the_canonical_spelling():
+    var = config.Var("X", "choice", "A", "h", choices=("A", "Bb"))
+    assert var.parse("bB") == "Bb"
+    assert load({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1.5", 1.5), ("0", 0.0), ("300ms", 0.3), ("1m30s", 90.0), ("2h", 7200.0), ("-1s", -1.0)],
+)
+def test_durations_are_seconds_or_go_syntax(text, seconds):
+    assert config.parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "1 s", "1d", "1.5.2", "1sm", "ms5"])
+def test_durations_reject(text):
+    with pytest.raises(ValueError):
+        config.parse_duration(text)
+
+
+# -- README -------------------------------------------------------------------------------
+
+
+def test_readme_table_is_generated_from_settings():
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index(config.README_START) + len(config.README_START)
+    table = readme[start : readme.index(config.README_END)].strip()
+    assert table == config.markdown_table(), (
+        "README.md's configuration table is out of date with src/lobby/config.py;"
+        " regenerate it with: .venv/bin/python -m lobby.config --update-readme README.md"
+    )
+
+
+def test_markdown_table_has_a_row_per_variable():
+    rows = config.markdown_table().splitlines()[2:]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [
+        var.name for var in config.VARIABLES
+    ]
+    assert "| PORT | int 1-65535 | 1313 | HTTP listen port |" in rows
+    assert "| TOKEN | string, secret | (empty) |" in config.markdown_table()
+
+
+def test_markdown_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "lobby.config", "--markdown"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == config.markdown_table()
 
 
 def _lobbyd(env, *args):

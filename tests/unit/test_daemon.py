@@ -62,7 +62,7 @@ async def test_garbage_is_counted_and_changes_nothing(make, broker):
     index = a.registry.index
     for junk in [b"junk", b"{}", b'{"message":"hi","discovery":{"hostname":""}}', b"\xff" * 10]:
         broker.inject("discovery", junk)
-    await until(lambda: sum(a.rejected.values()) == 4)
+    await until(lambda: sum(a.presence.rejected.values()) == 4)
     assert hosts(a) == ["a"] and a.registry.index == index
     assert a.stats()["packets"]["rejected_by_reason"] == {
         "bad_hostname": 1,
@@ -111,9 +111,9 @@ async def test_link_down_pauses_expiry_and_reconnect_announces(make, broker):
     await until(lambda: hosts(a) == ["a"])
     broker.set_up(False)
     assert a.registry.paused
-    sent = a.sent
+    sent = a.presence.sent
     broker.set_up(True)
-    await until(lambda: a.sent == sent + 1)  # announced at once after reconnecting
+    await until(lambda: a.presence.sent == sent + 1)  # announced at once after reconnecting
     assert not a.registry.paused
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lobby.api import create_app
 from lobby.model import Discovery, decode_envelope, pretty
-from lobby.prometheus import add_routes, target, target_groups
+from lobby.prometheus import target, target_groups
 from lobby.registry import Registry
 
 SAMPLES = (
@@ -508,7 +508,7 @@ def registry() -> Registry:
 
 @pytest.fixture
 async def client(registry: Registry):
-    app = create_app(FakeNode(registry), extra=[lambda app: add_routes(app, registry, 9100)])
+    app = create_app(FakeNode(registry), node_exporter_port=9100)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://lobby") as c:
         yield c

@@ -3,10 +3,11 @@ import asyncio
 import orjson
 import pytest
 
+from lobby.api.events import render
+from lobby.feed import ChangeFeed, parse_index, parse_wait
 from lobby.model import Discovery
 from lobby.registry import Change, Registry
 from lobby.registry import make_view as make_filter
-from lobby.watch import ChangeFeed, parse_index, parse_wait, render
 
 
 @pytest.mark.parametrize(

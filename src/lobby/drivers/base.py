@@ -11,13 +11,20 @@ Its shape follows from how the daemon must behave when the broker misbehaves:
   whose broker is down at boot still serves its API and joins when the broker
   comes back (SPEC §3).
 - Incoming messages are handed to a plain callback, synchronously, one at a time,
-  in arrival order: decoding and applying a packet is cheap and must not pay for a
-  task or a queue per message.
+  in arrival order on each topic (not across the two: nats-py reads each
+  subscription in its own task): decoding and applying a packet is cheap and must
+  not pay for a task or a queue per message. Every driver hears its own messages.
+  A callback that raises is logged by the driver and loses only that message.
 - The driver reports its link going up and down (`on_link`), because only the
   daemon knows what that means for liveness (pause expiry, announce at once).
+  `connected` already says the same inside the callback, and a callback that raises
+  must not stop the driver reconnecting.
+- After `close` the driver calls neither callback again.
 - `publish` never blocks for long and raises DriverError when the message cannot
   be handed to the broker; the daemon logs it and tries again at the next keep-alive.
 - Messages the client had to drop because we fell behind are counted in `dropped`.
+
+tests/integration/test_driver_contract.py checks all of this on every driver.
 """
 
 from __future__ import annotations

@@ -1,15 +1,29 @@
 """An in-process broker and driver, for fast deterministic daemon tests.
 
-Behaves like the real drivers as the contract suite pins them down: every attached
-driver (the sender included) hears every message on its topic, in order,
-asynchronously; a broker that is down refuses publishes and reports the link down.
+Behaves like the real drivers as the contract suite (tests/integration/
+test_driver_contract.py) pins them down: `start` returns at once and the link comes
+up on a later turn of the event loop; every attached driver (the sender included)
+hears every message on its topic, in order, on a later turn of the loop, never from
+inside `publish`; a broker that is down refuses publishes (DriverError) and reports
+the link down; a broker that comes back reports it up again; a handler that raises
+is logged and loses only its own message; after `close` nothing is called back.
+
+Unlike the real drivers, `MemoryBroker.set_up` reports the link change to every
+driver synchronously, before it returns, so tests can assert right after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import TYPE_CHECKING
 
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+
+if TYPE_CHECKING:
+    from lobby.drivers.base import Driver
+
+log = logging.getLogger("lobby.memory")
 
 
 class MemoryBroker:
@@ -54,18 +68,25 @@ class MemoryDriver:
         self._on_message = on_message
         self._on_link = on_link
         self.broker.drivers.append(self)
-        if self.broker.up:
-            asyncio.get_running_loop().call_soon(self.link, True)
+        # on a later turn, like a real connection; the broker may have gone down by then
+        asyncio.get_running_loop().call_soon(lambda: self.link(self.broker.up))
 
     def link(self, up: bool) -> None:
         if up == self._linked or self._on_link is None:
             return
         self._linked = up
-        self._on_link(up)
+        try:
+            self._on_link(up)
+        except Exception:  # the daemon's bug must not stop the link reports
+            log.exception("memory link handler failed")
 
     def deliver(self, topic: Topic, data: bytes) -> None:
-        if self._on_message is not None and self.connected:
+        if self._on_message is None or not self.connected:
+            return
+        try:
             self._on_message(topic, data)
+        except Exception as exc:  # the daemon's bug: log it, keep delivering
+            log.error("memory message handler failed: %r", exc)
 
     async def publish(self, topic: Topic, data: bytes) -> None:
         if not self.connected:
@@ -80,3 +101,7 @@ class MemoryDriver:
         self._linked = False
         if self in self.broker.drivers:
             self.broker.drivers.remove(self)
+
+
+if TYPE_CHECKING:  # mypy checks that MemoryDriver keeps the Driver protocol
+    _conforms: Driver = MemoryDriver(MemoryBroker())

@@ -31,14 +31,14 @@ PENDING_MSGS = 200_000
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs."""
+    """The URL without its password or token, for logs."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.password is None:
+    if parts.username is None and parts.password is None:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 address's brackets
+    # nats://TOKEN@host: nats-py sends a user part without a password as the auth token
+    userinfo = "***" if parts.password is None else f"{parts.username}:***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 class NatsDriver:
@@ -64,6 +64,7 @@ class NatsDriver:
         self._closing = False
         self._fail_log = RateLimitedLog(log, burst=5, every=30)
         self._slow_log = RateLimitedLog(log, burst=1, every=10)
+        self._handler_log = RateLimitedLog(log, burst=5, every=30)
 
     @property
     def connected(self) -> bool:
@@ -108,7 +109,10 @@ class NatsDriver:
     def _handler(self, topic: Topic) -> Any:
         async def on_msg(msg: Msg) -> None:
             assert self._on_message is not None
-            self._on_message(topic, msg.data)
+            try:
+                self._on_message(topic, msg.data)
+            except Exception as exc:  # the daemon's bug: not a connection problem
+                self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
 
         return on_msg
 
@@ -117,8 +121,12 @@ class NatsDriver:
         return redact(url.geturl()) if url is not None else self.address
 
     def _link(self, up: bool) -> None:
-        if self._on_link is not None and not self._closing:
+        if self._on_link is None or self._closing:
+            return
+        try:
             self._on_link(up)
+        except Exception:  # the daemon's bug must not stop nats-py reconnecting
+            log.exception("NATS link handler failed")
 
     async def _error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):

@@ -1,9 +1,4 @@
-"""Watching for changes: blocking queries and the event stream.
-
-Both hang off the registry's change index. `ChangeFeed` listens to the registry,
-keeps the last few thousand changes (so a stream can resume from an index), and holds
-one asyncio.Event that is set and replaced on every change: any number of waiting
-requests sleep on it and cost nothing until the index moves.
+"""The change feed's HTTP faces: blocking queries and the event stream.
 
 Blocking queries work as in Consul: every read answer carries `X-Lobby-Index`; a
 request with `?index=N` is held until the index is no longer N or `wait` (default
@@ -21,12 +16,9 @@ stop matching leaves it (reason `unmatched`), one that starts matching joins it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import re
-from collections import deque
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
@@ -34,110 +26,16 @@ from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lobby.api._responses import send_plain
+from lobby.feed import DEFAULT_WAIT, OVERFLOW, ChangeFeed, Watcher, parse_index, parse_wait
 from lobby.registry import Change, Registry, View, make_view
 
-DEFAULT_WAIT: Final = 300.0
-MAX_WAIT: Final = 600.0
-HISTORY: Final = 10_000
-QUEUE_MAX: Final = 10_000
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_wait(text: str) -> float:
-    """`30s`, `5m`, `1h`, `250ms` or plain seconds; capped at MAX_WAIT."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"invalid wait {text!r}: expected a duration like 30s, 5m or 250ms")
-    return min(float(match.group(1)) * _UNIT[match.group(2)], MAX_WAIT)
-
-
-def parse_index(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"invalid index {text!r}: expected a non-negative integer")
-    return int(text)
-
-
-_OVERFLOW: Final = object()
-
-
-class Watcher:
-    """One stream's queue of changes; on overflow it starts over from a snapshot."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_MAX)
-
-    def push(self, change: Change) -> None:
-        try:
-            self.queue.put_nowait(change)
-        except asyncio.QueueFull:
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(_OVERFLOW)
-
-
-class ChangeFeed:
-    def __init__(self, registry: Registry, heartbeat: float = 15.0) -> None:
-        self.registry = registry
-        self.heartbeat = heartbeat
-        self.watchers: set[Watcher] = set()
-        self.waiting = 0  # blocking queries being held
-        self._history: deque[Change] = deque(maxlen=HISTORY)
-        self._moved = asyncio.Event()
-        registry.add_listener(self._on_change)
-
-    def _on_change(self, change: Change) -> None:
-        self._history.append(change)
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()
-        for watcher in self.watchers:
-            watcher.push(change)
-
-    async def wait_past(self, index: int, timeout: float) -> None:
-        """Return when the index is no longer `index`, or after `timeout` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self.waiting += 1
-        try:
-            while self.registry.index == index:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._moved.wait(), remaining)
-        finally:
-            self.waiting -= 1
-
-    def since(self, index: int) -> list[Change] | None:
-        """Changes after `index`, or None when the history no longer reaches back."""
-        current = self.registry.index
-        if index > current:
-            return None
-        if index == current:
-            return []
-        history = self._history
-        if not history or history[0].index > index + 1:
-            return None
-        return [c for c in history if c.index > index]
-
-
-# -- blocking queries ---------------------------------------------------------------
-
-
-def _plain(status: int, text: str) -> tuple[Message, Message]:
-    body = (text + "\n").encode()
-    return (
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        },
-        {"type": "http.response.body", "body": body},
-    )
+def split_list(value: str | None) -> list[str]:
+    """`a,b,,c` -> ["a", "b", "c"] (query parameters labels= and prefixes=)."""
+    if not value:
+        return []
+    return [item for item in value.split(",") if item]
 
 
 class Blocking:
@@ -158,8 +56,7 @@ class Blocking:
                 index = parse_index(query["index"][0])
                 wait = parse_wait(query["wait"][0]) if "wait" in query else DEFAULT_WAIT
             except ValueError as exc:
-                for message in _plain(400, str(exc)):
-                    await send(message)
+                await send_plain(send, 400, str(exc))
                 return
             if index == registry.index:
                 held = await self._hold(index, wait + random.uniform(0, wait / 16), receive)
@@ -309,12 +206,13 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            if item is _OVERFLOW:
+            if item is OVERFLOW:
                 yield b"event: reset\ndata: {}\n\n"
                 seen, events = _snapshot(feed.registry, view)
                 for chunk in events:
                     yield chunk
                 continue
+            assert isinstance(item, Change)
             if item.index <= seen:
                 continue
             seen = item.index
@@ -325,8 +223,6 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
 
 
 def add_routes(app: FastAPI, feed: ChangeFeed) -> None:
-    from lobby.api import split_list
-
     @app.get(
         "/v1/events",
         summary="Server-Sent Events: join, update, leave",

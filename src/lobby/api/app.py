@@ -1,4 +1,4 @@
-"""HTTP API (SPEC §5): reads the registry, never the broker.
+"""HTTP API routes (SPEC §5, §6): read the registry, never the broker.
 
 Hot answers are bytes from the registry's cache, handed to Starlette as they are.
 Everything the Go daemon answered as plain text stays plain text; JSON is indented
@@ -8,26 +8,25 @@ by two spaces and ends with a newline, like Go's JSONPretty.
 from __future__ import annotations
 
 import copy
-import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lobby import __version__, watch
+from lobby import __version__
+from lobby.api import events
+from lobby.api._responses import json_response
+from lobby.api._schema import DiscoveryModel, TargetGroupModel
+from lobby.api.auth import MAX_BODY, Guard
+from lobby.api.events import split_list
+from lobby.feed import ChangeFeed
 from lobby.labels import parse_label_body
-from lobby.model import Discovery, DiscoveryModel, LabelError, discoveries_json, pretty
+from lobby.model import Discovery, LabelError, discoveries_json, pretty
+from lobby.prometheus import PrometheusSD
 from lobby.registry import Registry
-from lobby.watch import ChangeFeed
-
-MAX_BODY = 1024 * 1024
-JSON_TYPE = "application/json; charset=UTF-8"
-# Go's echo answers a failed token check with JSONPretty(" "): one-space indent.
-DENIED = b'{\n "message": "access denied"\n}\n'
 
 
 class Node(Protocol):
@@ -42,65 +41,6 @@ class Node(Protocol):
     async def delete_labels(self, labels: list[str]) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
-
-
-def all_discoveries(registry: Registry) -> bytes:
-    """GET /v1/discoveries, from the registry's cache."""
-    return registry.cached("all", lambda: discoveries_json(registry.discoveries()))
-
-
-def json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status_code=status, media_type=JSON_TYPE)
-
-
-def split_list(value: str | None) -> list[str]:
-    """`a,b,,c` -> ["a", "b", "c"] (query parameters labels= and prefixes=)."""
-    if not value:
-        return []
-    return [item for item in value.split(",") if item]
-
-
-class Guard:
-    """Token check and body-size limit in front of every route (404s included)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.expected = f"Token {token}".encode() if token else b""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        if self.expected:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _send(send, 403, DENIED, JSON_TYPE)
-                return
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > MAX_BODY
-            except ValueError:
-                await _send(send, 400, b"invalid Content-Length\n", "text/plain; charset=utf-8")
-                return
-            if too_big:
-                await _send(send, 413, b"request body over 1 MiB\n", "text/plain; charset=utf-8")
-                return
-        await self.app(scope, receive, send)
-
-
-async def _send(send: Send, status: int, body: bytes, content_type: str) -> None:
-    start: Message = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", content_type.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    await send(start)
-    await send({"type": "http.response.body", "body": body})
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -206,13 +146,14 @@ def _document_guard(app: FastAPI, token: bool) -> None:
 def create_app(
     node: Node,
     token: str = "",
-    extra: Sequence[Callable[[FastAPI], None]] = (),
     feed: ChangeFeed | None = None,
+    *,
+    node_exporter_port: int = 9100,
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
-    `extra` functions add routes other modules own (Prometheus). With a change `feed`,
-    every GET supports blocking queries and `/v1/events` streams changes.
+    With a change `feed`, every GET supports blocking queries and `/v1/events` streams
+    changes.
     """
     app = FastAPI(
         title="lobbyd",
@@ -243,7 +184,7 @@ def create_app(
             return json_response(
                 registry.cached(key, lambda: discoveries_json(registry.with_prefixes(starts)))
             )
-        return json_response(all_discoveries(registry))
+        return json_response(registry.all_json())
 
     for path in ("/", "/v1/discoveries"):
         app.add_api_route(
@@ -325,12 +266,22 @@ def create_app(
     async def stats() -> Response:
         return json_response(pretty(node.stats()))
 
-    for add in extra:
-        add(app)
+    prometheus = PrometheusSD(registry, node_exporter_port)
+
+    @app.get(
+        "/v1/prometheus/{name}",
+        responses={200: {"description": "HTTP SD target groups", "model": list[TargetGroupModel]}},
+        summary="Prometheus HTTP service discovery for a service",
+    )
+    async def prometheus_targets(
+        name: Annotated[str, Path(description="the service: labels prometheus:NAME[:...]")],
+    ) -> Response:
+        return json_response(prometheus.answer(name))
+
     if feed is None:
         _document_guard(app, bool(token))
         return Guard(app, token)
-    watch.add_routes(app, feed)
-    watch.document_blocking(app)
+    events.add_routes(app, feed)
+    events.document_blocking(app)
     _document_guard(app, bool(token))
-    return Guard(watch.Blocking(app, feed), token)
+    return Guard(events.Blocking(app, feed), token)

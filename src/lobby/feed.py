@@ -1,0 +1,121 @@
+"""The change feed: what waits for the registry to change, with no HTTP in it.
+
+`ChangeFeed` listens to the registry, keeps the last few thousand changes (so a
+watcher can resume from an index), and holds one asyncio.Event that is set and
+replaced on every change: any number of waiters sleep on it and cost nothing until
+the index moves. `Watcher` is one reader's bounded queue of changes; when a reader
+falls too far behind, its queue is replaced by one OVERFLOW marker and the reader
+starts over from a snapshot.
+
+Blocking queries and the event stream (`lobby.api.events`) are this module's HTTP
+faces; the DNS interface and templates wait on the same feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from typing import Final
+
+from lobby.registry import Change, Registry
+
+DEFAULT_WAIT: Final = 300.0
+MAX_WAIT: Final = 600.0
+HISTORY: Final = 10_000
+QUEUE_MAX: Final = 10_000
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `5m`, `1h`, `250ms` or plain seconds, in seconds; raises ValueError."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: expected a duration like 30s, 5m or 250ms")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+def parse_wait(text: str) -> float:
+    """A blocking query's `wait`: a duration, capped at MAX_WAIT."""
+    try:
+        return min(parse_duration(text), MAX_WAIT)
+    except ValueError:
+        raise ValueError(
+            f"invalid wait {text!r}: expected a duration like 30s, 5m or 250ms"
+        ) from None
+
+
+def parse_index(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"invalid index {text!r}: expected a non-negative integer")
+    return int(text)
+
+
+class _Overflow:
+    """Queued in place of the changes a watcher lost by falling behind."""
+
+
+OVERFLOW: Final = _Overflow()
+
+
+class Watcher:
+    """One reader's queue of changes; on overflow it starts over from a snapshot."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Change | _Overflow] = asyncio.Queue(QUEUE_MAX)
+
+    def push(self, change: Change) -> None:
+        try:
+            self.queue.put_nowait(change)
+        except asyncio.QueueFull:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(OVERFLOW)
+
+
+class ChangeFeed:
+    def __init__(self, registry: Registry, heartbeat: float = 15.0) -> None:
+        self.registry = registry
+        self.heartbeat = heartbeat
+        self.watchers: set[Watcher] = set()
+        self.waiting = 0  # blocking waits being held
+        self._history: deque[Change] = deque(maxlen=HISTORY)
+        self._moved = asyncio.Event()
+        registry.add_listener(self._on_change)
+
+    def _on_change(self, change: Change) -> None:
+        self._history.append(change)
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+        for watcher in self.watchers:
+            watcher.push(change)
+
+    async def wait_past(self, index: int, timeout: float) -> None:
+        """Return when the index is no longer `index`, or after `timeout` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.waiting += 1
+        try:
+            while self.registry.index == index:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), remaining)
+        finally:
+            self.waiting -= 1
+
+    def since(self, index: int) -> list[Change] | None:
+        """Changes after `index`, or None when the history no longer reaches back."""
+        current = self.registry.index
+        if index > current:
+            return None
+        if index == current:
+            return []
+        history = self._history
+        if not history or history[0].index > index + 1:
+            return None
+        return [c for c in history if c.index > index]
