@@ -245,6 +245,31 @@ def ingest_table(results: dict[str, Any]) -> list[str]:
     return lines if found else []
 
 
+def fanout_table(results: dict[str, Any]) -> list[str]:
+    f = _get(results, "brokers", "nats", "fanout")
+    if not f or f.get("error") or not f.get("steps"):
+        return []
+    lines = [
+        "| N listening | packets/s published | deliveries/s | broker CPU | broker µs per delivery | listeners' CPU | all delivered, no slow consumer |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for st in f["steps"]:
+        lines.append(
+            f"| {st['n']:,} | {num(st['publish_rate'])} | {num(st['deliveries_per_s'])}"
+            f" | {num(100 * st['broker_cpu_util'])} % | {st['broker_us_per_delivery']:.2f}"
+            f" | {num(100 * st['listener_cpu_util'])} % | {mark(st['sustained'])} |"
+        )
+    if f.get("one_core_n_at_ka5"):
+        lines += [
+            "",
+            f"Largest N sustained here: {f['largest_sustained_n']:,}. At "
+            f"{f['us_per_delivery']:.2f} µs of broker CPU per delivery, one broker core carries "
+            f"N²/5 deliveries a second up to **N ≈ {f['one_core_n_at_ka5']:,} nodes at KEEP_ALIVE 5 s** "
+            "(the README's scaling section says what a bigger cluster needs).",
+        ]
+    return lines
+
+
 def api_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| N | request | answer | NATS req/s | p50 | p99 | Redis req/s | p50 | p99 |",
@@ -389,6 +414,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("Ingest", ingest_table(results)),
         ("API (wrk -t2 -c16, registry changing once a second)", api_table(results)),
         ("Join, failure, memory", other_table(results)),
+        ("Fan-out: one nats-server on one core, N nodes all listening", fanout_table(results)),
     ):
         if table:
             parts += ["", f"**{title}**", "", *table]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import fanout
 import httpbench
 import ingest
 import memory
@@ -36,7 +37,7 @@ import procs
 import report
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure")
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "fanout")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -58,6 +59,7 @@ def config(quick: bool) -> dict[str, Any]:
             "join_trials": 1,
             "fail_ttl": 3,
             "fail_keep_alive": 1,
+            "fanout_ns": [250, 500, 1000],
             "fail_trials": 1,
         }
     return {
@@ -78,6 +80,7 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_ttl": 5,
         "fail_keep_alive": 1,
         "fail_trials": 2,
+        "fanout_ns": [250, 500, 750, 1000, 1250, 1500, 2000],
     }
 
 
@@ -187,6 +190,16 @@ def run_broker(
             b, workdir, cfg["fail_ttl"], cfg["fail_keep_alive"], cfg["fail_trials"], say
         ),
     )
+    if kind == "nats" and "fanout" in only:  # the broker's own cost: NATS only
+        say("  fanout")
+        t = time.monotonic()
+        try:
+            out["fanout"] = fanout.measure(workdir, cfg["fanout_ns"], 5.0, 5.0, say)
+        except Exception as exc:
+            say(traceback.format_exc())
+            out["fanout"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+        out["fanout"]["measured"] = dt.datetime.now().isoformat(timespec="seconds")
+        out["fanout"]["wall_s"] = round(time.monotonic() - t, 1)
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
