@@ -56,7 +56,12 @@ name (up to its first colon) green and its value magenta. Only when stdout is a 
 and NO_COLOR is unset or empty. Control characters from the daemon are printed escaped
 (`\\x1b`), so a hostile label cannot drive the terminal.
 
-Start-up stays fast: this module imports the client and httpx, nothing of the daemon.
+- `render SOURCE [-o FILE]`: the template's text, exactly as lobbyd renders it (the
+  same code, lobby.templates, on the daemon's view fetched over the API), on stdout
+  or written atomically to FILE.
+
+Start-up stays fast: this module imports the client and httpx, nothing of the daemon;
+`render` alone imports lobby.templates (jinja2), when it runs.
 """
 
 from __future__ import annotations

@@ -286,21 +286,29 @@ def render(template: jinja2.Template, view: View) -> str:
         raise RenderError(where, message) from None
 
 
-def registry_view(
-    registry: Registry, me: Callable[[], Discovery], default_port: int
-) -> Callable[[], View]:
+# Taken on the event loop (the registry is not thread-safe), it returns what builds the
+# View from that snapshot in the worker thread, so the loop pays only for the snapshot.
+Snapshot = Callable[[], Callable[[], View]]
+
+
+def registry_view(registry: Registry, me: Callable[[], Discovery], default_port: int) -> Snapshot:
     """lobbyd's view: the registry now, this node, target_groups as the API answers."""
 
-    def view() -> View:
-        discoveries = registry.discoveries()
-        return View(
-            nodes=[d.to_dict() for d in discoveries],
-            me=me().to_dict(),
-            prometheus=lambda name: target_groups(discoveries, name, default_port),
-            environ=os.environ,
-        )
+    def snapshot() -> Callable[[], View]:
+        discoveries = registry.discoveries()  # immutable Discovery objects
+        own = me()
 
-    return view
+        def build() -> View:
+            return View(
+                nodes=[d.to_dict() for d in discoveries],
+                me=own.to_dict(),
+                prometheus=lambda name: target_groups(discoveries, name, default_port),
+                environ=os.environ,
+            )
+
+        return build
+
+    return snapshot
 
 
 # -- when to render ---------------------------------------------------------------------
@@ -355,13 +363,13 @@ class TemplateRunner:
         *,
         wait: tuple[float, float],
         timeout: float,
-        view: Callable[[], View],
+        snapshot: Snapshot,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.templates = list(templates)
         self.timeout = timeout
         self.quiet = Quiescence(*wait, clock=clock)
-        self._view = view
+        self._snapshot = snapshot
         self._wake = asyncio.Event()
         self.passes = 0  # times every template was rendered
         self.command_runs = 0
@@ -377,7 +385,7 @@ class TemplateRunner:
             load_templates(settings.templates),
             wait=parse_min_max(settings.template_wait),
             timeout=settings.template_command_timeout,
-            view=registry_view(registry, me, settings.node_exporter_port),
+            snapshot=registry_view(registry, me, settings.node_exporter_port),
         )
 
     def changed(self) -> None:
@@ -411,16 +419,25 @@ class TemplateRunner:
                     log.exception("templates: unexpected error")
 
     async def render_all(self) -> None:
-        """Render every template from one view; then run each changed one's command once."""
-        view = self._view()
-        commands: dict[str, None] = {}  # in TEMPLATES order, each once
-        for template in self.templates:
-            changed = await asyncio.to_thread(self._render_one, template, view)
-            if changed and template.spec.command:
-                commands[template.spec.command] = None
+        """Render every template from one snapshot; then run each changed one's command once.
+
+        The snapshot is taken here, on the loop; building the view, rendering and
+        writing happen in a worker thread, so a large cluster does not stall the loop.
+        """
+        build = self._snapshot()
+        commands = await asyncio.to_thread(self._render_pass, build)
         self.passes += 1
         for command in commands:
             await self._run_command(command)
+
+    def _render_pass(self, build: Callable[[], View]) -> list[str]:
+        """Render every template; the commands to run, in TEMPLATES order, each once."""
+        view = build()
+        commands: dict[str, None] = {}
+        for template in self.templates:
+            if self._render_one(template, view) and template.spec.command:
+                commands[template.spec.command] = None
+        return list(commands)
 
     def _render_one(self, template: Template, view: View) -> bool:
         """Render and write one template; True when its destination changed."""
@@ -484,6 +501,7 @@ def _content(path: Path) -> bytes | None:
 __all__ = [
     "Quiescence",
     "RenderError",
+    "Snapshot",
     "Template",
     "TemplateConfigError",
     "TemplateRunner",

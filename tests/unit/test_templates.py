@@ -201,7 +201,9 @@ def test_registry_view_is_what_the_api_shows(tmp_path):
     registry = Registry(30)
     for n in CLUSTER:
         registry.update(Discovery(n["hostname"], tuple(n["labels"])))
-    v = registry_view(registry, lambda: Discovery("me.example", ("x:y",)), 9300)()
+    build = registry_view(registry, lambda: Discovery("me.example", ("x:y",)), 9300)()
+    registry.update(Discovery("later.example", ()))  # after the snapshot: not in this view
+    v = build()
     assert [n["hostname"] for n in v.nodes] == [n["hostname"] for n in CLUSTER]
     assert v.nodes[1]["labels"] == CLUSTER[1]["labels"]
     assert v.me == {"hostname": "me.example", "labels": ["x:y"], "last_check": 0}
@@ -376,8 +378,9 @@ class Cluster:
     def __init__(self, *nodes: dict[str, Any]) -> None:
         self.nodes = list(nodes)
 
-    def view(self) -> View:
-        return view(*self.nodes)
+    def snapshot(self):
+        nodes = list(self.nodes)  # taken now, built later (in the worker thread)
+        return lambda: view(*nodes)
 
 
 def counter_command(path: Path) -> str:
@@ -400,7 +403,7 @@ def make_runner(
         )
     opts: dict[str, Any] = {"wait": (0.05, 0.5), "timeout": 10.0}
     opts.update(kw)
-    return TemplateRunner(templates, view=cluster.view, **opts)
+    return TemplateRunner(templates, snapshot=cluster.snapshot, **opts)
 
 
 HOSTS = "{% for n in nodes %}{{ n.hostname }}\n{% endfor %}"
