@@ -88,6 +88,27 @@ def parse_duration(text: str) -> float:
     return -total if text[0] == "-" else total
 
 
+def parse_min_max(text: str) -> tuple[float, float]:
+    """`MIN:MAX`, two durations with MIN <= MAX (`2s:10s`, `250ms:1m`), in seconds.
+
+    `MIN` alone means MAX = 4 x MIN, as consul-template's `wait`. Raises ValueError.
+    """
+    low_text, colon, high_text = text.partition(":")
+    low = parse_duration(low_text)
+    high = parse_duration(high_text) if colon else 4 * low
+    if low < 0 or high < low:
+        raise ValueError(text)
+    return low, high
+
+
+def _is_min_max(text: str) -> bool:
+    try:
+        parse_min_max(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
@@ -276,6 +297,24 @@ class Settings:
         30, "seconds after start before the first callback run", low=0, go=True
     )
     callback_timeout: int = setting(60, "seconds before a hung callback is killed", low=1)
+    templates: str = setting(
+        "",
+        "Jinja2 templates rendered from the registry: SOURCE:DESTINATION[:COMMAND], several"
+        " separated by ';' (see Templates)",
+    )
+    template_wait: str = setting(
+        "2s:10s",
+        "MIN:MAX: render templates after MIN without a change, or MAX after the first change"
+        " at the latest",
+        check=_is_min_max,
+        must_be="MIN:MAX, two durations like 2s:10s or 250ms:1m, MIN <= MAX",
+    )
+    template_command_timeout: float = setting(
+        60.0,
+        "seconds before a template's COMMAND is killed",
+        check=lambda seconds: seconds > 0,
+        must_be="a duration above 0 in seconds (1.5) or Go syntax (300ms, 1m30s)",
+    )
     embedded_nats_port: int = setting(4222, "port of the embedded nats-server", low=1, high=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
 

@@ -56,7 +56,12 @@ name (up to its first colon) green and its value magenta. Only when stdout is a 
 and NO_COLOR is unset or empty. Control characters from the daemon are printed escaped
 (`\\x1b`), so a hostile label cannot drive the terminal.
 
-Start-up stays fast: this module imports the client and httpx, nothing of the daemon.
+- `render SOURCE [-o FILE]`: the template's text, exactly as lobbyd renders it (the
+  same code, lobby.templates, on the daemon's view fetched over the API), on stdout
+  or written atomically to FILE.
+
+Start-up stays fast: this module imports the client and httpx, nothing of the daemon;
+`render` alone imports lobby.templates (jinja2), when it runs.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ Commands:
   labels del LABEL...              delete runtime labels
   prometheus NAME                  Prometheus HTTP SD targets of service NAME
   watch [labels L...|search P...]  print changes as they happen (Ctrl-C ends)
+  render SOURCE [-o FILE]          render a template against lobbyd's view (SPEC §18)
 
 Flags (also --flag, -flag=value), before the command:
   -host H          lobbyd's address (env HOST, default 127.0.0.1)
@@ -98,7 +104,8 @@ Flags (also --flag, -flag=value), before the command:
   -json            print the API's JSON instead of text
   -h, -help        show this help
 
-Exit status: 0 done, 1 lobbyd failed or unreachable, 2 usage error.
+Exit status: 0 done, 1 lobbyd failed or unreachable (or the template failed to
+render), 2 usage error (or the template is missing or does not compile).
 """
 
 VALUE_FLAGS = ("host", "port", "proto", "token")
@@ -119,6 +126,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, int, str]] = {
     ("watch",): ("watch", 0, ""),
     ("watch", "labels"): ("watch_labels", -1, "LABEL"),
     ("watch", "search"): ("watch_prefixes", -1, "PREFIX"),
+    ("render",): ("render", -1, "SOURCE"),
 }
 
 
@@ -187,6 +195,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
         raise UsageError(f"{source} {port!r}: expected a port number from 1 to 65535")
     opts.port = int(port)
     opts.action, opts.args = _command(list(argv[i:]))
+    if opts.action == "render":
+        opts.args = _render_args(opts.args)
     return opts
 
 
@@ -231,6 +241,33 @@ def _command(words: list[str]) -> tuple[str, list[str]]:
     if subcommands:  # `labels` alone
         raise UsageError(f"{words[0]}: expects {' or '.join(subcommands)}")
     raise UsageError(f"unknown command {words[0]!r}")
+
+
+def _render_args(args: list[str]) -> list[str]:
+    """render's SOURCE and `-o FILE` (in either order) -> [SOURCE, FILE or ""]."""
+    source: str | None = None
+    output: str | None = None
+    i = 0
+    while i < len(args):
+        word = args[i]
+        i += 1
+        name, eq, value = word.partition("=")
+        if name in ("-o", "--o", "-output", "--output"):
+            if not eq:
+                if i == len(args):
+                    raise UsageError(f"flag needs an argument: {word}")
+                value = args[i]
+                i += 1
+            if not value or output is not None:
+                raise UsageError(f"render: {word}: give -o one FILE, once")
+            output = value
+        elif source is None:
+            source = word
+        else:
+            raise UsageError(f"render: unexpected argument {word!r}")
+    if source is None:
+        raise UsageError("render: give at least one SOURCE")
+    return [source, output or ""]
 
 
 # -- human output -----------------------------------------------------------------------
@@ -391,6 +428,42 @@ def watch(lobby: Lobby, opts: Options, out: TextIO) -> None:
         out.flush()
 
 
+def render_template(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> int:
+    """`render SOURCE [-o FILE]`: the template against lobbyd's view, as lobbyd renders it.
+
+    The template module (jinja2, lobby.model) is imported only here. Exit status 2 for
+    a missing or broken template, 1 for a render or write error.
+    """
+    from pathlib import Path
+
+    from lobby.files import write_atomic
+    from lobby.templates import RenderError, TemplateConfigError, View, compile_template
+    from lobby.templates import render as render_text
+
+    source, output = opts.args
+    try:
+        template = compile_template(Path(source).absolute())
+    except TemplateConfigError as exc:
+        err.write(f"lobbyctl: {exc}\n")
+        return 2
+    view = View(lobby.get_discoveries(), lobby.get_discovery(), lobby.prometheus, os.environ)
+    try:
+        text = render_text(template, view)
+    except RenderError as exc:
+        err.write(f"lobbyctl: {' '.join(str(exc).split())}\n")
+        return 1
+    if not output:
+        out.write(text)
+        out.flush()
+        return 0
+    try:
+        write_atomic(Path(output), text, keep_owner=True)
+    except OSError as exc:
+        err.write(f"lobbyctl: cannot write {output}: {exc.strerror or exc}\n")
+        return 1
+    return 0
+
+
 def error_line(exc: LobbyException) -> str:
     """One line for stderr, whatever the daemon answered."""
     message = " ".join(str(exc).split())
@@ -418,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if opts.action.startswith("watch"):
                 watch(lobby, opts, out)
                 return 0
+            if opts.action == "render":
+                return render_template(lobby, opts, out, err)
             result = execute(lobby, opts)
     except KeyboardInterrupt:
         return 0

@@ -2,9 +2,10 @@
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
 presence on the bus (`lobby.presence`), the change feed, and, when configured, the
-API server and the callback; it supervises their tasks (one dying stops the daemon
-with status 1) and shuts them down in order: goodbye first, then the rest.
-Data flows one way: driver -> presence -> registry -> feed -> api / callback.
+API server, the callback and the templates; it supervises their tasks (one dying
+stops the daemon with status 1) and shuts them down in order: goodbye first, then
+the rest.
+Data flows one way: driver -> presence -> registry -> feed -> api / callback / templates.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Daemon:
         self.driver = driver
         self.embedded: Any = None
         self.callback: Any = None
+        self.templates: Any = None
         self.started = clock.wall()
         self.exit_status = 0
         self._stopping = asyncio.Event()
@@ -89,6 +91,7 @@ class Daemon:
                 if callback is not None
                 else None
             ),
+            "templates": self.templates.stats() if self.templates is not None else None,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -152,6 +155,8 @@ class Daemon:
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
             if s.callback:
                 self._start_callback()
+            if s.templates:
+                self._start_templates()
             if sock is not None:
                 self._start_api(sock)
             await self._stopping.wait()
@@ -215,6 +220,14 @@ class Daemon:
         self.registry.add_listener(lambda change: runner.mark_dirty())
         self.callback = runner
         self._spawn(runner.run(), "callback")
+
+    def _start_templates(self) -> None:
+        from lobby.templates import TemplateRunner
+
+        runner = TemplateRunner.from_settings(self.settings, self.registry, self.own_discovery)
+        self.registry.add_listener(lambda change: runner.changed())
+        self.templates = runner
+        self._spawn(runner.run(), "templates")
 
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()

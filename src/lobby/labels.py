@@ -10,13 +10,12 @@ sees a temporary file mid-write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import LabelError, clean_label, label_problem
 
 log = logging.getLogger("lobby.labels")
@@ -111,16 +110,7 @@ class RuntimeLabels:
 
     def remove_stale_temp_files(self) -> None:
         """Remove temporary files that a write killed mid-way left (at startup only)."""
-        try:
-            stale = list(self.path.parent.glob(f".{self.path.name}.*.tmp"))
-        except OSError:
-            return
-        for tmp in stale:
-            try:
-                tmp.unlink()
-                log.info("removed %s, left by an interrupted write", tmp)
-            except OSError as exc:
-                log.warning("cannot remove stale temporary file %s: %s", tmp, exc)
+        remove_stale_temp_files(self.path)
 
     def read(self) -> list[str]:
         try:
@@ -152,28 +142,6 @@ class RuntimeLabels:
         if merged == sorted(set(current)):  # nothing to change: no write, no mkdir
             return
         write_atomic(self.path, "".join(label + "\n" for label in merged))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically and durably (mode 0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 __all__ = [

@@ -39,6 +39,13 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     except LabelError as exc:
         _usage_error(f"invalid LABELS: {exc}")
         raise
+    if settings.templates:  # jinja2 is imported only when there are templates
+        from lobby.templates import TemplateConfigError, load_templates
+
+        try:
+            load_templates(settings.templates)
+        except TemplateConfigError as exc:
+            _usage_error(str(exc))
     problem = label_problem(settings.hostname) if settings.hostname else None
     if problem is not None:
         _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
