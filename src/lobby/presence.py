@@ -98,6 +98,7 @@ class Presence:
         self.sent = 0
         self.send_failures = 0
         self._wake = asyncio.Event()
+        self._leaving = False  # after our goodbye, never another "hi"
         self._sync_pending = False
         self._background: set[asyncio.Task[Any]] = set()
         self._garbage_log = RateLimitedLog(log, burst=5, every=30)
@@ -144,6 +145,7 @@ class Presence:
 
     async def leave(self) -> None:
         """Say goodbye on every live link and give it up to 0.5 s to leave this node."""
+        self._leaving = True
         if not self.settings.announce:
             return
         goodbye = Discovery(self.hostname, ())
@@ -329,7 +331,7 @@ class Presence:
             if not self.settings.announce:
                 continue
             for link in self.links:
-                if not link.driver.connected:
+                if self._leaving or not link.driver.connected:
                     continue
                 if old_name is not None:
                     await self._publish(link, GOODBYE, Discovery(old_name, ()))
