@@ -197,11 +197,11 @@ class Daemon:
         )
 
     def _start_api(self, sock: socket.socket) -> None:
-        from lobby.api import create_app
+        from lobby.api.fast import create_fast_app
         from lobby.api.server import ApiServer
 
         s = self.settings
-        app = create_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
+        app = create_fast_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
         self._api = ApiServer(app, sock)
         self._spawn(self._api.serve(), "api")
 

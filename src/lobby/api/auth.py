@@ -7,11 +7,14 @@ than MAX_BODY is refused before any route reads it.
 from __future__ import annotations
 
 import hmac
-from typing import Final
-
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any, Final
 
 from lobby.api._responses import send_denied, send_plain
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+else:
+    ASGIApp = Receive = Scope = Send = Any
 
 MAX_BODY: Final = 1024 * 1024
 
@@ -23,16 +26,20 @@ class Guard:
         self.app = app
         self.expected = f"Token {token}".encode() if token else b""
 
+    def permits(self, method: str, authorization: bytes) -> bool:
+        """Whether a request with this `Authorization` header value may go on."""
+        if not self.expected:
+            return True
+        return hmac.compare_digest(authorization, self.expected)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await send_denied(send)
-                return
+        if not self.permits(scope["method"], headers.get(b"authorization", b"")):
+            await send_denied(send)
+            return
         length = headers.get(b"content-length")
         if length is not None:
             try:

@@ -1,0 +1,248 @@
+"""The fast path: hot GET answers straight to the server's `send`, before FastAPI.
+
+Through FastAPI a request costs about 100 µs of routing, validation and middleware
+layers, for a body that already sits in the registry's cache. This raw ASGI app
+answers the hot reads itself: `GET /`, `/v1/discoveries` (with `labels=` or
+`prefixes=`), `/v1/resolve?label=`, `/v1/prometheus/{name}`, `/v1/discovery` and
+`/v1/stats`. What stands in front of every route is applied in the same order: the
+token check (`Guard.permits`), the blocking query (`blocking.hold`), `X-Lobby-Index`.
+
+Everything else goes to the FastAPI app, which is built on the first request that
+needs it: another method or path, a request with a body, HEAD, an invalid request
+(its error is FastAPI's), `/openapi.json`, `/docs`, `/v1/events`. A daemon that only
+serves reads never imports FastAPI or pydantic.
+
+The bodies are the FastAPI routes' bytes. A client that accepts gzip gets the cached
+gzip copy of any answer of 1 KiB or more (`Content-Encoding: gzip`; these routes
+always say `Vary: Accept-Encoding`). A list too big to keep (`lobby.answer.Slices`)
+is sent chunk by chunk as it is encoded, with chunked transfer encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl
+
+from lobby.answer import Answer, Slices
+from lobby.api._responses import JSON_TYPE, send_denied
+from lobby.api.auth import Guard
+from lobby.api.blocking import hold, split_list
+from lobby.feed import ChangeFeed
+from lobby.model import pretty
+from lobby.prometheus import PrometheusSD
+from lobby.registry import Registry, make_view
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from lobby.api.app import Node
+else:
+    ASGIApp = Receive = Scope = Send = Node = Any
+
+Body = Answer | Slices | bytes
+# What a route makes of a request: a function that builds the answer (called after a
+# blocking query was held), or None when the framework must answer (an error).
+Prepared = Callable[[], Body] | None
+
+_JSON: Final = JSON_TYPE.encode()
+_PROMETHEUS: Final = "/v1/prometheus/"
+_VARY: Final = (b"vary", b"Accept-Encoding")
+_GZIP: Final = (b"content-encoding", b"gzip")
+
+
+def accepts_gzip(value: bytes) -> bool:
+    """Whether an `Accept-Encoding` header value accepts gzip (RFC 9110 §12.5.3)."""
+    value = value.lower()
+    if b"gzip" not in value and b"*" not in value:
+        return False
+    star = False
+    for item in value.decode("latin-1").split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip()
+        if coding not in ("gzip", "x-gzip", "*"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, val = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        if coding == "*":
+            star = q > 0
+        else:
+            return q > 0
+    return star
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    """Query parameters as Starlette reads them (the last of repeated names wins)."""
+    raw: bytes = scope["query_string"]
+    if not raw:
+        return {}
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+class FastApp:
+    """The hot GET routes answered here; every other request goes to `slow()`."""
+
+    def __init__(
+        self,
+        node: Node,
+        token: str,
+        feed: ChangeFeed | None,
+        *,
+        node_exporter_port: int = 9100,
+        slow: Callable[[], ASGIApp],
+    ) -> None:
+        self.node = node
+        self.registry = node.registry
+        self.feed = feed
+        self.guard = Guard(self._to_slow, token)
+        self.prometheus = PrometheusSD(self.registry, node_exporter_port)
+        self._make_slow = slow
+        self._slow: ASGIApp | None = None
+        # path -> (route, whether its answers may be gzipped)
+        self._routes: dict[str, tuple[Callable[[Scope], Prepared], bool]] = {
+            "/": (self._discoveries, True),
+            "/v1/discoveries": (self._discoveries, True),
+            "/v1/resolve": (self._resolve, True),
+            "/v1/discovery": (self._discovery, False),
+            "/v1/stats": (self._stats, False),
+        }
+
+    @property
+    def slow_loaded(self) -> bool:
+        """Whether the FastAPI app has been built (for tests and memory checks)."""
+        return self._slow is not None
+
+    def slow(self) -> ASGIApp:
+        if self._slow is None:
+            self._slow = self._make_slow()
+        return self._slow
+
+    async def _to_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.slow()(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            await self.slow()(scope, receive, send)
+            return
+        path: str = scope["path"]
+        found = self._routes.get(path)
+        if found is None and path.startswith(_PROMETHEUS):
+            name = path[len(_PROMETHEUS) :]
+            if name and "/" not in name:
+                found = (self._prometheus_route(name), True)
+        if found is None:
+            await self.slow()(scope, receive, send)
+            return
+        authorization = b""
+        gzip = False
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+            elif key == b"accept-encoding":
+                gzip = accepts_gzip(value)
+            elif key == b"content-length" or key == b"transfer-encoding":
+                await self.slow()(scope, receive, send)  # a GET with a body: the guard's
+                return
+        if not self.guard.permits("GET", authorization):
+            await send_denied(send)
+            return
+        route, compressible = found
+        prepared = route(scope)
+        if prepared is None:
+            await self.slow()(scope, receive, send)
+            return
+        feed = self.feed
+        if feed is not None and b"index" in scope["query_string"]:
+            held = await hold(feed, scope, receive, send)
+            if held is None:
+                return
+        await self._send(send, prepared(), gzip and compressible, compressible)
+
+    async def _send(self, send: Send, answer: Body, gzip: bool, vary: bool) -> None:
+        headers = [(b"content-type", _JSON)]
+        if self.feed is not None:
+            headers.append((b"x-lobby-index", b"%d" % self.registry.index))
+        if vary:
+            headers.append(_VARY)
+        if isinstance(answer, bytes):
+            body = answer
+        elif gzip and (packed := answer.gzip()) is not None:
+            body = packed
+            headers.append(_GZIP)
+        elif isinstance(answer, Answer):
+            body = answer.body
+        else:
+            assert isinstance(answer, Slices)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for chunk in answer.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers.insert(0, (b"content-length", b"%d" % len(body)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # -- routes: the same answers as lobby.api.app's ----------------------------------
+
+    def _discoveries(self, scope: Scope) -> Prepared:
+        query = _query(scope)
+        return discoveries_answer(self.registry, query.get("labels"), query.get("prefixes"))
+
+    def _resolve(self, scope: Scope) -> Prepared:
+        label = _query(scope).get("label")
+        if not label:
+            return None  # 400 from the framework
+        return resolve_answer(self.registry, label)
+
+    def _discovery(self, scope: Scope) -> Prepared:
+        node = self.node
+        return lambda: pretty(node.own_discovery().to_dict())
+
+    def _stats(self, scope: Scope) -> Prepared:
+        node = self.node
+        return lambda: pretty(node.stats())
+
+    def _prometheus_route(self, name: str) -> Callable[[Scope], Prepared]:
+        prometheus = self.prometheus
+        return lambda scope: lambda: prometheus.cached(name)
+
+
+def discoveries_answer(registry: Registry, labels: str | None, prefixes: str | None) -> Prepared:
+    """GET /v1/discoveries[?labels=|?prefixes=]: labels win over prefixes (SPEC §5)."""
+    wanted = split_list(labels)
+    if wanted:
+        key: Any = ("labels", frozenset(wanted))
+        return lambda: registry.listing(key, make_view(labels=wanted))
+    starts = split_list(prefixes)
+    if starts:
+        key = ("prefixes", tuple(sorted(set(starts))))
+        return lambda: registry.listing(key, make_view(prefixes=starts))
+    return registry.listing
+
+
+def resolve_answer(registry: Registry, label: str) -> Prepared:
+    """GET /v1/resolve?label=L (a non-empty label)."""
+    return lambda: registry.cached_answer(
+        ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
+    )
+
+
+def create_fast_app(
+    node: Node, token: str = "", feed: ChangeFeed | None = None, *, node_exporter_port: int = 9100
+) -> FastApp:
+    """The daemon's ASGI app: the fast path, and the FastAPI app behind it built on
+    first need (`lobby.api.app.create_app`, same arguments)."""
+
+    def slow() -> ASGIApp:
+        from lobby.api.app import create_app
+
+        app: ASGIApp = create_app(node, token, feed, node_exporter_port=node_exporter_port)
+        return app
+
+    return FastApp(node, token, feed, node_exporter_port=node_exporter_port, slow=slow)
