@@ -290,6 +290,8 @@ def api_table(results: dict[str, Any]) -> list[str]:
                     cols += ["-", "-", "-"]
                     continue
                 path, size = r["path"], r["bytes"]
+                if r.get("headers"):
+                    path += "` + gzip`" if "Accept-Encoding" in r["headers"] else ""
                 bad = f" ({r['non_2xx']} non-2xx)" if r.get("non_2xx") else ""
                 cols += [
                     f"{r['rps']:,.0f}{bad}",
