@@ -2,9 +2,10 @@
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
 presence on the bus (`lobby.presence`), the change feed, and, when configured, the
-API server and the callback; it supervises their tasks (one dying stops the daemon
-with status 1) and shuts them down in order: goodbye first, then the rest.
-Data flows one way: driver -> presence -> registry -> feed -> api / callback.
+API server, the callback and the DNS interface; it supervises their tasks (one dying
+stops the daemon with status 1) and shuts them down in order: goodbye first, then the
+rest. Data flows one way: driver -> presence -> registry -> feed -> api / callback,
+and registry -> dns.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._api: Any = None
+        self.dns: Any = None  # lobby.dns_server.DnsServer when DNS_PORT is set
 
     # -- what the API reads (lobby.api.app.Node) -------------------------------------
 
@@ -89,6 +91,7 @@ class Daemon:
                 if callback is not None
                 else None
             ),
+            "dns": self.dns.stats() if self.dns is not None else None,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -134,6 +137,14 @@ class Daemon:
             except OSError as exc:
                 log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
                 return 1
+        if s.dns_port:
+            from lobby.dns_server import from_settings
+
+            self.dns = from_settings(s, self.registry)  # None: cannot listen (logged)
+            if self.dns is None:
+                if sock is not None:
+                    sock.close()
+                return 1
         try:
             if self.driver is None:
                 self.driver = await self._make_driver()
@@ -150,6 +161,8 @@ class Daemon:
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
+            if self.dns is not None:
+                await self.dns.start()
             if s.callback:
                 self._start_callback()
             if sock is not None:
@@ -221,6 +234,8 @@ class Daemon:
         await self.presence.leave()
         if self._api is not None:
             self._api.stop()
+        if self.dns is not None:
+            self.dns.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=0.5) if self._tasks else None
