@@ -88,7 +88,7 @@ class _Tcp(asyncio.Protocol):
         stats = server.answers.stats
         if len(server.connections) >= server.max_connections:
             stats.tcp_refused += 1
-            transport.abort()
+            transport.close()
             return
         self.transport = transport
         self.counted = True
@@ -107,7 +107,10 @@ class _Tcp(asyncio.Protocol):
             self.timer = loop.call_later(left, self._check_idle)
             return
         self.server.answers.stats.tcp_idle_closed += 1
-        self.transport.abort()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # it does not read its answers: do not wait for it
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
