@@ -20,6 +20,7 @@ LOAD_TARGET_S = 1.0
 API_TARGETS = {10_000: 600, 10: 5_000}
 PROPAGATION_P99_S = 0.050
 RSS_PER_NODE = 1024
+DNS_QPS = 20_000  # SPEC §17: cached answers, one core
 FAILURE_SLACK_S = 1.0
 
 README_START = "<!-- bench:results:start -->"
@@ -210,6 +211,31 @@ def targets_table(results: dict[str, Any]) -> list[str]:
             "RSS after GET /v1/discoveries at 50k",
             "no jump (beyond the one cached answer)",
             _cells(results, jump),
+        )
+    )
+
+    def dns(d: dict[str, Any], mode: str = "udp") -> tuple[str, bool | None] | None:
+        r = _get(d, "dns", "by_transport", mode)
+        if r is None:
+            return _err(d, "dns") if mode == "udp" else None
+        text = (
+            f"{r['qps']:,.0f}/s (lobbyd CPU {r['lobbyd_cpu_util']:.0%},"
+            f" {r['per_cpu_second']:,} per CPU second; avg {r.get('latency_avg_ms', 0):.1f} ms)"
+        )
+        return (text, r["qps"] >= DNS_QPS if mode == "udp" else None)
+
+    rows.append(
+        (
+            "DNS: cached A queries over UDP, one core (dnsperf)",
+            f"≥ {DNS_QPS:,}/s",
+            _cells(results, dns),
+        )
+    )
+    rows.append(
+        (
+            "DNS: the same over TCP",
+            "-",
+            _cells(results, lambda d: dns(d, "tcp")),
         )
     )
 

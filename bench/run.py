@@ -4,6 +4,7 @@
     ./dev bench                          the whole set, NATS and Redis (< 10 min)
     ./dev bench --quick                  a ~1-minute subset (NATS)
     ./dev bench --broker redis --only ingest,api
+    ./dev bench --only dns --broker nats   cached DNS queries per second (dnsperf)
     ./dev bench --profile                also record a py-spy flame graph of lobbyd under ingest load
     ./dev bench --report                 redraw plots and README table from results/latest.json
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import dnsbench
 import httpbench
 import ingest
 import memory
@@ -36,7 +38,7 @@ import procs
 import report
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure")
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "dns")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -59,6 +61,8 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_ttl": 3,
             "fail_keep_alive": 1,
             "fail_trials": 1,
+            "dns_n": 1_000,
+            "dns_seconds": 3,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -78,6 +82,8 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_ttl": 5,
         "fail_keep_alive": 1,
         "fail_trials": 2,
+        "dns_n": 1_000,
+        "dns_seconds": 5,
     }
 
 
@@ -187,6 +193,7 @@ def run_broker(
             b, workdir, cfg["fail_ttl"], cfg["fail_keep_alive"], cfg["fail_trials"], say
         ),
     )
+    section("dns", lambda b: dnsbench.measure(b, workdir, cfg["dns_n"], cfg["dns_seconds"], say))
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
