@@ -215,44 +215,62 @@ class LabelIndex:
         self.registry = registry
         self.hosts: dict[str, set[str]] = {}  # lower-cased hostname -> hostnames
         self.labels: dict[tuple[str, str], set[str]] = {}  # (name, value) -> hostnames
-        self.names: Counter[str] = Counter()  # label name -> how many (node, label) pairs
+        self.names: Counter[str] = Counter()  # label name -> how many (node, value) pairs
         self.services: dict[str, set[str]] = {}  # lower-cased service -> hostnames
         for discovery in registry.discoveries():
-            self._add(discovery.hostname, discovery.labels, join=True)
+            self._host(discovery.hostname, add=True)
+            self._add(discovery.hostname, *_keys(discovery.labels))
         registry.add_listener(self.on_change)
 
     def on_change(self, change: Change) -> None:
+        hostname = change.hostname
         if change.kind == "join":
-            self._add(change.hostname, change.labels, join=True)
+            self._host(hostname, add=True)
+            self._add(hostname, *_keys(change.labels))
         elif change.kind == "leave":
-            self._remove(change.hostname, change.labels, leave=True)
-        else:
-            self._remove(change.hostname, change.old_labels, leave=False)
-            self._add(change.hostname, change.labels, join=False)
+            self._host(hostname, add=False)
+            self._remove(hostname, *_keys(change.labels))
+        else:  # several labels can give one key (`service:smtp`, `service:SMTP`): diff keys
+            old, old_services = _keys(change.old_labels)
+            new, new_services = _keys(change.labels)
+            self._remove(hostname, old - new, old_services - new_services)
+            self._add(hostname, new - old, new_services - old_services)
 
-    def _add(self, hostname: str, labels: Iterable[str], *, join: bool) -> None:
-        if join and dns_name(hostname):
-            self.hosts.setdefault(hostname.lower(), set()).add(hostname)
-        for label in labels:
-            key = split_label(label)
-            if key is not None:
-                self.labels.setdefault(key, set()).add(hostname)
-                self.names[key[0]] += 1
-            elif label.startswith("prometheus:") and (service := service_of(label)):
-                self.services.setdefault(service.lower(), set()).add(hostname)
+    def _host(self, hostname: str, *, add: bool) -> None:
+        if dns_name(hostname):
+            if add:
+                self.hosts.setdefault(hostname.lower(), set()).add(hostname)
+            else:
+                _discard(self.hosts, hostname.lower(), hostname)
 
-    def _remove(self, hostname: str, labels: Iterable[str], *, leave: bool) -> None:
-        if leave and dns_name(hostname):
-            _discard(self.hosts, hostname.lower(), hostname)
-        for label in labels:
-            key = split_label(label)
-            if key is not None:
-                _discard(self.labels, key, hostname)
-                self.names[key[0]] -= 1
-                if self.names[key[0]] <= 0:
-                    del self.names[key[0]]
-            elif label.startswith("prometheus:") and (service := service_of(label)):
-                _discard(self.services, service.lower(), hostname)
+    def _add(self, hostname: str, keys: set[tuple[str, str]], services: set[str]) -> None:
+        for key in keys:
+            self.labels.setdefault(key, set()).add(hostname)
+            self.names[key[0]] += 1
+        for service in services:
+            self.services.setdefault(service, set()).add(hostname)
+
+    def _remove(self, hostname: str, keys: set[tuple[str, str]], services: set[str]) -> None:
+        for key in keys:
+            _discard(self.labels, key, hostname)
+            self.names[key[0]] -= 1
+            if self.names[key[0]] <= 0:
+                del self.names[key[0]]
+        for service in services:
+            _discard(self.services, service, hostname)
+
+
+def _keys(labels: Iterable[str]) -> tuple[set[tuple[str, str]], set[str]]:
+    """The (name, value) keys and lower-cased Prometheus services that `labels` give."""
+    keys: set[tuple[str, str]] = set()
+    services: set[str] = set()
+    for label in labels:
+        key = split_label(label)
+        if key is not None:
+            keys.add(key)
+        elif label.startswith("prometheus:") and (service := service_of(label)):
+            services.add(service.lower())
+    return keys, services
 
 
 def _discard(table: dict[_K, set[str]], key: _K, hostname: str) -> None:

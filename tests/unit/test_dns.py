@@ -334,6 +334,24 @@ def test_answers_follow_every_registry_change(registry, answers, clock):
     assert answers.index.labels == {} and answers.index.hosts == {} and not answers.index.names
 
 
+def test_labels_giving_the_same_key_come_and_go_one_at_a_time(registry, answers):
+    registry.update(
+        node(
+            "mx", "ip4:10.0.0.5", "role:mx", "role:MX", "prometheus:mail", "prometheus:mail:port:25"
+        )
+    )
+    assert records(ask(answers, "mx.role.lobby")) == ["10.0.0.5"]
+    assert records(ask(answers, "_mail._tcp.prometheus.lobby", "SRV")) == ["1 1 25 mx."]
+    registry.update(node("mx", "ip4:10.0.0.5", "role:mx", "prometheus:mail"))  # one of each goes
+    assert records(ask(answers, "mx.role.lobby")) == ["10.0.0.5"]
+    assert records(ask(answers, "_mail._tcp.prometheus.lobby", "SRV")) == ["1 1 9100 mx."]
+    assert answers.index.names["role"] == 1
+    registry.update(node("mx", "ip4:10.0.0.5"))
+    assert ask(answers, "mx.role.lobby").rcode() == dns.rcode.NXDOMAIN
+    assert ask(answers, "_mail._tcp.prometheus.lobby", "SRV").rcode() == dns.rcode.NXDOMAIN
+    assert "role" not in answers.index.names
+
+
 def test_index_starts_from_the_registry_as_it_is(registry):
     late = Answers(registry)
     assert records(ask(late, "web.service.lobby")) == ["1.2.3.4"]
