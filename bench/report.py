@@ -218,26 +218,19 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         r = _get(d, "dns", "by_transport", mode)
         if r is None:
             return _err(d, "dns") if mode == "udp" else None
+        # The capacity of lobbyd's core is what it answers per CPU second; the rate dnsperf
+        # reaches from the other core is a floor (on 2 cores the load generator is the limit).
+        capacity = r["per_cpu_second"] or 0
         text = (
-            f"{r['qps']:,.0f}/s (lobbyd CPU {r['lobbyd_cpu_util']:.0%},"
-            f" {r['per_cpu_second']:,} per CPU second; avg {r.get('latency_avg_ms', 0):.1f} ms)"
+            f"{capacity:,} per CPU second (dnsperf got {r['qps']:,.0f}/s,"
+            f" lobbyd's core {r['lobbyd_cpu_util']:.0%} busy; avg {r.get('latency_avg_ms', 0):.1f} ms)"
         )
-        return (text, r["qps"] >= DNS_QPS if mode == "udp" else None)
+        return (text, capacity >= DNS_QPS if mode == "udp" else None)
 
     rows.append(
-        (
-            "DNS: cached A queries over UDP, one core (dnsperf)",
-            f"≥ {DNS_QPS:,}/s",
-            _cells(results, dns),
-        )
+        ("DNS: cached A queries over UDP, one core", f"≥ {DNS_QPS:,}/s", _cells(results, dns))
     )
-    rows.append(
-        (
-            "DNS: the same over TCP",
-            "-",
-            _cells(results, lambda d: dns(d, "tcp")),
-        )
-    )
+    rows.append(("DNS: the same over TCP", "-", _cells(results, lambda d: dns(d, "tcp"))))
 
     lines = [
         f"| {what} | {goal} | " + " | ".join(cells) + " |"
