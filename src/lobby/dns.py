@@ -9,6 +9,10 @@
   `node` and `prometheus` are reserved for their forms. Matching is case-insensitive
   (ASCII, as DNS is); a hostname or label value that is not made of valid DNS labels
   (letters, digits, `-`, `_`, 1-63 of them between dots) is simply not reachable.
+  Of the names that exist only above others, `node`, `prometheus`, `_tcp.prometheus`
+  and a label name (`service`) answer NOERROR without records; the inner parts of
+  dotted values and hostnames (`4.public_ip4`, `example.node`) answer NXDOMAIN, as
+  SPEC §17 reads ("unknown name"): knowing them would cost an index entry per suffix.
 - **The index.** `LabelIndex` keeps, per lower-cased (label name, value), the
   hostnames that carry it, and per lower-cased hostname and Prometheus service name
   the nodes behind them. It follows the registry's changes (a listener: O(labels) per
