@@ -4,6 +4,7 @@
     ./dev bench                          the whole set, NATS and Redis (< 10 min)
     ./dev bench --quick                  a ~1-minute subset (NATS)
     ./dev bench --broker redis --only ingest,api
+    ./dev bench --only dns --broker nats   cached DNS queries per second (dnsperf)
     ./dev bench --profile                also record a py-spy flame graph of lobbyd under ingest load
     ./dev bench --report                 redraw plots and README table from results/latest.json
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import cluster
+import dnsbench
 import fanout
 import httpbench
 import ingest
@@ -37,7 +39,7 @@ import procs
 import report
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "fanout")
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "dns", "fanout")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -61,6 +63,8 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_keep_alive": 1,
             "fanout_ns": [250, 500, 1000],
             "fail_trials": 1,
+            "dns_n": 1_000,
+            "dns_seconds": 3,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -81,6 +85,8 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_keep_alive": 1,
         "fail_trials": 2,
         "fanout_ns": [250, 500, 750, 1000, 1250, 1500, 2000],
+        "dns_n": 1_000,
+        "dns_seconds": 5,
     }
 
 
@@ -200,6 +206,7 @@ def run_broker(
             out["fanout"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
         out["fanout"]["measured"] = dt.datetime.now().isoformat(timespec="seconds")
         out["fanout"]["wall_s"] = round(time.monotonic() - t, 1)
+    section("dns", lambda b: dnsbench.measure(b, workdir, cfg["dns_n"], cfg["dns_seconds"], say))
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))

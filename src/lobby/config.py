@@ -241,6 +241,18 @@ def _plain_file_name(name: str) -> bool:
     return name not in (".", "..") and "/" not in name
 
 
+_DNS_DOMAIN = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _dns_domain(domain: str) -> bool:
+    return len(domain) <= 200 and _DNS_DOMAIN.fullmatch(domain) is not None
+
+
+def _label_names(names: str) -> bool:
+    parts = [part.strip() for part in names.split(",")]
+    return all(part and ":" not in part for part in parts)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Typed, validated settings of one lobbyd: the one place each variable is declared."""
@@ -317,10 +329,36 @@ class Settings:
     )
     embedded_nats_port: int = setting(4222, "port of the embedded nats-server", low=1, high=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    dns_port: int = setting(
+        0, "DNS interface port, UDP and TCP (SPEC §17); 0: no DNS interface", low=0, high=65535
+    )
+    dns_host: str = setting("", "DNS listen address; empty: the same as HOST")
+    dns_domain: str = setting(
+        "lobby",
+        "the DNS domain lobbyd answers for",
+        check=_dns_domain,
+        must_be="a domain name (letters, digits, - and _ between dots)",
+    )
+    dns_ttl: int = setting(5, "TTL of DNS answers, and of negative answers, in seconds", low=0)
+    dns_address_labels: str = setting(
+        "public_ip4,public_ip6,ip4,ip6",
+        "labels holding a node's addresses, by preference: per address family, the first"
+        " one a node carries gives its A or AAAA records",
+        check=_label_names,
+        must_be="comma-separated label names (no colons)",
+    )
 
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def dns_listen_host(self) -> str:
+        return self.dns_host or self.host
+
+    @property
+    def dns_address_label_names(self) -> list[str]:
+        return [name.strip() for name in self.dns_address_labels.split(",") if name.strip()]
 
 
 def _kind(name: str, hint: Any) -> tuple[Kind, tuple[str, ...]]:

@@ -2,10 +2,10 @@
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
 presence on the bus (`lobby.presence`), the change feed, and, when configured, the
-API server, the callback and the templates; it supervises their tasks (one dying
-stops the daemon with status 1) and shuts them down in order: goodbye first, then
-the rest.
-Data flows one way: driver -> presence -> registry -> feed -> api / callback / templates.
+API server, the callback, the templates and the DNS interface; it supervises their
+tasks (one dying stops the daemon with status 1) and shuts them down in order: goodbye
+first, then the rest. Data flows one way: driver -> presence -> registry -> feed ->
+api / callback / templates, and registry -> dns.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._api: Any = None
+        self.dns: Any = None  # lobby.dns_server.DnsServer when DNS_PORT is set
 
     # -- what the API reads (lobby.api.app.Node) -------------------------------------
 
@@ -92,6 +93,7 @@ class Daemon:
                 else None
             ),
             "templates": self.templates.stats() if self.templates is not None else None,
+            "dns": self.dns.stats() if self.dns is not None else None,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -137,6 +139,14 @@ class Daemon:
             except OSError as exc:
                 log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
                 return 1
+        if s.dns_port:
+            from lobby.dns_server import from_settings
+
+            self.dns = from_settings(s, self.registry)  # None: cannot listen (logged)
+            if self.dns is None:
+                if sock is not None:
+                    sock.close()
+                return 1
         try:
             if self.driver is None:
                 self.driver = await self._make_driver()
@@ -153,6 +163,8 @@ class Daemon:
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
+            if self.dns is not None:
+                await self.dns.start()
             if s.callback:
                 self._start_callback()
             if s.templates:
@@ -234,6 +246,8 @@ class Daemon:
         await self.presence.leave()
         if self._api is not None:
             self._api.stop()
+        if self.dns is not None:
+            self.dns.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=0.5) if self._tasks else None
