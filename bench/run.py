@@ -28,15 +28,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import browser
 import cluster
 import httpbench
 import ingest
 import memory
 import procs
 import report
+import ui
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure")
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "ui")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -59,6 +61,7 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_ttl": 3,
             "fail_keep_alive": 1,
             "fail_trials": 1,
+            "ui_n": 10_000,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -78,6 +81,7 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_ttl": 5,
         "fail_keep_alive": 1,
         "fail_trials": 2,
+        "ui_n": 10_000,
     }
 
 
@@ -187,6 +191,8 @@ def run_broker(
             b, workdir, cfg["fail_ttl"], cfg["fail_keep_alive"], cfg["fail_trials"], say
         ),
     )
+    if kind == "nats":  # the page does not care which broker fed the registry
+        section("ui", lambda b: ui.measure(b, workdir, cfg["ui_n"], say))
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
@@ -242,7 +248,10 @@ def main() -> int:
         cfg["join_keep_alive"] = args.keep_alive
     if args.ttl:
         cfg["fail_ttl"] = args.ttl
-    for tool in (procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER):
+    tools = [procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER]
+    if "ui" in only:
+        tools += [browser.CHROMIUM, browser.CHROMEDRIVER]
+    for tool in tools:
         if not Path(tool).exists():
             parser.error(f"{tool} is missing")
 

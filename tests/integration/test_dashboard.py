@@ -232,7 +232,7 @@ def test_filter_narrows_the_list_and_lives_in_the_fragment(browser, cluster):
     wait_for(lambda: {"a.example", "b.example"} <= set(rows(browser)), 5, what="both listed")
     type_filter(browser, "service:web")
     wait_for(lambda: rows(browser) == ["a.example"], 5, what="only a")
-    assert browser.current_url.endswith("#q=service:web")
+    wait_for(lambda: browser.current_url.endswith("#q=service:web"), 5, what="the fragment")
     hit = js(browser, "return [...document.querySelectorAll('.row[data-host=\"a.example\"] .lb.hit')].map(c => c.dataset.label)")
     assert hit == ["service:web"]
     type_filter(browser, "location:")
@@ -317,7 +317,7 @@ def test_token_prompt_wrong_token_message_and_right_token(browser, locked):
     browser.find_element(By.ID, "token-input").send_keys(TOKEN)
     browser.find_element(By.ID, "token-submit").click()
     wait_for(lambda: "locked.example" in rows(browser), 10, what="the nodes, with the token")
-    assert js(browser, "return window.lobbyUI.state().live") in ("live", "connecting")
+    wait_for(lambda: js(browser, "return window.lobbyUI.state().live") == "live", 10, what="live")
     # kept for the tab: a reload asks no more
     browser.refresh()
     wait_for(lambda: js(browser, "return window.lobbyUI.state().live") == "live", 10, what="live again")

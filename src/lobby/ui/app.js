@@ -10,6 +10,25 @@
 'use strict';
 
 (() => {
+  if (typeof document === 'undefined') {
+    // the worker (see pollHeard): [hostname, last_check] of every node, off the main thread
+    self.onmessage = async ({ data }) => {
+      try {
+        const headers = data.token ? { Authorization: `Token ${data.token}` } : {};
+        const res = await fetch('/v1/discoveries', { headers, cache: 'no-store' });
+        if (res.status === 403) return self.postMessage({ denied: true });
+        if (!res.ok) return self.postMessage({ error: res.status });
+        const list = await res.json();
+        const hosts = list.map((d) => d.hostname);
+        const lcs = Float64Array.from(list, (d) => d.last_check);
+        self.postMessage({ hosts, lcs }, [lcs.buffer]);
+      } catch (err) {
+        self.postMessage({ error: String(err) });
+      }
+    };
+    return;
+  }
+  const SCRIPT = document.currentScript.src;
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = 'lobby.token';
   const FLASH_MS = 1600; // how long a join/update/leave stays highlighted
@@ -25,6 +44,7 @@
   const byLabel = new Map(); // label -> Set of nodes (the filter's index)
   let order = []; // every node, sorted by hostname
   let orderDirty = false;
+  let orderVersion = 0; // moves whenever a node enters or leaves `order`
   let visible = []; // order, filtered
   let visibleDirty = true;
   let filter = parseFilter('');
@@ -41,7 +61,9 @@
   let retryMs = 500;
   let generation = 0; // bumped on every (re)start: stale loops stop
   let firstRows = false;
-  const queue = [];
+  const queue = []; // parsed SSE events not applied yet, from queueHead on
+  let queueHead = 0;
+  const BUDGET_MS = 12; // of event work per frame
   let flushScheduled = false;
   const removals = []; // [time, node] of nodes that left, to drop after LEAVE_MS
   const counters = { resumed: 0, resets: 0, connects: 0, events: 0 };
@@ -153,26 +175,46 @@
     return filter.labels.has(label) || filter.prefixes.some((p) => label.startsWith(p));
   }
 
+  const byHost = (a, b) => (a.h < b.h ? -1 : a.h > b.h ? 1 : 0);
+
   function computeVisible() {
     const { byLabel: useIndex, labels, prefixes, words } = filter;
     if (!useIndex && !words.length) {
       visible = order;
       return;
     }
-    let pick = null;
-    if (useIndex) {
-      pick = new Set();
-      for (const label of labels) {
-        const set = byLabel.get(label);
-        if (set) for (const n of set) pick.add(n);
-      }
-      if (prefixes.length) {
-        for (const [label, set] of byLabel) {
-          if (prefixes.some((p) => label.startsWith(p))) for (const n of set) pick.add(n);
-        }
+    const named = (n) => words.every((w) => n.hl.includes(w));
+    if (!useIndex) {
+      // typing a hostname narrows the last answer instead of scanning every node
+      const last = lastWords;
+      const base = last && last.version === orderVersion && extends_(words, last.words) ? last.visible : order;
+      visible = base.filter(named);
+      lastWords = { version: orderVersion, words, visible };
+      return;
+    }
+    if (!indexReady) {
+      visible = order.filter((n) => n.labels.some(matches) && named(n));
+      return;
+    }
+    const pick = new Set();
+    for (const label of labels) {
+      const set = byLabel.get(label);
+      if (set) for (const n of set) pick.add(n);
+    }
+    if (prefixes.length) {
+      for (const [label, set] of byLabel) {
+        if (prefixes.some((p) => label.startsWith(p))) for (const n of set) pick.add(n);
       }
     }
-    visible = order.filter((n) => (pick === null || pick.has(n)) && words.every((w) => n.hl.includes(w)));
+    if (pick.size * 8 < order.length) {
+      visible = [...pick].filter(named).sort(byHost); // few: sort them
+    } else {
+      visible = order.filter((n) => pick.has(n) && named(n));
+    }
+  }
+  let lastWords = null;
+  function extends_(words, old) {
+    return words.length === old.length && words.every((w, i) => w.includes(old[i]));
   }
 
   function setFilter(text, { fromInput = false } = {}) {
@@ -186,8 +228,12 @@
     $('list').scrollTop = 0;
     render();
     performance.measure('lobby:filter', { start: t0 });
-    saveHash();
+    // history.replaceState costs ~10 ms in Chromium: once typing pauses, not per key
+    clearTimeout(hashTimer);
+    if (fromInput) hashTimer = setTimeout(saveHash, 300);
+    else saveHash();
   }
+  let hashTimer = 0;
 
   // -- the model ------------------------------------------------------------------------
 
@@ -210,38 +256,89 @@
     }
   }
 
+  // The index is built after the first rows are painted, a few milliseconds at a time;
+  // until it is ready the filter scans the labels of every node instead.
+  let indexReady = false;
+  let indexing = null;
+  function buildIndex() {
+    if (indexReady) return;
+    indexing = indexing || nodes.values();
+    const t0 = performance.now();
+    for (let i = 1; ; i++) {
+      const { value: node, done } = indexing.next();
+      if (done) break;
+      if (!node.ix) {
+        index(node, node.labels, true);
+        node.ix = true;
+      }
+      if ((i & 255) === 0 && performance.now() - t0 > 8) {
+        setTimeout(buildIndex, 0);
+        return;
+      }
+    }
+    indexReady = true;
+    indexing = null;
+    performance.mark('lobby:indexed');
+  }
+
+  function labelSets() {
+    // label -> nodes; while the index is being built, made from the nodes themselves
+    if (indexReady) return byLabel;
+    const sets = new Map();
+    for (const node of nodes.values()) {
+      for (const label of node.labels) {
+        let set = sets.get(label);
+        if (!set) sets.set(label, (set = new Set()));
+        set.add(node);
+      }
+    }
+    return sets;
+  }
+
   function flash(node, kind) {
     node.flash = kind;
     node.flashAt = performance.now();
   }
 
-  // join or update; `lc` is last_check (Unix seconds), `kind` null for a quiet load
-  function upsert(hostname, labels, lc, kind) {
+  // A node as the server told it: `lc` is its last_check (Unix seconds). For an `event`
+  // (join/update) `lc` is now, and counts only when the event changed something: a
+  // replayed event that changes nothing is no news (no highlight, no "heard").
+  function upsert(hostname, labels, lc, event) {
     let node = nodes.get(hostname);
+    let changed = '';
     if (!node) {
       node = { h: hostname, hl: hostname.toLowerCase(), labels: [], lc: 0, v: 0, flash: '', flashAt: 0, gone: false };
       nodes.set(hostname, node);
       order.push(node);
       orderDirty = true;
-      index(node, labels, true);
+      orderVersion++;
       node.labels = labels;
-      if (kind) flash(node, 'join');
+      if (indexReady) {
+        index(node, labels, true);
+        node.ix = true;
+      }
+      changed = 'join';
     } else {
       if (node.gone) {
         node.gone = false;
         goneCount--;
-        if (kind) flash(node, 'join');
+        changed = 'join';
       }
       if (!sameLabels(node.labels, labels)) {
-        index(node, node.labels, false);
-        index(node, labels, true);
+        if (node.ix) {
+          index(node, node.labels, false);
+          index(node, labels, true);
+        }
         node.labels = labels;
-        if (kind) flash(node, 'update');
+        changed = changed || 'update';
       }
     }
-    if (lc) node.lc = Math.max(node.lc, lc);
-    node.v++;
-    visibleDirty = true;
+    if (lc && (changed || !event)) node.lc = Math.max(node.lc, lc);
+    if (changed) {
+      if (event) flash(node, changed);
+      node.v++;
+      visibleDirty = true;
+    }
     return node;
   }
 
@@ -264,12 +361,13 @@
       if (!node.gone || nodes.get(node.h) !== node) continue;
       nodes.delete(node.h);
       goneCount--;
-      index(node, node.labels, false);
+      if (node.ix) index(node, node.labels, false);
       node.dropped = true;
       dropped = true;
     }
     if (dropped) {
       order = order.filter((n) => !n.dropped);
+      orderVersion++;
       visibleDirty = true;
     }
   }
@@ -290,9 +388,13 @@
   function flush() {
     if (!flushScheduled) return;
     flushScheduled = false;
+    const t0 = performance.now();
     const now = nowServer() / 1000;
     let promTouched = false;
-    for (const item of queue) {
+    while (queueHead < queue.length) {
+      // a big batch (a fresh snapshot of 10,000 nodes) is spread over several frames
+      if ((queueHead & 127) === 127 && performance.now() - t0 > BUDGET_MS) break;
+      const item = queue[queueHead++];
       if (item.type === 'live') {
         finishSnapshot();
         setLive('live');
@@ -312,22 +414,23 @@
       }
       if (typeof data.hostname !== 'string' || !Array.isArray(data.labels)) continue;
       counters.events++;
-      const snapshot = reconciling !== null;
-      if (snapshot) reconciling.add(data.hostname);
+      if (reconciling !== null) reconciling.add(data.hostname);
       if (item.type === 'join' || item.type === 'update') {
-        // a snapshot's join of a node we already have is no news: no highlight
-        // (its last_check stays as /v1/discoveries told it; a node new to us was just heard)
-        const known = nodes.has(data.hostname) && !nodes.get(data.hostname).gone;
-        upsert(data.hostname, data.labels, snapshot && known ? 0 : now, firstRows ? item.type : null);
+        upsert(data.hostname, data.labels, now, firstRows);
       } else if (item.type === 'leave') {
         leave(data.hostname);
       }
       if (!promTouched && data.labels.some((l) => l.startsWith('prometheus:'))) promTouched = true;
     }
-    queue.length = 0;
+    if (queueHead >= queue.length) {
+      queue.length = 0;
+      queueHead = 0;
+    } else {
+      scheduleFlush();
+    }
     dropLeft();
     if (orderDirty) {
-      order.sort((a, b) => (a.h < b.h ? -1 : a.h > b.h ? 1 : 0));
+      order.sort(byHost);
       orderDirty = false;
       visibleDirty = true;
     }
@@ -481,23 +584,35 @@
       .join('\n');
   }
 
-  async function pollHeard(gen) {
+  // Keep-alives are no events, so "heard" comes from last_check in /v1/discoveries,
+  // fetched and parsed by a worker (this same script), off the main thread: at 10,000
+  // nodes that is 3 MB of JSON, which would stall typing for tens of milliseconds.
+  let worker = null;
+  function pollHeard(gen) {
     if (gen !== generation) return;
-    let next = 5000 + nodes.size; // 5 s for a small cluster, 15 s at 10,000 nodes
-    if (document.visibilityState === 'visible') {
+    const again = (ms) => setTimeout(() => pollHeard(gen), ms);
+    if (document.visibilityState !== 'visible') return again(5000);
+    if (!worker) {
       try {
-        const list = await (await api('/v1/discoveries')).json();
-        for (const d of list) {
-          const node = nodes.get(d.hostname);
-          if (node && !node.gone && d.last_check > node.lc) node.lc = d.last_check;
-        }
-        renderAges();
-      } catch (err) {
-        if (err instanceof Denied) return askToken(true);
-        next = 5000;
+        worker = new Worker(SCRIPT);
+      } catch {
+        return; // no workers (a very locked-down browser): ages come from events only
       }
     }
-    setTimeout(() => pollHeard(gen), next);
+    worker.onmessage = ({ data }) => {
+      if (gen !== generation) return;
+      if (data.denied) return askToken(true);
+      if (data.hosts) {
+        const { hosts, lcs } = data;
+        for (let i = 0; i < hosts.length; i++) {
+          const node = nodes.get(hosts[i]);
+          if (node && !node.gone && lcs[i] > node.lc) node.lc = lcs[i];
+        }
+        renderAges();
+      }
+      again(data.hosts ? 5000 + nodes.size : 5000); // 5 s for a small cluster, 15 s at 10,000
+    };
+    worker.postMessage({ token });
   }
 
   // -- start, tokens --------------------------------------------------------------------
@@ -507,15 +622,26 @@
     if (stream) stream.abort();
     $('forget').hidden = !token;
     try {
-      const own = await (await api('/v1/discovery')).json();
+      const [ownRes, listRes] = await Promise.all([api('/v1/discovery'), api('/v1/discoveries')]);
+      const own = await ownRes.json();
       ownName = own.hostname;
       $('self-name').textContent = own.hostname;
       document.title = `lobby · ${own.hostname}`;
-      const list = await (await api('/v1/discoveries')).json();
+      const list = await listRes.json();
+      performance.mark('lobby:snapshot-parsed');
       if (gen !== generation) return;
-      for (const d of list) upsert(d.hostname, d.labels, d.last_check, null);
+      // This answer is the snapshot (nodes missing from it have left); the stream
+      // resumes a little before its index: each event carries a node's whole state, so
+      // replaying a few known changes is harmless, and none made while the answer was
+      // on its way is lost. Without an index: a full snapshot from the stream.
+      const seen = nodes.size ? new Set(list.map((d) => d.hostname)) : null;
+      for (const d of list) upsert(d.hostname, d.labels, d.last_check, false);
+      if (seen) for (const [hostname, node] of nodes) if (!seen.has(hostname) && !node.gone) leave(hostname);
+      const index = parseInt(listRes.headers.get('x-lobby-index'), 10);
+      lastEventId = index >= 0 ? String(Math.max(0, index - 64)) : null;
       flushScheduled = true;
       flush();
+      setTimeout(buildIndex, 0);
     } catch (err) {
       if (err instanceof Denied) return askToken(Boolean(token));
       setLive('offline');
@@ -526,6 +652,7 @@
     follow(gen);
     pollStats(gen);
     setTimeout(() => pollHeard(gen), 5000);
+    setTimeout(() => gen === generation && renderPrometheusIfShown(), 0);
   }
 
   function askToken(refused) {
@@ -616,19 +743,20 @@
     }
   }
 
+  // A highlight follows its node, not the row element: a recycled row continues the
+  // animation where it is (negative delay). Two names per animation, alternated, so a
+  // new highlight restarts without forcing a layout.
   function showFlash(r, node) {
-    const el = r.el;
     const age = performance.now() - node.flashAt;
-    const kind = node.gone ? 'gone' : node.flash && age < FLASH_MS ? `f-${node.flash}` : '';
-    el.classList.toggle('gone', node.gone);
-    el.dataset.state = node.gone ? 'leave' : kind ? node.flash : '';
+    const kind = node.gone ? 'gone' : node.flash && age < FLASH_MS ? node.flash : '';
     if (r.flashAt === node.flashAt && r.kind === kind) return;
-    el.classList.remove('f-join', 'f-update');
-    if (kind && kind !== 'gone') {
-      void el.offsetWidth; // restart the animation
-      el.classList.add(kind);
-    }
+    const el = r.el;
+    if (r.cls) el.classList.remove(r.cls);
+    r.alt = !r.alt;
+    r.cls = kind ? `f-${kind}${r.alt ? '' : '-b'}` : '';
+    if (r.cls) el.classList.add(r.cls);
     el.style.animationDelay = kind ? `${-Math.min(age, FLASH_MS)}ms` : '';
+    el.dataset.state = kind === 'gone' ? 'leave' : kind;
     r.flashAt = node.flashAt;
     r.kind = kind;
   }
@@ -687,13 +815,14 @@
     if (selected) renderDetail(true);
   }
 
+  let emptyShown = '';
   function showEmpty() {
     const empty = $('empty');
-    if (visible.length || view !== 'nodes') {
-      empty.hidden = true;
-      return;
-    }
-    empty.hidden = false;
+    const why = visible.length || view !== 'nodes' ? '' : nodes.size ? 'no match' : 'no nodes';
+    if (why === emptyShown) return;
+    emptyShown = why;
+    empty.hidden = !why;
+    if (!why) return;
     const b = document.createElement('b');
     if (!nodes.size) {
       b.textContent = 'No nodes yet';
@@ -822,7 +951,7 @@
 
   function promServices() {
     const members = new Map();
-    for (const [label, set] of byLabel) {
+    for (const [label, set] of labelSets()) {
       if (!label.startsWith('prometheus:')) continue;
       const name = label.slice(11).split(':')[0];
       if (!name) continue;
@@ -831,6 +960,10 @@
       for (const n of set) if (!n.gone) m.add(n);
     }
     return [...members].filter(([, m]) => m.size).sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  }
+
+  function renderPrometheusIfShown() {
+    if (view === 'prometheus') renderPrometheus();
   }
 
   let promTimer = 0;
