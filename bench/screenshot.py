@@ -25,7 +25,12 @@ from browser import chromium, color_scheme
 from procs import ROOT, Lobbyd, make_broker, scope, wait_for
 
 PEERS: dict[str, list[str]] = {
-    "cache1.prague.example": ["service:redis", "location:prague", "role:replica", "prometheus:redis:port:9121"],
+    "cache1.prague.example": [
+        "service:redis",
+        "location:prague",
+        "role:replica",
+        "prometheus:redis:port:9121",
+    ],
     "db1.prague.example": [
         "service:postgres",
         "location:prague",
@@ -50,8 +55,19 @@ PEERS: dict[str, list[str]] = {
         "public_ip6:2001:db8::10",
         "prometheus:node",
     ],
-    "mail1.brno.example": ["service:smtp", "service:imap", "location:brno", "backup:/srv/mail", "prometheus:node"],
-    "queue1.vienna.example": ["service:rabbitmq", "location:vienna", "role:worker", "prometheus:node"],
+    "mail1.brno.example": [
+        "service:smtp",
+        "service:imap",
+        "location:brno",
+        "backup:/srv/mail",
+        "prometheus:node",
+    ],
+    "queue1.vienna.example": [
+        "service:rabbitmq",
+        "location:vienna",
+        "role:worker",
+        "prometheus:node",
+    ],
     "web2.brno.example": [
         "service:web",
         "location:brno",
@@ -60,7 +76,13 @@ PEERS: dict[str, list[str]] = {
         "prometheus:nginx:port:9113",
         "public_ip4:192.0.2.12",
     ],
-    "web3.vienna.example": ["service:web", "location:vienna", "role:frontend", "prometheus:node", "prometheus:nginx:port:9113"],
+    "web3.vienna.example": [
+        "service:web",
+        "location:vienna",
+        "role:frontend",
+        "prometheus:node",
+        "prometheus:nginx:port:9113",
+    ],
     "worker1.prague.example": ["service:jobs", "location:prague", "role:worker", "prometheus:node"],
     "worker2.brno.example": ["service:jobs", "location:brno", "role:worker", "prometheus:node"],
 }
@@ -74,7 +96,10 @@ def publish(port: int, subject: str, peers: list[tuple[str, list[str]]]) -> None
         frames = [b'CONNECT {"verbose":false}\r\n']
         for host, labels in peers:
             data = orjson.dumps(
-                {"discovery": {"hostname": host, "labels": sorted(labels), "last_check": 0}, "message": "hi"}
+                {
+                    "discovery": {"hostname": host, "labels": sorted(labels), "last_check": 0},
+                    "message": "hi",
+                }
             )
             frames.append(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(data), data))
         frames.append(b"PING\r\n")
@@ -90,13 +115,20 @@ def main() -> int:
     parser.add_argument("--dark", action="store_true", help="prefers-color-scheme: dark")
     parser.add_argument("--width", type=int, default=1440)
     parser.add_argument("--height", type=int, default=820)
+    parser.add_argument("--fragment", default="#node=db1.prague.example", help="of the page's URL")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lobby-screenshot-"))
     with scope() as sc:
         broker = sc.add(make_broker("nats", workdir))
         env = {"TTL": 3600, "KEEP_ALIVE": 5}
         monitor = sc.add(
-            Lobbyd(workdir, broker, "monitor1.prague.example", LABELS="service:prometheus,service:grafana,location:prague,prometheus:node", **env)
+            Lobbyd(
+                workdir,
+                broker,
+                "monitor1.prague.example",
+                LABELS="service:prometheus,service:grafana,location:prague,prometheus:node",
+                **env,
+            )
         )
         web = sc.add(
             Lobbyd(
@@ -117,20 +149,26 @@ def main() -> int:
         with chromium(args.width, args.height, scale=1.0) as driver:
             if args.dark:
                 color_scheme(driver, "dark")
-            driver.get(f"http://127.0.0.1:{monitor.port}/ui/#node=db1.prague.example")
+            driver.get(f"http://127.0.0.1:{monitor.port}/ui/{args.fragment}")
             wait_for(
-                lambda: driver.execute_script("return window.lobbyUI && window.lobbyUI.state().live === 'live'"),
+                lambda: driver.execute_script(
+                    "return window.lobbyUI && window.lobbyUI.state().live === 'live'"
+                ),
                 15,
                 "the dashboard to go live",
             )
             wait_for(
-                lambda: driver.execute_script("return document.getElementById('rate').textContent !== '–'"),
+                lambda: driver.execute_script(
+                    "return /\\d/.test(document.getElementById('rate').textContent)"
+                ),
                 15,
                 "a packet rate (two /v1/stats polls)",
             )
             publish(broker.port, broker.channel, [LATE])
             wait_for(
-                lambda: driver.execute_script(f"return !!document.querySelector('.row[data-host=\"{LATE[0]}\"]')"),
+                lambda: driver.execute_script(
+                    f"return !!document.querySelector('.row[data-host=\"{LATE[0]}\"]')"
+                ),
                 5,
                 "the late node's row",
             )

@@ -64,7 +64,11 @@ def _load(driver: Any, url: str, n: int) -> dict[str, Any]:
         30,
         "the dashboard's snapshot",
     )
-    wait_for(lambda: driver.execute_script("return window.lobbyUI.state().nodes") >= n, 30, f"{n} nodes on the page")
+    wait_for(
+        lambda: driver.execute_script("return window.lobbyUI.state().nodes") >= n,
+        30,
+        f"{n} nodes on the page",
+    )
     return driver.execute_async_script(_MARKS)  # type: ignore[no-any-return]
 
 
@@ -76,7 +80,9 @@ def _type(driver: Any, text: str) -> dict[str, Any]:
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.BACKSPACE)
     time.sleep(0.5)
-    t0 = driver.execute_script("performance.clearMeasures('lobby:filter'); return performance.now()")
+    t0 = driver.execute_script(
+        "performance.clearMeasures('lobby:filter'); return performance.now()"
+    )
     for ch in text:
         box.send_keys(ch)
     time.sleep(1.0)  # let the last keys' work and any event batch finish
@@ -123,7 +129,10 @@ def measure(broker: Broker, workdir: Any, n: int, say: Any) -> dict[str, Any]:
             for key in ("first_rows", "element", "live", "fcp"):
                 values = [x[key] for x in loads if x.get(key) is not None]
                 if values:
-                    out[f"{key}_ms"] = {"p50": round(statistics.median(values)), "max": round(max(values))}
+                    out[f"{key}_ms"] = {
+                        "p50": round(statistics.median(values)),
+                        "max": round(max(values)),
+                    }
             driver.execute_script(_OBSERVE)
             typing = []
             for text in FILTERS:

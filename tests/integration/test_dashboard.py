@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +157,14 @@ def test_page_and_assets_are_served_from_the_package_without_a_token(locked):
         assert http.get("/ui/secret.txt").status_code == 404
         assert http.post("/ui/").status_code == 403  # only GET and HEAD pass without a token
         assert http.get("/openapi.json").status_code == 403
+    # dot segments are not resolved on the way in: /ui/.. never reaches a data route
+    with socket.create_connection(("127.0.0.1", locked.port), timeout=5) as raw:
+        raw.sendall(b"GET /ui/../v1/discoveries HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
+    assert b"a.example" not in answer
     with locked.client() as http:
         assert "/ui/" not in http.get("/openapi.json").json()["paths"]
 
@@ -183,7 +192,11 @@ def test_lists_the_nodes_of_the_cluster(browser, cluster):
         " getComputedStyle(c.querySelector('.k')).backgroundColor,"
         " getComputedStyle(c.querySelector('.v')).backgroundColor])",
     )
-    assert [c[:2] for c in chips] == [["location", "prague"], ["prometheus", "node"], ["service", "web"]]
+    assert [c[:2] for c in chips] == [
+        ["location", "prague"],
+        ["prometheus", "node"],
+        ["service", "web"],
+    ]
     assert all(k_bg != v_bg for _, _, k_bg, v_bg in chips)  # name and value look different
     assert len({k_bg for _, _, k_bg, _ in chips}) == 3  # each label name its own colour
     same_name = js(
@@ -200,7 +213,9 @@ def test_lists_the_nodes_of_the_cluster(browser, cluster):
         10,
         what="the broker link shown as up",
     )
-    age = js(browser, "return document.querySelector('.row[data-host=\"b.example\"] .age').textContent")
+    age = js(
+        browser, "return document.querySelector('.row[data-host=\"b.example\"] .age').textContent"
+    )
     assert re.fullmatch(r"now|\d+ s", age), age
 
 
@@ -212,14 +227,18 @@ def test_a_node_that_joins_appears_live_and_its_sigterm_removes_it(browser, clus
     wait_for(lambda: "c.example" in a.hostnames(), 15, what="a's API to list c")
     # from the moment the daemon has it, the page shows it within 2 s, highlighted
     wait_for(lambda: "c.example" in rows(browser), 2, interval=0.02, what="c on the page")
-    state = js(browser, "return document.querySelector('.row[data-host=\"c.example\"]').dataset.state")
+    state = js(
+        browser, "return document.querySelector('.row[data-host=\"c.example\"]').dataset.state"
+    )
     assert state == "join"
     assert js(browser, "return window.__sameDocument") is True  # no reload
     c.signal(signal.SIGTERM)
     assert c.wait(10) == 0
     wait_for(lambda: "c.example" not in a.hostnames(), 5, what="a's API to drop c")
     wait_for(
-        lambda: js(browser, "return !document.querySelector('.row[data-host=\"c.example\"]:not([hidden])')"),
+        lambda: js(
+            browser, "return !document.querySelector('.row[data-host=\"c.example\"]:not([hidden])')"
+        ),
         5,
         what="c gone from the page",
     )
@@ -233,7 +252,10 @@ def test_filter_narrows_the_list_and_lives_in_the_fragment(browser, cluster):
     type_filter(browser, "service:web")
     wait_for(lambda: rows(browser) == ["a.example"], 5, what="only a")
     wait_for(lambda: browser.current_url.endswith("#q=service:web"), 5, what="the fragment")
-    hit = js(browser, "return [...document.querySelectorAll('.row[data-host=\"a.example\"] .lb.hit')].map(c => c.dataset.label)")
+    hit = js(
+        browser,
+        "return [...document.querySelectorAll('.row[data-host=\"a.example\"] .lb.hit')].map(c => c.dataset.label)",
+    )
     assert hit == ["service:web"]
     type_filter(browser, "location:")
     wait_for(lambda: {"a.example", "b.example"} <= set(rows(browser)), 5, what="prefix: both")
@@ -260,18 +282,27 @@ def test_node_detail_and_prometheus_view(browser, cluster):
     open_ui(browser, a)
     wait_for(lambda: "a.example" in rows(browser), 5, what="a listed")
     browser.find_element(By.CSS_SELECTOR, '.row[data-host="a.example"]').click()
-    wait_for(lambda: js(browser, "return !document.getElementById('detail').hidden"), 5, what="detail")
-    detail = js(browser, "return [...document.querySelectorAll('#detail .lb')].map(c => c.dataset.label)")
+    wait_for(
+        lambda: js(browser, "return !document.getElementById('detail').hidden"), 5, what="detail"
+    )
+    detail = js(
+        browser, "return [...document.querySelectorAll('#detail .lb')].map(c => c.dataset.label)"
+    )
     assert detail == ["location:prague", "prometheus:node", "service:web"]
     assert "node=a.example" in browser.current_url
     browser.find_element(By.ID, "tab-prometheus").click()
     wait_for(
-        lambda: js(browser, "return [...document.querySelectorAll('.target')].map(t => t.textContent)")
-        == ["a.example:9100"],
+        lambda: (
+            js(browser, "return [...document.querySelectorAll('.target')].map(t => t.textContent)")
+            == ["a.example:9100"]
+        ),
         5,
         what="the target of service node",
     )
-    services = js(browser, "return [...document.querySelectorAll('#services button')].map(b => b.dataset.service)")
+    services = js(
+        browser,
+        "return [...document.querySelectorAll('#services button')].map(b => b.dataset.service)",
+    )
     assert services == ["node"]
     assert "view=prometheus" in browser.current_url
 
@@ -291,7 +322,10 @@ def test_a_broken_stream_resumes_with_last_event_id(browser, cluster):
     b.request("POST", "/v1/labels", content="role:replica\n")
     try:
         wait_for(
-            lambda: js(browser, "return !!document.querySelector('.row[data-host=\"b.example\"] .lb[data-label=\"role:replica\"]')"),
+            lambda: js(
+                browser,
+                'return !!document.querySelector(\'.row[data-host="b.example"] .lb[data-label="role:replica"]\')',
+            ),
             5,
             what="b's new label on the page",
         )
@@ -303,7 +337,11 @@ def test_token_prompt_wrong_token_message_and_right_token(browser, locked):
     from selenium.webdriver.common.by import By
 
     browser.get(f"{locked.url}/ui/")
-    wait_for(lambda: js(browser, "return document.getElementById('token-dialog').open"), 10, what="prompt")
+    wait_for(
+        lambda: js(browser, "return document.getElementById('token-dialog').open"),
+        10,
+        what="prompt",
+    )
     entry = browser.find_element(By.ID, "token-input")
     entry.send_keys("wrong-token")
     browser.find_element(By.ID, "token-submit").click()
@@ -320,9 +358,17 @@ def test_token_prompt_wrong_token_message_and_right_token(browser, locked):
     wait_for(lambda: js(browser, "return window.lobbyUI.state().live") == "live", 10, what="live")
     # kept for the tab: a reload asks no more
     browser.refresh()
-    wait_for(lambda: js(browser, "return window.lobbyUI.state().live") == "live", 10, what="live again")
+    wait_for(
+        lambda: js(browser, "return window.lobbyUI.state().live") == "live", 10, what="live again"
+    )
     assert js(browser, "return document.getElementById('token-dialog').open") is False
     assert js(browser, "return sessionStorage.getItem('lobby.token')") == TOKEN
+    # the worker that refreshes "heard" from last_check sends the token too
+    wait_for(
+        lambda: js(browser, "return window.lobbyUI.state().heardPolls") >= 1,
+        15,
+        what="a heard poll",
+    )
     # and never in a URL: nothing the page fetched names it
     urls = js(browser, "return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and not any(TOKEN in u for u in urls)

@@ -52,7 +52,9 @@ def _asset(body: bytes, content_type: str) -> Asset:
 def load() -> dict[str, Asset]:
     """index.html (with versioned asset names) and the assets, from the package."""
     files = resources.files("lobby") / "ui"
-    assets = {name: _asset(files.joinpath(name).read_bytes(), ctype) for name, ctype in ASSETS.items()}
+    assets = {
+        name: _asset(files.joinpath(name).read_bytes(), kind) for name, kind in ASSETS.items()
+    }
     page = files.joinpath("index.html").read_text("utf-8")
     for name, asset in assets.items():
         page = page.replace(f'"{name}"', f'"{name}?v={asset.version}"')

@@ -66,7 +66,7 @@
   const BUDGET_MS = 12; // of event work per frame
   let flushScheduled = false;
   const removals = []; // [time, node] of nodes that left, to drop after LEAVE_MS
-  const counters = { resumed: 0, resets: 0, connects: 0, events: 0 };
+  const counters = { resumed: 0, resets: 0, connects: 0, events: 0, heardPolls: 0 };
   let goneCount = 0; // nodes that left and are still shown
 
   // -- helpers ------------------------------------------------------------------------
@@ -603,6 +603,7 @@
       if (gen !== generation) return;
       if (data.denied) return askToken(true);
       if (data.hosts) {
+        counters.heardPolls++;
         const { hosts, lcs } = data;
         for (let i = 0; i < hosts.length; i++) {
           const node = nodes.get(hosts[i]);
