@@ -5,7 +5,7 @@ packets/s meanwhile) while one of them changes its labels once a second, so the 
 receives a live event every second. Chromium runs on the other core(s), beside the
 broker and the simulator.
 
-- Load (3 times, each a fresh navigation): the page's own marks, in ms from the start
+- Load (5 times, each a fresh navigation): the page's own marks, in ms from the start
   of navigation: `lobby:first-rows` (the first rows are in the DOM), the Element Timing
   of the first row's hostname (when it was painted), `lobby:live` (the event stream's
   snapshot is applied), and first-contentful-paint.
@@ -27,7 +27,7 @@ from browser import chromium
 from procs import Broker, Lobbyd, Sim, scope, wait_for
 
 KEEP_ALIVE = 5
-LOADS = 3
+LOADS = 5
 KEY_GAP = 0.08  # seconds between keys: a quick typist
 FILTERS = ("service:web", "location:prague", "public_ip4:", "node-0999", "role:primary,role:edge")
 
@@ -36,6 +36,14 @@ window.__longtasks = [];
 new PerformanceObserver((list) => {
   for (const e of list.getEntries()) window.__longtasks.push([e.startTime, e.duration]);
 }).observe({type: 'longtask', buffered: true});
+window.__frames = [];  // long animation frames: how much of each was script, how much rendering
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    const script = e.scripts.reduce((a, s) => a + s.duration, 0);
+    const render = e.renderStart ? e.startTime + e.duration - e.renderStart : 0;
+    window.__frames.push([e.startTime, e.duration, script, render]);
+  }
+}).observe({type: 'long-animation-frame', buffered: true});
 """
 
 _MARKS = """
@@ -99,13 +107,18 @@ def _type(driver: Any, text: str) -> dict[str, Any]:
     t1 = driver.execute_script("return performance.now()")
     got = driver.execute_script(
         "return {long: window.__longtasks.filter(([s]) => s >= arguments[0] && s <= arguments[1]),"
+        " frames: window.__frames.filter(([s]) => s >= arguments[0] && s <= arguments[1]),"
         " filter: performance.getEntriesByName('lobby:filter').map(e => e.duration),"
         " shown: window.lobbyUI.state().visible}",
         t0,
         t1,
     )
     longs = [d for _, d in got["long"]]
+    worst = max(got["frames"], key=lambda f: f[1], default=None)
     return {
+        "worst_frame_ms": None
+        if worst is None
+        else {"total": round(worst[1]), "script": round(worst[2]), "render": round(worst[3])},
         "text": text,
         "keys": len(text),
         "shown": got["shown"],
@@ -141,6 +154,7 @@ def measure(broker: Broker, workdir: Any, n: int, say: Any) -> dict[str, Any]:
                 if values:
                     out[f"{key}_ms"] = {
                         "p50": round(statistics.median(values)),
+                        "min": round(min(values)),
                         "max": round(max(values)),
                     }
             driver.execute_script(_OBSERVE)
@@ -150,7 +164,8 @@ def measure(broker: Broker, workdir: Any, n: int, say: Any) -> dict[str, Any]:
                 typing.append(r)
                 say(
                     f"    typed {text!r:<26} {r['shown']:>6,} shown; filter {r['filter_ms_median']} ms median,"
-                    f" {r['filter_ms_max']} ms max; long tasks {r['long_tasks']} (longest {r['longest_task_ms']} ms)"
+                    f" {r['filter_ms_max']} ms max; long tasks {r['long_tasks']} (longest {r['longest_task_ms']} ms);"
+                    f" worst frame {r['worst_frame_ms']}"
                 )
             out["typing"] = typing
             out["longest_task_ms"] = max(r["longest_task_ms"] for r in typing)
