@@ -350,7 +350,17 @@
     flash(node, 'leave');
     node.v++;
     removals.push([performance.now() + LEAVE_MS, node]);
-    setTimeout(scheduleFlush, LEAVE_MS + 20);
+    wakeForRemovals();
+  }
+
+  let removalTimer = 0; // one timer for the next node to drop, however many left
+  function wakeForRemovals() {
+    if (removalTimer || !removals.length) return;
+    const wait = Math.max(0, removals[0][0] - performance.now()) + 20;
+    removalTimer = setTimeout(() => {
+      removalTimer = 0;
+      scheduleFlush();
+    }, wait);
   }
 
   function dropLeft() {
@@ -370,6 +380,7 @@
       orderVersion++;
       visibleDirty = true;
     }
+    wakeForRemovals();
   }
 
   function liveCount() {
