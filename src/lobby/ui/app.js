@@ -567,7 +567,7 @@
     if (typeof received === 'number') {
       if (lastPackets && t > lastPackets.t) {
         const rate = Math.max(0, ((received - lastPackets.n) * 1000) / (t - lastPackets.t));
-        $('rate').textContent = fmt.format(Math.round(rate));
+        $('rate').textContent = rate < 10 ? rate.toFixed(1) : fmt.format(Math.round(rate));
       }
       lastPackets = { n: received, t };
     }
