@@ -6,8 +6,9 @@
 
 A nats-server and two real lobbyd (monitor1, the one the page talks to, and web1) on
 free loopback ports; ten more nodes are announced as Go peers would announce them
-(raw NATS publishes, spread over a few seconds so that "heard" differs). One node
-joins just before the picture, so its row is still highlighted; db1 is selected.
+(raw NATS publishes, spread over a few seconds so that "heard" differs; every other
+one keeps announcing each second, for a packet rate). One node joins just before the
+picture, so its row is still highlighted; db1 is selected.
 Everything is stopped by PID at the end.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -146,38 +148,55 @@ def main() -> int:
             publish(broker.port, broker.channel, peers[i : i + 3])
             time.sleep(1.1)
         wait_for(lambda: monitor.nodes() == len(PEERS) + 2, 10, "the cluster")
-        with chromium(args.width, args.height, scale=1.0) as driver:
-            if args.dark:
-                color_scheme(driver, "dark")
-            driver.get(f"http://127.0.0.1:{monitor.port}/ui/{args.fragment}")
-            wait_for(
-                lambda: driver.execute_script(
-                    "return window.lobbyUI && window.lobbyUI.state().live === 'live'"
-                ),
-                15,
-                "the dashboard to go live",
-            )
-            wait_for(
-                lambda: driver.execute_script(
-                    "return /\\d/.test(document.getElementById('rate').textContent)"
-                ),
-                15,
-                "a packet rate (two /v1/stats polls)",
-            )
-            publish(broker.port, broker.channel, [LATE])
-            wait_for(
-                lambda: driver.execute_script(
-                    f"return !!document.querySelector('.row[data-host=\"{LATE[0]}\"]')"
-                ),
-                5,
-                "the late node's row",
-            )
-            time.sleep(0.25)  # the highlight, still visible
-            out = Path(args.output)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(out))
-    print(out)
+        stop = threading.Event()
+
+        def keep_alive() -> None:  # some traffic for the packet rate: every other peer, each second
+            while not stop.wait(1.0):
+                publish(broker.port, broker.channel, peers[::2])
+
+        talker = threading.Thread(target=keep_alive, daemon=True)
+        talker.start()
+        try:
+            shoot(args, monitor.port, broker.port, broker.channel)
+        finally:
+            stop.set()
+            talker.join(5)
+    print(args.output)
     return 0
+
+
+def shoot(args: argparse.Namespace, port: int, broker_port: int, channel: str) -> None:
+    """Open the page, wait for a packet rate, let one more node join, take the picture."""
+    with chromium(args.width, args.height, scale=1.0) as driver:
+        if args.dark:
+            color_scheme(driver, "dark")
+        driver.get(f"http://127.0.0.1:{port}/ui/{args.fragment}")
+        wait_for(
+            lambda: driver.execute_script(
+                "return window.lobbyUI && window.lobbyUI.state().live === 'live'"
+            ),
+            15,
+            "the dashboard to go live",
+        )
+        wait_for(
+            lambda: driver.execute_script(
+                "return /\\d/.test(document.getElementById('rate').textContent)"
+            ),
+            15,
+            "a packet rate (two /v1/stats polls)",
+        )
+        publish(broker_port, channel, [LATE])
+        wait_for(
+            lambda: driver.execute_script(
+                f"return !!document.querySelector('.row[data-host=\"{LATE[0]}\"]')"
+            ),
+            5,
+            "the late node's row",
+        )
+        time.sleep(0.25)  # the highlight, still visible
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
 
 
 if __name__ == "__main__":
