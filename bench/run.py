@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import browser
 import cluster
 import dnsbench
 import fanout
@@ -37,9 +38,10 @@ import ingest
 import memory
 import procs
 import report
+import ui
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "dns", "fanout")
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "dns", "ui", "fanout")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_trials": 1,
             "dns_n": 1_000,
             "dns_seconds": 3,
+            "ui_n": 10_000,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -87,6 +90,7 @@ def config(quick: bool) -> dict[str, Any]:
         "fanout_ns": [250, 500, 750, 1000, 1250, 1500, 2000],
         "dns_n": 1_000,
         "dns_seconds": 5,
+        "ui_n": 10_000,
     }
 
 
@@ -207,6 +211,8 @@ def run_broker(
         out["fanout"]["measured"] = dt.datetime.now().isoformat(timespec="seconds")
         out["fanout"]["wall_s"] = round(time.monotonic() - t, 1)
     section("dns", lambda b: dnsbench.measure(b, workdir, cfg["dns_n"], cfg["dns_seconds"], say))
+    if kind == "nats":  # the page does not care which broker fed the registry
+        section("ui", lambda b: ui.measure(b, workdir, cfg["ui_n"], say))
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
@@ -262,7 +268,10 @@ def main() -> int:
         cfg["join_keep_alive"] = args.keep_alive
     if args.ttl:
         cfg["fail_ttl"] = args.ttl
-    for tool in (procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER):
+    tools = [procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER]
+    if "ui" in only:
+        tools += [browser.CHROMIUM, browser.CHROMEDRIVER]
+    for tool in tools:
         if not Path(tool).exists():
             parser.error(f"{tool} is missing")
 

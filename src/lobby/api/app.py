@@ -17,7 +17,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from lobby import __version__
-from lobby.api import events
+from lobby.api import events, ui
 from lobby.api._responses import json_response
 from lobby.api._schema import DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
@@ -267,6 +267,7 @@ def create_app(
         return json_response(pretty(node.stats()))
 
     prometheus = PrometheusSD(registry, node_exporter_port)
+    ui.add_routes(app)
 
     @app.get(
         "/v1/prometheus/{name}",

@@ -1,5 +1,8 @@
 """What stands in front of every route, 404s and /openapi.json included.
 
+The one exception is the dashboard's own files (GET /ui/...): they hold no data, and
+the page asks for the token before its first data call (lobby.api.ui).
+
 The token check is constant-time (hmac.compare_digest); a body announced as larger
 than MAX_BODY is refused before any route reads it.
 """
@@ -12,6 +15,7 @@ from typing import Final
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lobby.api._responses import send_denied, send_plain
+from lobby.api.ui import is_public
 
 MAX_BODY: Final = 1024 * 1024
 
@@ -28,7 +32,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected:
+        if self.expected and not is_public(scope["method"], scope["path"]):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 await send_denied(send)
