@@ -234,6 +234,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         ("DNS: cached A queries over UDP, one core", f"≥ {DNS_QPS:,}/s", _cells(results, dns))
     )
     rows.append(("DNS: the same over TCP", "-", _cells(results, lambda d: dns(d, "tcp"))))
+
     def first_paint(d: dict[str, Any]) -> tuple[str, bool | None] | None:
         u = d.get("ui")
         if u is None:
