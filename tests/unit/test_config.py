@@ -212,7 +212,13 @@ def test_variable_kinds_follow_the_annotations():
     assert kinds["TOKEN"] == ("str", ())
     assert kinds["DRIVER"] == ("choice", ("NATS", "Redis"))
     assert kinds["LOG_LEVEL"] == ("choice", ("DEBUG", "INFO", "WARNING", "ERROR"))
-    assert {var.name for var in config.VARIABLES if var.secret} == {"TOKEN", "REDIS_PASSWORD"}
+    assert {var.name for var in config.VARIABLES if var.secret} == {
+        "TOKEN",
+        "REDIS_PASSWORD",
+        "SIGNING_KEYS",
+        "READ_TOKEN",
+        "NATS_TOKEN",
+    }
 
 
 def test_settings_are_immutable_and_keep_secrets_out_of_repr():

@@ -3,6 +3,11 @@
 nats-py already reconnects forever (max_reconnect_attempts=-1), cycles through every
 URL of a cluster and replays subscriptions after a reconnect; this module adds the
 logging, the link reports and the slow-consumer count the daemon needs.
+
+Credentials and TLS (SPEC §13.3) are nats-py's own connect options, passed through
+as `options` (`tls`, `token`, `user_credentials`, `nkeys_seed`); a server that
+refuses them is logged as such, one line per attempt (rate-limited), and retried
+like any other failure.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -49,8 +55,10 @@ class NatsDriver:
         *,
         ping_interval: int = 5,
         name: str = "lobbyd",
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.servers = servers
+        self._options = dict(options or {})
         self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
         self.address = ",".join(redact(s) for s in servers)
         self.dropped = 0
@@ -90,6 +98,7 @@ class NatsDriver:
                 disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected,
                 closed_cb=self._closed,
+                **self._options,
             )
             for topic, subject in self.subjects.items():
                 await self._nc.subscribe(
@@ -138,6 +147,28 @@ class NatsDriver:
             )
             return
         if self._closing:
+            return
+        text = str(exc)
+        lowered = text.lower()
+        if "authorization" in lowered or "authentication" in lowered:
+            self._fail_log(
+                logging.ERROR,
+                "NATS %s refused our credentials (%s): check NATS_TOKEN, NATS_CREDS, "
+                "NATS_NKEY_SEED or the user:password in NATS_URL; retrying every %.0f s",
+                self.address,
+                text.removeprefix("nats: ").strip("'"),
+                RECONNECT_WAIT,
+            )
+            return
+        if isinstance(exc, ssl.SSLError):
+            self._fail_log(
+                logging.ERROR,
+                "TLS with NATS %s failed: %s (check NATS_CA, NATS_CERT and NATS_KEY); "
+                "retrying every %.0f s",
+                self.address,
+                exc,
+                RECONNECT_WAIT,
+            )
             return
         self._fail_log(
             logging.WARNING,
