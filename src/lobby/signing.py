@@ -55,6 +55,7 @@ REPLAY: Final = "replay"
 DUPLICATE: Final = "duplicate"
 
 _URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_FROM_URLSAFE: Final = str.maketrans("-_", "+/")
 
 
 class SigningKeyError(ValueError):
@@ -73,13 +74,12 @@ def key_id(secret: bytes) -> str:
 def decode_key(text: str) -> bytes:
     """The 32 bytes of one key; raises SigningKeyError (without echoing the key)."""
     text = text.strip()
+    # standard base64, or base64url (people paste keys from anywhere); padding optional
+    std = text.translate(_FROM_URLSAFE) + "=" * (-len(text) % 4)
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = base64.b64decode(std, validate=True)
     except (binascii.Error, ValueError):
-        try:  # accept base64url too: people paste keys from anywhere
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raise SigningKeyError("a key is not valid base64") from None
+        raise SigningKeyError("a key is not valid base64") from None
     if len(raw) != KEY_BYTES:
         raise SigningKeyError(f"a key decodes to {len(raw)} bytes, not {KEY_BYTES}")
     return raw
