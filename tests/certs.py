@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import nkeys
+import nkeys  # type: ignore[import-untyped]
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -78,7 +78,9 @@ class _Ca:
             .sign(self.key, hashes.SHA256())
         )
 
-    def issue(self, cn: str, *, server: bool) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    def issue(
+        self, cn: str, *, server: bool
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -160,9 +162,13 @@ def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, nats: dict[str, object]
         "sub": subject,
         "nats": {**nats, "version": 2},
     }
-    claims["jti"] = base64.b32encode(
-        hashlib.sha256(json.dumps(claims, separators=(",", ":")).encode()).digest()
-    ).decode().rstrip("=")
+    claims["jti"] = (
+        base64.b32encode(
+            hashlib.sha256(json.dumps(claims, separators=(",", ":")).encode()).digest()
+        )
+        .decode()
+        .rstrip("=")
+    )
     header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
     body = _b64(json.dumps(claims, separators=(",", ":")).encode())
     signature = issuer.sign(f"{header}.{body}".encode())
@@ -201,8 +207,17 @@ def nats_operator(dir: Path) -> NatsOperator:
         operator,
         account.public_key.decode(),
         "lobby",
-        {"type": "account", "limits": {**NO_LIMITS, "conn": -1, "leaf": -1, "imports": -1,
-                                       "exports": -1, "wildcards": True}},
+        {
+            "type": "account",
+            "limits": {
+                **NO_LIMITS,
+                "conn": -1,
+                "leaf": -1,
+                "imports": -1,
+                "exports": -1,
+                "wildcards": True,
+            },
+        },
     )
 
     def user_creds(path: Path, signer: nkeys.KeyPair) -> Path:

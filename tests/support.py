@@ -165,13 +165,27 @@ class NatsServer(Proc):
 
 
 class RedisServer(Proc):
-    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None):
+    """redis-server on 127.0.0.1; with `tls` (redis-server's TLS options) it serves TLS
+    on `port` and plain TCP on none."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        extra: list[str] | None = None,
+        tls: list[str] | None = None,
+    ):
         self.port = port or free_port()
         self.password = password
+        listen = (
+            ["--port", "0", "--tls-port", str(self.port), *tls]
+            if tls
+            else ["--port", str(self.port)]
+        )
         argv = [
             REDIS_SERVER,
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -183,6 +197,7 @@ class RedisServer(Proc):
         ]
         if password:
             argv += ["--requirepass", password]
+        argv += extra or []
         super().__init__(argv, workdir / f"redis-{self.port}.log")
 
     def start(self) -> None:

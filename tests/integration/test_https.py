@@ -83,7 +83,9 @@ def test_https_with_a_private_ca_and_the_read_token(spawn, nats_server, channel,
             assert answer.status_code == 403 and answer.json() == {"message": "access denied"}
         assert client.post("/v1/labels", content=b"x:1\n", headers=full).text == "OK"
         assert client.get("/v1/discovery", headers=read).json()["labels"] == ["x:1"]
-        assert client.get("/v1/discovery", headers={"Authorization": "Token nope"}).status_code == 403
+        assert (
+            client.get("/v1/discovery", headers={"Authorization": "Token nope"}).status_code == 403
+        )
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(url + "/", headers=read, timeout=10)
     other = ssl.create_default_context(cafile=str(pki.other_ca))
@@ -96,8 +98,9 @@ def test_https_with_a_private_ca_and_the_read_token(spawn, nats_server, channel,
         with pytest.raises(LobbyException) as info:
             lobby.add_labels(["y:1"])
         assert info.value.status_code == 403
-    with Lobby("127.0.0.1", node.port, READ_TOKEN, "https") as lobby, pytest.raises(
-        LobbyException, match="CERTIFICATE_VERIFY_FAILED"
+    with (
+        Lobby("127.0.0.1", node.port, READ_TOKEN, "https") as lobby,
+        pytest.raises(LobbyException, match="CERTIFICATE_VERIFY_FAILED"),
     ):
         lobby.get_discovery()
 

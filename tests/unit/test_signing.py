@@ -74,7 +74,8 @@ def test_keys_parse_from_the_variable_and_the_file():
 
 
 @pytest.mark.parametrize(
-    "bad", ["not base64!", base64.b64encode(b"short").decode(), base64.b64encode(K1 + b"x").decode()]
+    "bad",
+    ["not base64!", base64.b64encode(b"short").decode(), base64.b64encode(K1 + b"x").decode()],
 )
 def test_a_bad_key_is_refused_without_echoing_it(bad):
     with pytest.raises(SigningKeyError) as info:

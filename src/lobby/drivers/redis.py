@@ -70,6 +70,16 @@ PING_EVERY = 1.0
 DEAD_AFTER = 3
 
 
+def _tls_failure(exc: BaseException) -> bool:
+    """A TLS failure, possibly wrapped by redis-py in a ConnectionError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "[SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class LinkDead(Exception):
     """The subscription stopped answering PINGs."""
 
@@ -184,7 +194,7 @@ class RedisDriver:
                 describe(exc),
                 delay,
             )
-        elif isinstance(exc, ssl.SSLError):
+        elif _tls_failure(exc):
             self._fail_log(
                 logging.ERROR,
                 "TLS with Redis %s failed: %s (check REDIS_CA, REDIS_CERT and REDIS_KEY); "
