@@ -185,7 +185,7 @@ def test_redis_tls_with_a_client_certificate(spawn, procs, channel, tmp_path, pk
     server = RedisServer(tmp_path, tls=redis_tls(pki, auth_clients=True))
     procs.append(server)
     server.start()
-    ok, refused = good_and_wrong(
+    ok, _ = good_and_wrong(
         spawn,
         redis_env(server, channel, REDIS_TLS="true", REDIS_CA=str(pki.ca)),
         {"REDIS_CERT": str(pki.client_cert), "REDIS_KEY": str(pki.client_key)},

@@ -355,7 +355,7 @@ async def test_a_client_stuck_after_a_failed_tls_handshake_is_replaced(monkeypat
     await driver.start(r.on_message, r.on_link)
     await until(lambda: "error_cb" in fake.options, what="connect() called")
     await fake.error(ssl.SSLCertVerificationError(1, "certificate verify failed"))
-    await until(lambda: driver._nc is not fake, timeout=5, what="a fresh client")
+    await until(lambda: driver._nc is not fake, timeout=5, what="a fresh client")  # type: ignore[comparison-overlap]
     await until(lambda: r.links == [True], what="the fresh client connected")
     await fake.lose_link()  # the old client's callbacks are ignored from now on
     assert r.links == [True] and driver.connected
