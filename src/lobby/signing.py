@@ -40,7 +40,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Container, Iterable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 KEY_BYTES: Final = 32
 KEYID_CHARS: Final = 8
@@ -106,18 +106,29 @@ def canonical(message: str, hostname: str, ts: int, labels: Iterable[str]) -> by
     return text.encode("utf-8", "surrogatepass")
 
 
+class _MacState(Protocol):
+    def copy(self) -> _MacState: ...
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
 class Key:
     """One key: its id and a precomputed HMAC state (inner and outer pads hashed)."""
 
-    __slots__ = ("_state", "id")
+    __slots__ = ("id", "state")
 
     def __init__(self, secret: bytes) -> None:
         self.id = key_id(secret)
-        self._state = hmac.new(secret, digestmod=hashlib.sha256)
+        public = hmac.new(secret, digestmod=hashlib.sha256)
+        # CPython's hmac.HMAC keeps its OpenSSL state in `_hmac`; copying that one
+        # skips a Python-level wrapper (a fifth of the cost of a MAC). Same methods.
+        self.state: _MacState = getattr(public, "_hmac", None) or public
 
     def mac(self, data: bytes) -> bytes:
         """base64url (no padding) of HMAC-SHA256(key, data), as ASCII bytes."""
-        h = self._state.copy()
+        h = self.state.copy()
         h.update(data)
         return binascii.b2a_base64(h.digest(), newline=False).translate(_URLSAFE)[:MAC_CHARS]
 
@@ -232,7 +243,11 @@ class Gate:
         sig: str | None,
         labels: Iterable[str],
     ) -> str | None:
-        """None to accept the packet (and remember it), else why it is dropped."""
+        """None to accept the packet (and remember it), else why it is dropped.
+
+        The hot path of a signed cluster: Keyring.verify and ReplayMemory.check and
+        accept, written out in one function (each call costs a tenth of a µs here).
+        """
         keyring = self.keyring
         if keyring is None:
             return None
@@ -240,17 +255,26 @@ class Gate:
             if self.accept_unsigned and hostname not in self.signed_hosts:
                 return None
             return UNSIGNED
-        reason = keyring.verify(message, hostname, ts, sig, labels)
-        if reason is not None:
-            return reason
+        if sig[KEYID_CHARS : KEYID_CHARS + 1] != ".":
+            return BAD_SIGNATURE
+        key = keyring.by_id.get(sig[:KEYID_CHARS])
+        if key is None:
+            return UNKNOWN_KEY
+        h = key.state.copy()
+        h.update(
+            (f"{message}\n{hostname}\n{ts}\n" + "\n".join(labels)).encode("utf-8", "surrogatepass")
+        )
+        mac = binascii.b2a_base64(h.digest(), newline=False).translate(_URLSAFE)[:MAC_CHARS]
+        if not hmac.compare_digest(mac, sig[KEYID_CHARS + 1 :].encode("ascii", "replace")):
+            return BAD_SIGNATURE
         now_ms = int(self.wall() * 1000)
         if ts > now_ms + self.ttl_ms or ts < now_ms - self.ttl_ms:
             return STALE
-        memory = self.syncs if message == "sync" else self.announcements
-        reason = memory.check(hostname, ts, sig)
-        if reason is not None:
-            return reason
-        memory.accept(hostname, ts, sig)
+        last_of = (self.syncs if message == "sync" else self.announcements).last
+        last = last_of.get(hostname)
+        if last is not None and ts <= last[0]:
+            return DUPLICATE if ts == last[0] and sig == last[1] else REPLAY
+        last_of[hostname] = (ts, sig)
         if self.accept_unsigned:
             self.signed_hosts.add(hostname)
         return None
