@@ -347,7 +347,7 @@ def test_verify_takes_what_httpx_takes(tmp_path):
     assert isinstance(_tls(True), ssl.SSLContext)
     context = ssl.create_default_context()
     assert _tls(context) is context
-    with pytest.raises(ValueError, match="missing.pem"):
+    with pytest.raises(ValueError, match=r"missing\.pem"):
         _tls(str(tmp_path / "missing.pem"))
     with pytest.raises(ValueError, match="verify must be"):
         _tls(3)  # type: ignore[arg-type]
