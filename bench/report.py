@@ -25,6 +25,9 @@ FAILURE_SLACK_S = 1.0
 # SPEC §16
 UI_FIRST_PAINT_MS = 1000
 UI_LONG_TASK_MS = 100
+# SPEC §13.1 and issue 13
+SIGNING_COST = 0.25
+SIGNING_US = 2.0
 
 README_START = "<!-- bench:results:start -->"
 README_END = "<!-- bench:results:end -->"
@@ -123,6 +126,37 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     rows.append(
         ("lobbyd CPU per 100k packets", "must not grow with N", _cells(results, cost_growth))
     )
+
+    signing_ns = sorted(
+        {e["n"] for b in BROKERS for e in _get(results, "brokers", b, "signing", "by_n") or []}
+    )
+    for n in signing_ns:
+
+        def signing(d: dict[str, Any], n: int = n) -> tuple[str, bool | None] | None:
+            e = _by_n(d.get("signing"), n)
+            if e is None:
+                return _err(d, "signing")
+            cost = e.get("capacity_cost")
+            if cost is None:
+                return ("none kept up", False)
+            off, on = e["off"], e["on"]
+            text = (
+                f"{cost:.0%} ({num(off['implied_capacity'])} → {num(on['implied_capacity'])}"
+                f" packets per CPU s, +{e['us_added']:.1f} µs/packet; highest rate kept up"
+                f" with {num(off['max_rate'])}/s → {num(on['max_rate'])}/s)"
+            )
+            verify = _get(d, "signing", "hot_path", "verify_us")
+            if verify is not None:
+                text += f"; the check alone {verify:.1f} µs"
+            return (text, cost <= SIGNING_COST)
+
+        rows.append(
+            (
+                f"ingest with signing on, N={n:,}: throughput lost",
+                f"≤ {SIGNING_COST:.0%} (≈ {SIGNING_US:.0f} µs/packet)",
+                _cells(results, signing),
+            )
+        )
 
     def load(d: dict[str, Any]) -> tuple[str, bool | None] | None:
         s = _get(d, "memory", "load_seconds")

@@ -41,7 +41,18 @@ import report
 import ui
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "dns", "ui", "fanout")
+MEASUREMENTS = (
+    "ingest",
+    "signing",
+    "memory",
+    "api",
+    "propagation",
+    "join",
+    "failure",
+    "dns",
+    "ui",
+    "fanout",
+)
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -50,6 +61,7 @@ def config(quick: bool) -> dict[str, Any]:
             "ingest_ns": [10_000],
             "ingest_seconds": 2.0,
             "ingest_steps": 3,
+            "signing_ns": [10_000],
             "load_n": 50_000,
             "memory_ns": [50_000],
             "gets": 3,
@@ -73,6 +85,7 @@ def config(quick: bool) -> dict[str, Any]:
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
         "ingest_seconds": 3.0,
         "ingest_steps": 5,
+        "signing_ns": [10_000],
         "load_n": 50_000,
         "memory_ns": [50_000, 100_000],
         "gets": 5,
@@ -172,6 +185,12 @@ def run_broker(
         "ingest",
         lambda b: ingest.measure(
             b, workdir, cfg["ingest_ns"], cfg["ingest_seconds"], cfg["ingest_steps"], say
+        ),
+    )
+    section(
+        "signing",
+        lambda b: ingest.measure_signing(
+            b, workdir, cfg["signing_ns"], cfg["ingest_seconds"], cfg["ingest_steps"], say
         ),
     )
     section(

@@ -179,16 +179,10 @@ class Daemon:
     async def _make_driver(self) -> Driver | None:
         s = self.settings
         if s.driver == "Redis":
-            from lobby.drivers.redis import RedisDriver
+            from lobby.brokers import redis_driver
 
-            return RedisDriver(
-                host=s.redis_host,
-                port=s.redis_port,
-                db=s.redis_db,
-                password=s.redis_password,
-                channel=s.redis_channel,
-            )
-        from lobby.drivers.nats import NatsDriver
+            return redis_driver(s)
+        from lobby.brokers import nats_driver
 
         servers = s.nats_servers
         if not servers:
@@ -201,20 +195,21 @@ class Daemon:
                 log.error("%s", exc)
                 return None
             servers = [self.embedded.url]
-        return NatsDriver(
-            servers,
-            s.nats_discovery_channel,
-            ping_interval=max(1, min(s.keep_alive, 10)),
-            name=f"lobbyd {self.hostname}",
-        )
+        return nats_driver(s, servers, f"lobbyd {self.hostname}")
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api import create_app
         from lobby.api.server import ApiServer
 
         s = self.settings
-        app = create_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
-        self._api = ApiServer(app, sock)
+        app = create_app(
+            self,
+            s.token,
+            self.feed,
+            node_exporter_port=s.node_exporter_port,
+            read_token=s.read_token,
+        )
+        self._api = ApiServer(app, sock, tls_cert=s.tls_cert, tls_key=s.tls_key)
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:

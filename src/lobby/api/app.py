@@ -149,6 +149,7 @@ def create_app(
     feed: ChangeFeed | None = None,
     *,
     node_exporter_port: int = 9100,
+    read_token: str = "",
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
@@ -279,10 +280,11 @@ def create_app(
     ) -> Response:
         return json_response(prometheus.answer(name))
 
+    protected = bool(token or read_token)
     if feed is None:
-        _document_guard(app, bool(token))
-        return Guard(app, token)
+        _document_guard(app, protected)
+        return Guard(app, token, read_token)
     events.add_routes(app, feed)
     events.document_blocking(app)
-    _document_guard(app, bool(token))
-    return Guard(events.Blocking(app, feed), token)
+    _document_guard(app, protected)
+    return Guard(events.Blocking(app, feed), token, read_token)

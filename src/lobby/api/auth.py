@@ -1,10 +1,13 @@
 """What stands in front of every route, 404s and /openapi.json included.
 
+`TOKEN` allows every request, `READ_TOKEN` (SPEC §13.2) only GET and HEAD; when
+either is set every request needs one of them (so READ_TOKEN alone makes the API
+read-only). Token checks are constant-time (hmac.compare_digest), and both tokens are
+always compared. A body announced as larger than MAX_BODY is refused before any
+route reads it.
+
 The one exception is the dashboard's own files (GET /ui/...): they hold no data, and
 the page asks for the token before its first data call (lobby.api.ui).
-
-The token check is constant-time (hmac.compare_digest); a body announced as larger
-than MAX_BODY is refused before any route reads it.
 """
 
 from __future__ import annotations
@@ -20,21 +23,32 @@ from lobby.api.ui import is_public
 MAX_BODY: Final = 1024 * 1024
 
 
+READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
 class Guard:
     """Token check and body-size limit in front of every route."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, read_token: str = "") -> None:
         self.app = app
         self.expected = f"Token {token}".encode() if token else b""
+        self.expected_read = f"Token {read_token}".encode() if read_token else b""
+        self.protected = bool(token or read_token)
+
+    def allowed(self, given: bytes, method: str) -> bool:
+        # both compared every time: the answer's timing tells nothing about either
+        full = bool(self.expected) & hmac.compare_digest(given, self.expected)
+        read = bool(self.expected_read) & hmac.compare_digest(given, self.expected_read)
+        return full or (read and method in READ_METHODS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected and not is_public(scope["method"], scope["path"]):
+        if self.protected and not is_public(scope["method"], scope["path"]):
             given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            if not self.allowed(given, scope["method"]):
                 await send_denied(send)
                 return
         length = headers.get(b"content-length")
