@@ -75,6 +75,8 @@ def _counters(stats: dict[str, Any]) -> tuple[int, int, int]:
 
 def run_step(daemon: Lobbyd, sim: Sim, n: int, rate: float, seconds: float) -> Step:
     step = Step(n, rate, seconds)
+    if sim.signed:  # signed frames are made for each run, before it is measured
+        sim.call("prepare_run", timeout=300, n=n, rate=rate, seconds=seconds)
     r0, j0, d0 = _counters(daemon.stats())
     c0 = daemon.cpu()
     b0 = core_busy()
@@ -232,4 +234,95 @@ def measure(
             if best is not None:
                 guess = best.rate
         out["log_tail"] = daemon.output(1500) if not all(e["max_rate"] for e in out["by_n"]) else ""
+    return out
+
+
+def _summary(best: Step | None) -> dict[str, Any]:
+    if best is None:
+        return {"max_rate": None}
+    return {
+        "max_rate": round(best.rate),
+        "cpu_us_per_packet": round(best.cpu_us_per_packet, 3),
+        "implied_capacity": round(best.received / best.cpu_s) if best.cpu_s else None,
+    }
+
+
+def hot_path(n: int = 10_000, rounds: int = 10) -> dict[str, float]:
+    """CPU µs a packet, in this process: decoding a signed packet, and what checking
+    its signature (lobby.signing.Gate.admit) adds to that; best of 3."""
+    import base64
+    import os
+
+    from simulate import Signer, hostname, node_labels
+
+    from lobby.model import decode_envelope
+    from lobby.signing import Gate, Keyring, decode_key
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    signer = Signer(key)
+    base = signer.timestamps(rounds)
+    labels = [node_labels(i) for i in range(n)]
+    frames = [
+        signer.envelope(hostname(i), labels[i], "hi", base + r)
+        for r in range(rounds)
+        for i in range(n)
+    ]
+    decode, admit = [], []
+    for _ in range(3):
+        t = time.process_time()
+        envelopes = [decode_envelope(data) for data in frames]
+        decode.append(time.process_time() - t)
+        gate = Gate(Keyring([decode_key(key)]), ttl=INGEST_TTL, wall=time.time)
+        t = time.process_time()
+        for e in envelopes:
+            if gate.admit(e.message, e.discovery.hostname, e.ts, e.sig, e.wire_labels):
+                raise RuntimeError("a good signature was refused")
+        admit.append(time.process_time() - t)
+    return {
+        "decode_us": round(min(decode) / len(frames) * 1e6, 3),
+        "verify_us": round(min(admit) / len(frames) * 1e6, 3),
+    }
+
+
+def measure_signing(
+    broker: Broker, workdir: Path, ns: list[int], seconds: float, max_steps: int, say: Any
+) -> dict[str, Any]:
+    """Ingest with SIGNING_KEYS beside ingest without, on the same broker, one after the
+    other: the simulator signs every packet in the "on" half (SPEC §13.1)."""
+    import base64
+    import os
+
+    key = base64.b64encode(os.urandom(32)).decode()
+    out: dict[str, Any] = {"seconds_per_step": seconds, "ttl": INGEST_TTL, "by_n": []}
+    out["hot_path"] = hot_path()
+    say(
+        f"    in-process: decoding a signed packet {out['hot_path']['decode_us']:.2f} µs,"
+        f" checking its signature {out['hot_path']['verify_us']:.2f} µs more"
+    )
+    for n in ns:
+        entry: dict[str, Any] = {"n": n}
+        guess = 40_000.0
+        for mode in ("off", "on"):
+            say(f"    signing {mode}")
+            with scope() as sc:
+                env: dict[str, str | int] = {"TTL": INGEST_TTL, "CLEAN_EVERY": 3600}
+                if mode == "on":
+                    env["SIGNING_KEYS"] = key
+                daemon = sc.add(Lobbyd(workdir, broker, f"bench-signing-{mode}", **env))
+                daemon.start()
+                sim = sc.add(Sim(broker, workdir, signing_key=key if mode == "on" else ""))
+                sim.call("prepare", n=n)
+                wait_for(lambda d=daemon: d.nodes() == 1, 10, "lobbyd to list itself")  # type: ignore[misc]
+                fill(daemon, sim, 0, n)
+                best, _ = search(daemon, sim, n, guess, seconds, max_steps, say)
+                entry[mode] = _summary(best)
+                if best is not None:
+                    guess = best.rate
+        off, on = entry["off"], entry["on"]
+        if off.get("implied_capacity") and on.get("implied_capacity"):
+            entry["capacity_cost"] = round(1 - on["implied_capacity"] / off["implied_capacity"], 3)
+            entry["us_added"] = round(on["cpu_us_per_packet"] - off["cpu_us_per_packet"], 3)
+        if off.get("max_rate") and on.get("max_rate"):
+            entry["rate_cost"] = round(1 - on["max_rate"] / off["max_rate"], 3)
+        out["by_n"].append(entry)
     return out

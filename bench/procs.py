@@ -322,8 +322,11 @@ class Lobbyd(Proc):
 class Sim:
     """bench/simulate.py as a child process, driven by JSON lines."""
 
-    def __init__(self, broker: Broker, workdir: Path, channel: str = "") -> None:
+    def __init__(
+        self, broker: Broker, workdir: Path, channel: str = "", signing_key: str = ""
+    ) -> None:
         self.broker = broker
+        self.signed = bool(signing_key)
         self.log_path = workdir / f"sim-{broker.kind}.log"
         with open(self.log_path, "ab") as log:
             self.popen = subprocess.Popen(
@@ -333,6 +336,7 @@ class Sim:
                     *("--broker", broker.kind),
                     *("--address", broker.sim_address()),
                     *("--channel", channel or broker.channel),
+                    *(("--signing-key", signing_key) if signing_key else ()),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -384,7 +388,7 @@ class Sim:
     def call(self, cmd: str, timeout: float = 120, **args: Any) -> dict[str, Any]:
         """Run a command to its end (skipping its "started" event)."""
         self.send(cmd, **args)
-        if cmd not in ("stop", "prepare", "quit"):
+        if cmd not in ("stop", "prepare", "prepare_run", "quit"):
             self.started(timeout)
         return self.done(timeout)
 

@@ -66,8 +66,20 @@ def main() -> int:
         load.start()
         time.sleep(1)
         subprocess.run(
-            [py_spy, "record", "-r", "250", "-d", str(args.seconds), "-f", args.format]
-            + ["-o", str(args.out), "-p", str(daemon.pid)],
+            [
+                py_spy,
+                "record",
+                "-r",
+                "250",
+                "-d",
+                str(args.seconds),
+                "-f",
+                args.format,
+                "-o",
+                str(args.out),
+                "-p",
+                str(daemon.pid),
+            ],
             check=True,
             capture_output=True,
         )

@@ -4,6 +4,7 @@
     ./dev bench                          the whole set, NATS and Redis (< 10 min)
     ./dev bench --quick                  a ~1-minute subset (NATS)
     ./dev bench --broker redis --only ingest,api
+    ./dev bench --only dns --broker nats   cached DNS queries per second (dnsperf)
     ./dev bench --profile                also record a py-spy flame graph of lobbyd under ingest load
     ./dev bench --report                 redraw plots and README table from results/latest.json
 
@@ -28,16 +29,30 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import browser
 import cluster
+import dnsbench
 import fanout
 import httpbench
 import ingest
 import memory
 import procs
 import report
+import ui
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "fanout")
+MEASUREMENTS = (
+    "ingest",
+    "signing",
+    "memory",
+    "api",
+    "propagation",
+    "join",
+    "failure",
+    "dns",
+    "ui",
+    "fanout",
+)
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -46,6 +61,7 @@ def config(quick: bool) -> dict[str, Any]:
             "ingest_ns": [10_000],
             "ingest_seconds": 2.0,
             "ingest_steps": 3,
+            "signing_ns": [10_000],
             "load_n": 50_000,
             "memory_ns": [50_000],
             "gets": 3,
@@ -61,11 +77,15 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_keep_alive": 1,
             "fanout_ns": [250, 500, 1000],
             "fail_trials": 1,
+            "dns_n": 1_000,
+            "dns_seconds": 3,
+            "ui_n": 10_000,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
         "ingest_seconds": 3.0,
         "ingest_steps": 5,
+        "signing_ns": [10_000],
         "load_n": 50_000,
         "memory_ns": [50_000, 100_000],
         "gets": 5,
@@ -81,6 +101,9 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_keep_alive": 1,
         "fail_trials": 2,
         "fanout_ns": [250, 500, 750, 1000, 1250, 1500, 2000],
+        "dns_n": 1_000,
+        "dns_seconds": 5,
+        "ui_n": 10_000,
     }
 
 
@@ -165,6 +188,12 @@ def run_broker(
         ),
     )
     section(
+        "signing",
+        lambda b: ingest.measure_signing(
+            b, workdir, cfg["signing_ns"], cfg["ingest_seconds"], cfg["ingest_steps"], say
+        ),
+    )
+    section(
         "memory",
         lambda b: memory.measure(b, workdir, cfg["load_n"], cfg["memory_ns"], cfg["gets"], say),
     )
@@ -200,6 +229,9 @@ def run_broker(
             out["fanout"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
         out["fanout"]["measured"] = dt.datetime.now().isoformat(timespec="seconds")
         out["fanout"]["wall_s"] = round(time.monotonic() - t, 1)
+    section("dns", lambda b: dnsbench.measure(b, workdir, cfg["dns_n"], cfg["dns_seconds"], say))
+    if kind == "nats":  # the page does not care which broker fed the registry
+        section("ui", lambda b: ui.measure(b, workdir, cfg["ui_n"], say))
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
@@ -265,7 +297,10 @@ def main() -> int:
         cfg["api_endpoints"] = args.endpoints.split(",")
         if unknown := set(cfg["api_endpoints"]) - set(httpbench.ENDPOINTS):
             parser.error(f"unknown endpoint(s): {', '.join(sorted(unknown))}")
-    for tool in (procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER):
+    tools = [procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER]
+    if "ui" in only:
+        tools += [browser.CHROMIUM, browser.CHROMEDRIVER]
+    for tool in tools:
         if not Path(tool).exists():
             parser.error(f"{tool} is missing")
 

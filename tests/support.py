@@ -165,13 +165,27 @@ class NatsServer(Proc):
 
 
 class RedisServer(Proc):
-    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None):
+    """redis-server on 127.0.0.1; with `tls` (redis-server's TLS options) it serves TLS
+    on `port` and plain TCP on none."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        extra: list[str] | None = None,
+        tls: list[str] | None = None,
+    ):
         self.port = port or free_port()
         self.password = password
+        listen = (
+            ["--port", "0", "--tls-port", str(self.port), *tls]
+            if tls
+            else ["--port", str(self.port)]
+        )
         argv = [
             REDIS_SERVER,
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -183,6 +197,7 @@ class RedisServer(Proc):
         ]
         if password:
             argv += ["--requirepass", password]
+        argv += extra or []
         super().__init__(argv, workdir / f"redis-{self.port}.log")
 
     def start(self) -> None:
@@ -212,13 +227,24 @@ class Lobbyd(Proc):
             **env,
         }
         full.setdefault("PYTHONUNBUFFERED", "1")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = full.get("TOKEN", "")
+        scheme = "https" if full.get("TLS_CERT") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.token = full.get("TOKEN", "") or full.get("READ_TOKEN", "")
         super().__init__([sys.executable, "-m", "lobby"], workdir / f"lobbyd-{name}.log", full)
 
     def client(self, timeout: float = 5.0) -> httpx.Client:
+        """A client of this node's API; over HTTPS it does not check the certificate
+        (tests that check it make their own clients)."""
         headers = {"Authorization": f"Token {self.token}"} if self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=False)
+
+    def stats(self) -> dict[str, Any]:
+        r = self.get("/v1/stats")
+        r.raise_for_status()
+        return r.json()  # type: ignore[no-any-return]
+
+    def rejected(self) -> dict[str, int]:
+        return self.stats()["packets"]["rejected_by_reason"]  # type: ignore[no-any-return]
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         with self.client() as c:
@@ -280,6 +306,60 @@ def redis_publish(
         client.close()
 
 
+def nats_capture(url: str, subject: str, wanted: Callable[[bytes], bool], timeout: float) -> bytes:
+    """The first message on `subject` for which `wanted` is true (raw NATS protocol)."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false}\r\nSUB %s 1\r\n' % subject.encode())
+        buf = b""
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\r\n" in buf:
+                line, rest = buf.split(b"\r\n", 1)
+                if line.startswith(b"MSG "):
+                    size = int(line.rsplit(b" ", 1)[1])
+                    if len(rest) < size + 2:
+                        break
+                    data, buf = rest[:size], rest[size + 2 :]
+                    if wanted(data):
+                        return data
+                    continue
+                if line == b"PING":
+                    sock.sendall(b"PONG\r\n")
+                buf = rest
+    raise AssertionError(f"no wanted message on {subject} within {timeout} s")
+
+
+def redis_capture(
+    port: int,
+    channel: str,
+    wanted: Callable[[bytes], bool],
+    timeout: float,
+    password: str | None = None,
+) -> bytes:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if message is not None and wanted(message["data"]):
+                return bytes(message["data"])
+    finally:
+        pubsub.close()
+        client.close()
+    raise AssertionError(f"no wanted message on {channel} within {timeout} s")
+
+
 class Broker:
     """One broker of either kind, as the contract suite sees it."""
 
@@ -306,6 +386,12 @@ class Broker:
             nats_publish(self.server.url, self.channel, payloads)
         else:
             redis_publish(self.server.port, self.channel, payloads, self.server.password)
+
+    def capture(self, wanted: Callable[[bytes], bool], timeout: float = 10.0) -> bytes:
+        """The first message on the channel that `wanted` accepts."""
+        if isinstance(self.server, NatsServer):
+            return nats_capture(self.server.url, self.channel, wanted, timeout)
+        return redis_capture(self.server.port, self.channel, wanted, timeout, self.server.password)
 
 
 # -- fault-injection helpers (tests/faults) ------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -247,7 +248,10 @@ class _Base:
     """What both twins share: checked settings and the base URL.
 
     `host`, `port` (a number, or digits in a string), `token` ("" for none), `proto`
-    (http or https) and, keyword-only, `timeout` in seconds; ValueError when one is bad.
+    (http or https) and, keyword-only, `timeout` in seconds and `verify` for https,
+    as httpx takes it: True (the system's CAs; SSL_CERT_FILE honoured), False (no
+    check at all), the path of a PEM file of CAs, or an ssl.SSLContext. ValueError
+    when one is bad.
     """
 
     def __init__(
@@ -258,6 +262,7 @@ class _Base:
         proto: str = "http",
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         proto = str(proto).lower()
         if proto not in PROTOCOLS:
@@ -277,7 +282,11 @@ class _Base:
             raise ValueError(f"invalid host {host!r}: {exc}") from None
         headers = {"Authorization": f"Token {token}"} if token else {}
         self._stream_timeout = httpx.Timeout(timeout, read=_STREAM_READ_TIMEOUT)
-        self._open({"base_url": self.base_url, "timeout": timeout, "headers": headers})
+        options: dict[str, Any] = {"base_url": self.base_url, "timeout": timeout}
+        options["headers"] = headers
+        if proto == "https":
+            options["verify"] = _tls(verify)
+        self._open(options)
 
     def _open(self, options: dict[str, Any]) -> None:
         """Create the httpx client of this twin."""
@@ -285,6 +294,22 @@ class _Base:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
+
+
+def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx's `verify`, with True meaning the system's CAs (httpx alone would use
+    certifi's bundle) and a path meaning that PEM file of CAs."""
+    if isinstance(verify, ssl.SSLContext) or verify is False:
+        return verify
+    if verify is True:
+        return ssl.create_default_context()
+    if isinstance(verify, str):
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise ValueError(f"cannot use {verify!r} as CA file: {reason}") from None
+    raise ValueError(f"verify must be a bool, a CA file path or an SSLContext, not {verify!r}")
 
 
 def _port(port: int | str) -> int:

@@ -32,10 +32,14 @@ _T = TypeVar("_T")
 
 
 class ConfigError(Exception):
-    """A malformed environment variable; str() is the one line to print."""
+    """A malformed environment variable; str() is the one line to print.
 
-    def __init__(self, name: str, value: str, expected: str) -> None:
-        super().__init__(f"invalid {name}={value!r}: expected {expected}")
+    `value` None keeps a secret's value out of the line.
+    """
+
+    def __init__(self, name: str, value: str | None, expected: str) -> None:
+        shown = f"{name}={value!r}" if value is not None else f"{name} (value not shown)"
+        super().__init__(f"invalid {shown}: expected {expected}")
         self.name = name
 
 
@@ -131,7 +135,8 @@ class Var:
     secret: bool = False  # never show its value (help and README show only the default)
     go: bool = False  # the Go implementation has it
     check: Callable[[Any], bool] | None = None  # an extra test of a parsed value ...
-    must_be: str = ""  # ... and what it wants, for the error message
+    must_be: str = ""  # ... and what it wants, for the error message (a check may also
+    # raise ValueError: its text is added to the message in parentheses)
 
     def expected(self) -> str:
         """What a valid value looks like, for `invalid NAME='value': expected ...`."""
@@ -158,6 +163,7 @@ class Var:
 
     def parse(self, raw: str) -> Any:
         """The typed value of a non-empty `raw`; raises ConfigError."""
+        shown = None if self.secret else raw
         value: Any = raw
         try:
             if self.kind == "bool":
@@ -169,13 +175,17 @@ class Var:
             elif self.kind == "choice":
                 value = next(c for c in self.choices if c.lower() == raw.lower())
         except (ValueError, StopIteration):
-            raise ConfigError(self.name, raw, self.expected()) from None
+            raise ConfigError(self.name, shown, self.expected()) from None
+        try:
+            ok = self.check is None or self.check(value)
+        except ValueError as exc:
+            raise ConfigError(self.name, shown, f"{self.expected()} ({exc})") from None
         if (
             (self.low is not None and value < self.low)
             or (self.high is not None and value > self.high)
-            or (self.check is not None and not self.check(value))
+            or not ok
         ):
-            raise ConfigError(self.name, raw, self.expected())
+            raise ConfigError(self.name, shown, self.expected())
         return value
 
     def shown_default(self, empty: str) -> str:
@@ -239,6 +249,85 @@ def setting(
 
 def _plain_file_name(name: str) -> bool:
     return name not in (".", "..") and "/" not in name
+
+
+_DNS_DOMAIN = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _dns_domain(domain: str) -> bool:
+    return len(domain) <= 200 and _DNS_DOMAIN.fullmatch(domain) is not None
+
+
+def _label_names(names: str) -> bool:
+    parts = [part.strip() for part in names.split(",")]
+    return all(part and ":" not in part for part in parts)
+
+
+# -- checks of files named by a setting: done when the settings are loaded, so a bad
+# path stops lobbyd at start (exit 2 naming the variable), not at first use ------------
+
+
+def read_file(path: str) -> bytes:
+    """The content of `path`; ValueError with the reason (never the content)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(exc.strerror or type(exc).__name__) from None
+
+
+def readable_file(path: str) -> bool:
+    read_file(path)
+    return True
+
+
+def _pem_file(path: str) -> bool:
+    if b"-----BEGIN " not in read_file(path):
+        raise ValueError("no PEM block in it")
+    return True
+
+
+def _keys_file(path: str) -> bool:
+    from lobby.signing import SigningKeyError, parse_keys_file
+
+    try:
+        text = read_file(path).decode()
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    try:
+        keys = parse_keys_file(text)
+    except SigningKeyError as exc:
+        raise ValueError(str(exc)) from None
+    if not keys:
+        raise ValueError("it holds no key")
+    return True
+
+
+def _keys(text: str) -> bool:
+    from lobby.signing import SigningKeyError, parse_keys
+
+    try:
+        parse_keys(text)
+    except SigningKeyError as exc:
+        raise ValueError(str(exc)) from None
+    return True
+
+
+def _creds_file(path: str) -> bool:
+    text = read_file(path)
+    if b"BEGIN NATS USER JWT" not in text or b"BEGIN USER NKEY SEED" not in text:
+        raise ValueError("not a NATS .creds file (a user JWT and an nkey seed)")
+    return True
+
+
+def _seed_file(path: str) -> bool:
+    if not read_file(path).strip().startswith(b"SU"):
+        raise ValueError("not an nkey user seed (SU...)")
+    return True
+
+
+_FILE = "a readable file"
+_PEM = "a readable PEM file"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,10 +406,138 @@ class Settings:
     )
     embedded_nats_port: int = setting(4222, "port of the embedded nats-server", low=1, high=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    dns_port: int = setting(
+        0, "DNS interface port, UDP and TCP (SPEC §17); 0: no DNS interface", low=0, high=65535
+    )
+    dns_host: str = setting("", "DNS listen address; empty: the same as HOST")
+    dns_domain: str = setting(
+        "lobby",
+        "the DNS domain lobbyd answers for",
+        check=_dns_domain,
+        must_be="a domain name (letters, digits, - and _ between dots)",
+    )
+    dns_ttl: int = setting(5, "TTL of DNS answers, and of negative answers, in seconds", low=0)
+    dns_address_labels: str = setting(
+        "public_ip4,public_ip6,ip4,ip6",
+        "labels holding a node's addresses, by preference: per address family, the first"
+        " one a node carries gives its A or AAAA records",
+        check=_label_names,
+        must_be="comma-separated label names (no colons)",
+    )
+    # -- security (SPEC §13) --
+    signing_keys: str = setting(
+        "",
+        "comma-separated signing keys (lobbyctl keygen); the first signs, every one verifies",
+        secret=True,
+        check=_keys,
+        must_be="comma-separated keys, each base64 of 32 bytes",
+    )
+    signing_keys_file: str = setting(
+        "",
+        "file of signing keys, one per line (# comments), added to SIGNING_KEYS",
+        check=_keys_file,
+        must_be="a readable file of keys, one per line",
+    )
+    accept_unsigned: bool = setting(
+        False,
+        "with signing keys, accept unsigned packets too (Go peers), except from a hostname"
+        " once seen signed",
+    )
+    read_token: str = setting("", "API token that allows only GET and HEAD", secret=True)
+    tls_cert: str = setting(
+        "", "PEM certificate (chain) file: serve the API over HTTPS", check=_pem_file, must_be=_PEM
+    )
+    tls_key: str = setting("", "PEM private key file of TLS_CERT", check=_pem_file, must_be=_PEM)
+    nats_ca: str = setting(
+        "",
+        "PEM file of the CAs that sign the NATS server's certificate",
+        check=_pem_file,
+        must_be=_PEM,
+    )
+    nats_cert: str = setting(
+        "", "PEM client certificate file for NATS (mutual TLS)", check=_pem_file, must_be=_PEM
+    )
+    nats_key: str = setting("", "PEM private key file of NATS_CERT", check=_pem_file, must_be=_PEM)
+    nats_creds: str = setting(
+        "", "NATS .creds file (user JWT and nkey seed)", check=_creds_file, must_be=_FILE
+    )
+    nats_nkey_seed: str = setting(
+        "", "file holding the NATS nkey user seed", check=_seed_file, must_be=_FILE
+    )
+    nats_token: str = setting("", "NATS authentication token", secret=True)
+    redis_username: str = setting("", "Redis ACL user name (with REDIS_PASSWORD)")
+    redis_tls: bool = setting(False, "connect to Redis over TLS")
+    redis_ca: str = setting(
+        "", "PEM file of the CAs that sign Redis's certificate", check=_pem_file, must_be=_PEM
+    )
+    redis_cert: str = setting(
+        "", "PEM client certificate file for Redis", check=_pem_file, must_be=_PEM
+    )
+    redis_key: str = setting(
+        "", "PEM private key file of REDIS_CERT", check=_pem_file, must_be=_PEM
+    )
+
+    def __post_init__(self) -> None:
+        _check_pair(self.tls_cert, "TLS_CERT", self.tls_key, "TLS_KEY", server=True)
+        _check_pair(self.nats_cert, "NATS_CERT", self.nats_key, "NATS_KEY")
+        _check_pair(self.redis_cert, "REDIS_CERT", self.redis_key, "REDIS_KEY")
+        if self.nats_ca:
+            _check_ca(self.nats_ca, "NATS_CA")
+        if self.redis_ca:
+            _check_ca(self.redis_ca, "REDIS_CA")
+        for name, value in (
+            ("REDIS_CA", self.redis_ca),
+            ("REDIS_CERT", self.redis_cert),
+        ):
+            if value and not self.redis_tls:
+                raise ConfigError(
+                    name, value, "REDIS_TLS=true beside it (it is used only over TLS)"
+                )
 
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+    @property
+    def dns_listen_host(self) -> str:
+        return self.dns_host or self.host
+
+    @property
+    def dns_address_label_names(self) -> list[str]:
+        return [name.strip() for name in self.dns_address_labels.split(",") if name.strip()]
+
+
+def _check_pair(cert: str, cert_var: str, key: str, key_var: str, server: bool = False) -> None:
+    """A certificate needs its key and the key must match it; ConfigError otherwise."""
+    if not cert and not key:
+        return
+    if not key:
+        raise ConfigError(cert_var, cert, f"{key_var} beside it (the certificate's private key)")
+    if not cert:
+        raise ConfigError(key_var, key, f"{cert_var} beside it (the key's certificate)")
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ConfigError(key_var, key, f"the private key of {cert_var}={cert!r}") from None
+        raise ConfigError(
+            key_var, key, f"a PEM private key, with {cert_var} a PEM certificate ({exc.reason})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(key_var, key, f"a readable file ({exc.strerror})") from None
+
+
+def _check_ca(path: str, var: str) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise ConfigError(var, path, f"a PEM file of CA certificates ({reason})") from None
 
 
 def _kind(name: str, hint: Any) -> tuple[Kind, tuple[str, ...]]:

@@ -3,8 +3,9 @@
 Arguments follow Go's `flag` package, like the Go lobbyctl: flags come before the
 command (`-host H`, `--host H`, `-host=H`, `--host=H`), and parsing stops at the first
 non-flag word or at `--`, so a label may start with a dash. Unset or empty flags fall
-back to the environment (HOST, PORT, PROTOCOL, TOKEN), then to 127.0.0.1, 1313, http and
-no token.
+back to the environment (HOST, PORT, PROTOCOL, TOKEN, CA_FILE), then to 127.0.0.1, 1313,
+http, no token and the system's CAs. `-insecure` skips checking the daemon's
+certificate. `keygen` prints a new signing key (SPEC §13.1) and talks to nobody.
 
 Exit status: 0 done, 1 lobbyd failed (unreachable, 403, 400, ...), 2 usage error. Errors
 are one line on stderr.
@@ -82,7 +83,8 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 from lobby.client import Lobby, LobbyException  # noqa: E402 - after the guard above
 
 USAGE = """\
-Usage: lobbyctl [-host H] [-port P] [-proto http|https] [-token T] [-json] COMMAND
+Usage: lobbyctl [-host H] [-port P] [-proto http|https] [-token T] [-cacert FILE]
+                [-insecure] [-json] COMMAND
 
 Commands:
   resolve LABEL                    hostnames with that label
@@ -95,12 +97,16 @@ Commands:
   prometheus NAME                  Prometheus HTTP SD targets of service NAME
   watch [labels L...|search P...]  print changes as they happen (Ctrl-C ends)
   render SOURCE [-o FILE]          render a template against lobbyd's view (SPEC §18)
+  keygen                           print a new signing key for SIGNING_KEYS
 
 Flags (also --flag, -flag=value), before the command:
   -host H          lobbyd's address (env HOST, default 127.0.0.1)
   -port P          lobbyd's port (env PORT, default 1313)
   -proto PROTO     http or https (env PROTOCOL, default http)
   -token T         API token (env TOKEN, default none)
+  -cacert FILE     PEM file of the CAs that sign lobbyd's certificate, with https
+                   (env CA_FILE, default the system's CAs)
+  -insecure        with https, do not check lobbyd's certificate
   -json            print the API's JSON instead of text
   -h, -help        show this help
 
@@ -108,7 +114,8 @@ Exit status: 0 done, 1 lobbyd failed or unreachable (or the template failed to
 render), 2 usage error (or the template is missing or does not compile).
 """
 
-VALUE_FLAGS = ("host", "port", "proto", "token")
+VALUE_FLAGS = ("host", "port", "proto", "token", "cacert")
+BOOL_FLAGS = ("json", "insecure")
 # Go's strconv.ParseBool, which `-json=value` goes through in the Go tool.
 TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -127,6 +134,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, int, str]] = {
     ("watch", "labels"): ("watch_labels", -1, "LABEL"),
     ("watch", "search"): ("watch_prefixes", -1, "PREFIX"),
     ("render",): ("render", -1, "SOURCE"),
+    ("keygen",): ("keygen", 0, ""),
 }
 
 
@@ -140,6 +148,8 @@ class Options:
     port: int = 1313
     proto: str = "http"
     token: str = ""
+    cacert: str = ""
+    insecure: bool = False
     json: bool = False
     help: bool = False
     action: str = ""
@@ -162,8 +172,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
         i += 1
         if name in ("h", "help"):
             opts.help = True
-        elif name == "json":
-            opts.json = _flag_bool(value) if eq else True
+        elif name in BOOL_FLAGS:
+            setattr(opts, name, _flag_bool(name, value) if eq else True)
         elif name in VALUE_FLAGS:
             if not eq:
                 if i == len(argv):
@@ -186,6 +196,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
 
     opts.host = setting("host", "HOST", "127.0.0.1")[0]
     opts.token = setting("token", "TOKEN", "")[0]
+    opts.cacert = setting("cacert", "CA_FILE", "")[0]
     proto, source = setting("proto", "PROTOCOL", "http")
     opts.proto = proto.lower()
     if opts.proto not in ("http", "https"):
@@ -203,15 +214,15 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
 def _is_flag(word: str) -> bool:
     """One of our flags, misplaced after the command (a label never looks like one)."""
     name = word[2:] if word.startswith("--") else word[1:] if word.startswith("-") else ""
-    return name.partition("=")[0] in ("h", "help", "json", *VALUE_FLAGS)
+    return name.partition("=")[0] in ("h", "help", *BOOL_FLAGS, *VALUE_FLAGS)
 
 
-def _flag_bool(value: str) -> bool:
+def _flag_bool(name: str, value: str) -> bool:
     if value in TRUE:
         return True
     if value in FALSE:
         return False
-    raise UsageError(f"invalid boolean value {value!r} for -json")
+    raise UsageError(f"invalid boolean value {value!r} for -{name}")
 
 
 def _command(words: list[str]) -> tuple[str, list[str]]:
@@ -475,6 +486,12 @@ def error_line(exc: LobbyException) -> str:
     return line
 
 
+def _unverified_hint(exc: LobbyException) -> str:
+    if exc.status_code is None and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return " (give lobbyd's CA with -cacert or CA_FILE)"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lobbyctl` console script; returns the exit status."""
     out, err = sys.stdout, sys.stderr
@@ -486,8 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.help:
         out.write(USAGE)
         return 0
+    if opts.action == "keygen":
+        from lobby.signing import generate_key
+
+        out.write(generate_key() + "\n")
+        return 0
+    verify: bool | str = False if opts.insecure else (opts.cacert or True)
     try:
-        with Lobby(opts.host, opts.port, opts.token, opts.proto) as lobby:
+        with Lobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as lobby:
             if opts.action.startswith("watch"):
                 watch(lobby, opts, out)
                 return 0
@@ -503,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.write(f"lobbyctl: {exc}\n")
         return 2
     except LobbyException as exc:
-        err.write(f"lobbyctl: {error_line(exc)}\n")
+        err.write(f"lobbyctl: {error_line(exc)}{_unverified_hint(exc)}\n")
         return 1
     if result is None:
         return 0

@@ -2,10 +2,10 @@
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
 presence on the bus (`lobby.presence`), the change feed, and, when configured, the
-API server, the callback and the templates; it supervises their tasks (one dying
-stops the daemon with status 1) and shuts them down in order: goodbye first, then
-the rest.
-Data flows one way: driver -> presence -> registry -> feed -> api / callback / templates.
+API server, the callback, the templates and the DNS interface; it supervises their
+tasks (one dying stops the daemon with status 1) and shuts them down in order: goodbye
+first, then the rest. Data flows one way: driver -> presence -> registry -> feed ->
+api / callback / templates, and registry -> dns.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._api: Any = None
+        self.dns: Any = None  # lobby.dns_server.DnsServer when DNS_PORT is set
 
     # -- what the API reads (lobby.api.app.Node) -------------------------------------
 
@@ -92,6 +93,7 @@ class Daemon:
                 else None
             ),
             "templates": self.templates.stats() if self.templates is not None else None,
+            "dns": self.dns.stats() if self.dns is not None else None,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -137,6 +139,14 @@ class Daemon:
             except OSError as exc:
                 log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
                 return 1
+        if s.dns_port:
+            from lobby.dns_server import from_settings
+
+            self.dns = from_settings(s, self.registry)  # None: cannot listen (logged)
+            if self.dns is None:
+                if sock is not None:
+                    sock.close()
+                return 1
         try:
             if self.driver is None:
                 self.driver = await self._make_driver()
@@ -153,6 +163,8 @@ class Daemon:
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
+            if self.dns is not None:
+                await self.dns.start()
             if s.callback:
                 self._start_callback()
             if s.templates:
@@ -167,16 +179,10 @@ class Daemon:
     async def _make_driver(self) -> Driver | None:
         s = self.settings
         if s.driver == "Redis":
-            from lobby.drivers.redis import RedisDriver
+            from lobby.brokers import redis_driver
 
-            return RedisDriver(
-                host=s.redis_host,
-                port=s.redis_port,
-                db=s.redis_db,
-                password=s.redis_password,
-                channel=s.redis_channel,
-            )
-        from lobby.drivers.nats import NatsDriver
+            return redis_driver(s)
+        from lobby.brokers import nats_driver
 
         servers = s.nats_servers
         if not servers:
@@ -189,20 +195,21 @@ class Daemon:
                 log.error("%s", exc)
                 return None
             servers = [self.embedded.url]
-        return NatsDriver(
-            servers,
-            s.nats_discovery_channel,
-            ping_interval=max(1, min(s.keep_alive, 10)),
-            name=f"lobbyd {self.hostname}",
-        )
+        return nats_driver(s, servers, f"lobbyd {self.hostname}")
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api.fast import create_fast_app
         from lobby.api.server import ApiServer
 
         s = self.settings
-        app = create_fast_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
-        self._api = ApiServer(app, sock)
+        app = create_fast_app(
+            self,
+            s.token,
+            self.feed,
+            node_exporter_port=s.node_exporter_port,
+            read_token=s.read_token,
+        )
+        self._api = ApiServer(app, sock, tls_cert=s.tls_cert, tls_key=s.tls_key)
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:
@@ -234,6 +241,8 @@ class Daemon:
         await self.presence.leave()
         if self._api is not None:
             self._api.stop()
+        if self.dns is not None:
+            self.dns.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=0.5) if self._tasks else None

@@ -60,8 +60,15 @@ class Discovery:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
+    """A decoded message. `ts` and `sig` are set when the sender signed it (SPEC §13.1);
+    `wire_labels` are then the labels as they were on the wire, sorted by code point
+    (what the signature covers), usually the very tuple `discovery.labels` is."""
+
     message: Literal["hi", "goodbye"]
     discovery: Discovery
+    ts: int = 0
+    sig: str | None = None
+    wire_labels: tuple[str, ...] = ()
 
 
 def label_problem(label: str) -> str | None:
@@ -116,9 +123,11 @@ def _remember(labels: list[str]) -> None:
     _known_chars += chars
 
 
-def _wire_labels(raw: object) -> tuple[str, ...]:
+def _wire_labels(raw: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The labels to store (sorted, unique) and the wire's labels sorted by code point
+    (the same tuple unless the wire held duplicates or was out of order)."""
     if raw is None:  # Go sends null for a node without labels
-        return ()
+        return (), ()
     if type(raw) is not list:
         raise PacketError("bad_labels", "labels is not a list")
     known = _known_labels
@@ -142,8 +151,18 @@ def _wire_labels(raw: object) -> tuple[str, ...]:
     # Go peers send sorted, unique labels: checking is cheaper than sorting.
     for i in range(1, len(out)):
         if out[i - 1] >= out[i]:
-            return tuple(sorted(set(out)))
-    return tuple(out)
+            return tuple(sorted(set(out))), tuple(sorted(out))
+    labels = tuple(out)
+    return labels, labels
+
+
+def _signed_goodbye_labels(raw: object) -> tuple[str, ...]:
+    """A signed goodbye's labels, for its signature only (a goodbye's labels are unused)."""
+    if raw is None:
+        return ()
+    if type(raw) is not list or any(type(item) is not str for item in raw):
+        raise PacketError("bad_labels", "labels is not a list of strings")
+    return tuple(sorted(raw))
 
 
 def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
@@ -172,34 +191,66 @@ def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     last_check = body.get("last_check", 0)
     if type(last_check) is not int:
         raise PacketError("bad_shape", "last_check is not an integer")
-    labels = _wire_labels(body.get("labels")) if message == HI else ()
-    return Envelope(message, Discovery(sys.intern(hostname), labels, 0))
+    sig = doc.get("sig")
+    if message == HI:
+        labels, wire = _wire_labels(body.get("labels"))
+    else:
+        labels = ()
+        wire = _signed_goodbye_labels(body.get("labels")) if sig is not None else ()
+    discovery = Discovery(sys.intern(hostname), labels, 0)
+    if sig is None:
+        return Envelope(message, discovery)
+    ts = doc.get("ts")
+    if type(sig) is not str or type(ts) is not int:
+        # malformed signature fields: keep it marked as signed, so that it fails
+        # verification instead of passing for an unsigned packet
+        return Envelope(message, discovery, 0, "", wire)
+    return Envelope(message, discovery, ts, sig, wire)
 
 
-def encode_envelope(message: Literal["hi", "goodbye"], discovery: Discovery) -> bytes:
-    """The Go implementation's exact bytes: compact JSON, last_check 0, sorted labels."""
-    return orjson.dumps(
-        {
-            "discovery": {
-                "hostname": discovery.hostname,
-                "labels": list(discovery.labels),
-                "last_check": 0,
-            },
-            "message": message,
-        }
-    )
+def encode_envelope(
+    message: Literal["hi", "goodbye"],
+    discovery: Discovery,
+    signature: tuple[int, str] | None = None,
+) -> bytes:
+    """The Go implementation's exact bytes: compact JSON, last_check 0, sorted labels;
+    with a `signature` (ts, sig), the two fields `ts` and `sig` follow (SPEC §13.1)."""
+    doc: dict[str, object] = {
+        "discovery": {
+            "hostname": discovery.hostname,
+            "labels": list(discovery.labels),
+            "last_check": 0,
+        },
+        "message": message,
+    }
+    if signature is not None:
+        doc["ts"], doc["sig"] = signature
+    return orjson.dumps(doc)
 
 
 # -- sync requests (side topic, Python peers only) -----------------------------------
 
 
-def encode_sync(hostname: str) -> bytes:
-    """Ask every peer to announce itself now (fast join)."""
-    return orjson.dumps({"message": "sync", "hostname": hostname})
+SYNC: Final = "sync"
 
 
-def decode_sync(data: bytes | bytearray | memoryview | str) -> str:
-    """The requesting hostname; raises PacketError."""
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    hostname: str
+    ts: int = 0
+    sig: str | None = None
+
+
+def encode_sync(hostname: str, signature: tuple[int, str] | None = None) -> bytes:
+    """Ask every peer to announce itself now (fast join); signed like an envelope."""
+    doc: dict[str, object] = {"message": SYNC, "hostname": hostname}
+    if signature is not None:
+        doc["ts"], doc["sig"] = signature
+    return orjson.dumps(doc)
+
+
+def decode_sync(data: bytes | bytearray | memoryview | str) -> SyncRequest:
+    """The request (who asks, and its signature if any); raises PacketError."""
     if len(data) > 4096:
         raise PacketError("too_large", f"{len(data)} bytes")
     try:
@@ -211,7 +262,13 @@ def decode_sync(data: bytes | bytearray | memoryview | str) -> str:
     hostname = doc.get("hostname")
     if type(hostname) is not str:
         raise PacketError("bad_hostname")
-    return hostname
+    sig = doc.get("sig")
+    if sig is None:
+        return SyncRequest(hostname)
+    ts = doc.get("ts")
+    if type(sig) is not str or type(ts) is not int:
+        return SyncRequest(hostname, 0, "")
+    return SyncRequest(hostname, ts, sig)
 
 
 _PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE

@@ -14,6 +14,9 @@ It is built from settings, a registry, a clock and, at `start`, a list of driver
 - Expiry is paused while any link is unhealthy, from the last moment we heard
   ourselves through it: an outage on our side expires nobody. (With one driver this
   is exactly SPEC §3; with several, §15 refines it per record.)
+- With SIGNING_KEYS (SPEC §13.1) every packet we send, sync requests included, is
+  signed, and every packet we hear passes `lobby.signing.Gate` before it may touch
+  the registry; what the gate refuses is counted under its reason in `rejected`.
 - It never touches HTTP or the feed; the daemon wires it, the API calls its methods.
 """
 
@@ -27,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from lobby._ratelimit import RateLimitedLog
@@ -47,6 +51,7 @@ from lobby.model import (
     encode_sync,
 )
 from lobby.registry import Registry
+from lobby.signing import DUPLICATE, Gate, Keyring, parse_keys, parse_keys_file
 
 log = logging.getLogger("lobby")
 
@@ -103,6 +108,13 @@ class Presence:
         self._background: set[asyncio.Task[Any]] = set()
         self._garbage_log = RateLimitedLog(log, burst=5, every=30)
         self._send_log = RateLimitedLog(log, burst=3, every=30)
+        self.gate = Gate(
+            load_keyring(settings),
+            ttl=settings.ttl,
+            accept_unsigned=settings.accept_unsigned,
+            wall=clock.wall,
+        )
+        self._signing = self.gate.enabled
         self.registry.pause()  # nothing is live until we are linked
 
     # -- what the API reads -------------------------------------------------------
@@ -123,6 +135,21 @@ class Presence:
                 "dropped_slow_consumer": sum(link.driver.dropped for link in self.links),
             },
             "announcements": {"sent": self.sent, "failed": self.send_failures},
+            "signing": self._signing_stats(),
+        }
+
+    def _signing_stats(self) -> dict[str, Any]:
+        gate = self.gate
+        signed, unsigned = gate.count_signed(self.registry, len(self.registry))
+        keyring = gate.keyring
+        return {
+            "enabled": keyring is not None,
+            "accept_unsigned": gate.accept_unsigned,
+            # key ids are on the wire in every signature: no secret
+            "signing_key": keyring.signer.id if keyring is not None else None,
+            "verifying_keys": keyring.ids if keyring is not None else [],
+            "signed_nodes": signed,
+            "unsigned_nodes": unsigned,
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -148,7 +175,7 @@ class Presence:
         self._leaving = True
         if not self.settings.announce:
             return
-        goodbye = Discovery(self.hostname, ())
+        goodbye = self._envelope(GOODBYE, Discovery(self.hostname, ()))
         for link in self.links:
             if link.driver.connected and await self._publish(link, GOODBYE, goodbye):
                 await link.driver.flush(0.5)
@@ -181,16 +208,45 @@ class Presence:
             )
             return
         discovery = envelope.discovery
+        if self._signing:
+            reason = self.gate.admit(
+                envelope.message,
+                discovery.hostname,
+                envelope.ts,
+                envelope.sig,
+                envelope.wire_labels,
+            )
+            if reason is not None:
+                self.rejected[reason] += 1
+                if reason != DUPLICATE:
+                    self._refused(reason, envelope.message, discovery.hostname)
+                elif envelope.message == HI and discovery.hostname == self.hostname:
+                    self._heard_self(link)  # our own packet, back through another way
+                return
         if envelope.message == HI:
             self.registry.update(discovery)
             if discovery.hostname == self.hostname:
-                link.heard_self = self.clock.monotonic()
-                if not link.echo_ok:
-                    log.info("our own announcements come back again; resuming expiry")
-                    link.echo_ok = True
-                    self._update_pause()
+                self._heard_self(link)
         else:
             self.registry.remove(discovery.hostname, "goodbye")
+
+    def _heard_self(self, link: Link) -> None:
+        link.heard_self = self.clock.monotonic()
+        if not link.echo_ok:
+            log.info("our own announcements come back again; resuming expiry")
+            link.echo_ok = True
+            self._update_pause()
+
+    def _refused(self, reason: str, message: str, hostname: str) -> None:
+        self._garbage_log(
+            logging.WARNING,
+            "dropped %s %r for %r: %s; %d dropped so far",
+            "sync request" if message == "sync" else "packet",
+            message,
+            hostname[:80],
+            reason.replace("_", " "),
+            sum(self.rejected.values()),
+        )
 
     def on_link(self, link: Link, up: bool) -> None:
         link.up = up
@@ -209,17 +265,26 @@ class Presence:
         task.add_done_callback(self._background.discard)
 
     async def _request_sync(self, link: Link) -> None:
+        signature = self.gate.stamp("sync", self.hostname, ())
         try:
-            await link.driver.publish("sync", encode_sync(self.hostname))
+            await link.driver.publish("sync", encode_sync(self.hostname, signature))
         except DriverError as exc:
             log.debug("cannot ask peers to sync: %s", exc)
 
     def _on_sync(self, data: bytes) -> None:
         try:
-            requester = decode_sync(data)
+            request = decode_sync(data)
         except PacketError as exc:
             self.rejected["sync_" + exc.reason] += 1
             return
+        requester = request.hostname
+        if self._signing:
+            reason = self.gate.admit("sync", requester, request.ts, request.sig, ())
+            if reason is not None:
+                self.rejected["sync_" + reason] += 1
+                if reason != DUPLICATE:
+                    self._refused(reason, "sync", requester)
+                return
         if requester == self.hostname or not self.settings.announce or self._sync_pending:
             return
         # a random delay spreads the answers of a large cluster over SYNC_SPREAD seconds;
@@ -273,10 +338,12 @@ class Presence:
 
     # -- outgoing -----------------------------------------------------------------
 
-    async def _publish(
-        self, link: Link, message: Literal["hi", "goodbye"], discovery: Discovery
-    ) -> bool:
-        data = encode_envelope(message, discovery)
+    def _envelope(self, message: Literal["hi", "goodbye"], discovery: Discovery) -> bytes:
+        """The bytes to send, signed when we sign. Encoded once for every link: a
+        node hearing us through two brokers then takes the second copy for a
+        duplicate, not a replay."""
+        signature = self.gate.stamp(message, discovery.hostname, discovery.labels)
+        data = encode_envelope(message, discovery, signature)
         if len(data) > MAX_PACKET_BYTES:
             self._send_log(
                 logging.ERROR,
@@ -285,6 +352,9 @@ class Presence:
                 len(data),
                 MAX_PACKET_BYTES,
             )
+        return data
+
+    async def _publish(self, link: Link, message: Literal["hi", "goodbye"], data: bytes) -> bool:
         try:
             await link.driver.publish("discovery", data)
         except DriverError as exc:
@@ -326,16 +396,22 @@ class Presence:
                 self.refresh_labels()
                 self._garbage_log.flush()
                 self._send_log.flush()
+                self.gate.prune()
                 old_name = self._hostname_changed()
             self._wake.clear()
             if not self.settings.announce:
                 continue
-            for link in self.links:
-                if self._leaving or not link.driver.connected:
-                    continue
-                if old_name is not None:
-                    await self._publish(link, GOODBYE, Discovery(old_name, ()))
-                await self._publish(link, HI, self.own_discovery())
+            links = [link for link in self.links if link.driver.connected]
+            if self._leaving:  # after our goodbye, never another "hi"
+                return
+            if not links:
+                continue
+            goodbye = self._envelope(GOODBYE, Discovery(old_name, ())) if old_name else None
+            hi = self._envelope(HI, self.own_discovery())
+            for link in links:
+                if goodbye is not None:
+                    await self._publish(link, GOODBYE, goodbye)
+                await self._publish(link, HI, hi)
 
     async def _echo_watchdog(self) -> None:
         # Its own task, ticking faster than KEEP_ALIVE: the announcer can sit in a
@@ -364,3 +440,15 @@ class Presence:
                 )
                 link.echo_ok = False
                 self._update_pause()
+
+
+def load_keyring(settings: Settings) -> Keyring | None:
+    """The keys of SIGNING_KEYS and SIGNING_KEYS_FILE (union, in that order), or None.
+
+    Both were checked when the settings were loaded (lobby.config), so this cannot fail
+    on a good start; the file is read again here because that is when it is used.
+    """
+    keys = parse_keys(settings.signing_keys)
+    if settings.signing_keys_file:
+        keys += parse_keys_file(Path(settings.signing_keys_file).read_text())
+    return Keyring(keys) if keys else None

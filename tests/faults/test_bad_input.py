@@ -341,6 +341,7 @@ def test_every_route_needs_the_token(nats_server, channel, spawn):
     routes = [(m.upper(), path) for path, ops in doc["paths"].items() for m in ops]
     routes += [("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/nope"), ("PUT", "/v1/labels")]
     routes += [("GET", "/v1/discoveries?index=1&wait=1s"), ("GET", "/v1/events?index=0")]
+    routes += [("POST", "/ui/"), ("DELETE", "/ui/app.js"), ("GET", "/uix")]  # GET /ui/ is open
     assert ("POST", "/v1/labels") in routes and ("GET", "/v1/stats") in routes
     before = sorted(p.name for p in node.labels_path.iterdir()) if node.labels_path.exists() else []
     with httpx.Client(base_url=node.url, timeout=5) as http:

@@ -336,3 +336,18 @@ def test_lobby_exception_is_an_exception_with_attributes():
     exc = LobbyException("access denied", 403, "http://h:1/v1/discovery")
     assert isinstance(exc, Exception)
     assert (str(exc), exc.status_code, exc.url) == ("access denied", 403, "http://h:1/v1/discovery")
+
+
+def test_verify_takes_what_httpx_takes(tmp_path):
+    import ssl
+
+    from lobby.client import _tls
+
+    assert _tls(False) is False
+    assert isinstance(_tls(True), ssl.SSLContext)
+    context = ssl.create_default_context()
+    assert _tls(context) is context
+    with pytest.raises(ValueError, match=r"missing\.pem"):
+        _tls(str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="verify must be"):
+        _tls(3)  # type: ignore[arg-type]

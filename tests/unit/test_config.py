@@ -212,7 +212,13 @@ def test_variable_kinds_follow_the_annotations():
     assert kinds["TOKEN"] == ("str", ())
     assert kinds["DRIVER"] == ("choice", ("NATS", "Redis"))
     assert kinds["LOG_LEVEL"] == ("choice", ("DEBUG", "INFO", "WARNING", "ERROR"))
-    assert {var.name for var in config.VARIABLES if var.secret} == {"TOKEN", "REDIS_PASSWORD"}
+    assert {var.name for var in config.VARIABLES if var.secret} == {
+        "TOKEN",
+        "REDIS_PASSWORD",
+        "SIGNING_KEYS",
+        "READ_TOKEN",
+        "NATS_TOKEN",
+    }
 
 
 def test_settings_are_immutable_and_keep_secrets_out_of_repr():
@@ -343,3 +349,94 @@ def test_lobbyd_rejects_arguments():
     result = _lobbyd({}, "--port", "5")
     assert result.returncode == 2
     assert "environment" in result.stderr
+
+
+# -- security settings (SPEC §13): files checked at load, secrets never shown ---------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from certs import Pki
+
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+
+
+def test_signing_keys_are_checked_and_never_echoed():
+    assert load({"SIGNING_KEYS": f"{KEY}, {KEY}"}).signing_keys == f"{KEY}, {KEY}"
+    with pytest.raises(ConfigError) as info:
+        load({"SIGNING_KEYS": f"{KEY},c2VjcmV0"})
+    text = str(info.value)
+    assert text.startswith("invalid SIGNING_KEYS (value not shown): expected ")
+    assert "c2VjcmV0" not in text and KEY not in text and "6 bytes" in text
+    assert KEY not in repr(load({"SIGNING_KEYS": KEY}))
+
+
+def test_signing_keys_file_must_be_readable_and_hold_keys(tmp_path):
+    good = tmp_path / "keys"
+    good.write_text(f"# lobby\n{KEY}\n")
+    assert load({"SIGNING_KEYS_FILE": str(good)}).signing_keys_file == str(good)
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n")
+    bad = tmp_path / "bad"
+    bad.write_text("secret stuff!\n")
+    cases = {
+        str(tmp_path / "missing"): "No such file or directory",
+        str(tmp_path): "Is a directory",
+        str(empty): "it holds no key",
+        str(bad): "not valid base64",
+    }
+    for path, why in cases.items():
+        with pytest.raises(ConfigError) as info:
+            load({"SIGNING_KEYS_FILE": path})
+        assert str(info.value).startswith(f"invalid SIGNING_KEYS_FILE={path!r}: expected ")
+        assert why in str(info.value) and "secret stuff" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "var", ["TLS_CERT", "TLS_KEY", "NATS_CA", "NATS_CERT", "NATS_KEY", "NATS_CREDS",
+            "NATS_NKEY_SEED", "REDIS_CA", "REDIS_CERT", "REDIS_KEY"],
+)  # fmt: skip
+def test_every_named_file_is_checked(var, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load({var: str(tmp_path / "nope.pem")})
+    assert info.value.name == var and "No such file or directory" in str(info.value)
+
+
+def test_certificates_need_their_matching_key(pki):
+    ok = load({"TLS_CERT": str(pki.server_cert), "TLS_KEY": str(pki.server_key)})
+    assert ok.tls_cert == str(pki.server_cert)
+    pairs = [
+        ({"TLS_CERT": pki.server_cert}, "TLS_CERT", "TLS_KEY beside it"),
+        ({"TLS_KEY": pki.server_key}, "TLS_KEY", "TLS_CERT beside it"),
+        ({"TLS_CERT": pki.server_cert, "TLS_KEY": pki.client_key}, "TLS_KEY", "private key of"),
+        ({"TLS_CERT": pki.server_cert, "TLS_KEY": pki.ca}, "TLS_KEY", "PEM private key"),
+        ({"NATS_CERT": pki.client_cert, "NATS_KEY": pki.server_key}, "NATS_KEY", "private key"),
+        ({"NATS_CA": pki.client_key}, "NATS_CA", "CA certificates"),
+        (
+            {"REDIS_TLS": "1", "REDIS_CERT": pki.client_cert, "REDIS_KEY": pki.other_key},
+            "REDIS_KEY",
+            "private key of",
+        ),
+        ({"REDIS_CA": pki.ca}, "REDIS_CA", "REDIS_TLS=true"),
+    ]
+    for env, name, why in pairs:
+        with pytest.raises(ConfigError) as info:
+            load({k: str(v) for k, v in env.items()})
+        assert info.value.name == name and why in str(info.value), str(info.value)
+
+
+def test_nats_credential_files_are_recognised(tmp_path):
+    from certs import nats_operator
+
+    creds = nats_operator(tmp_path / "op").creds
+    assert load({"NATS_CREDS": str(creds)}).nats_creds == str(creds)
+    seed = tmp_path / "seed"
+    seed.write_text(creds.read_text().split("-----BEGIN USER NKEY SEED-----\n")[1].split("\n")[0])
+    assert load({"NATS_NKEY_SEED": str(seed)}).nats_nkey_seed == str(seed)
+    for var, path in (("NATS_CREDS", seed), ("NATS_NKEY_SEED", creds)):
+        with pytest.raises(ConfigError) as info:
+            load({var: str(path)})
+        assert info.value.name == var

@@ -424,3 +424,38 @@ def test_plain_output_does_not_load_rich():
 def test_colour_output_loads_rich():
     code = "import io\nfrom lobby import ctl\nctl.write_lines(ctl.hostnames_lines(['a']), io.StringIO(), colour=True)"
     assert "rich" in imported_after(code)
+
+
+# -- HTTPS flags and keygen (SPEC §13) -----------------------------------------------------
+
+
+def test_cacert_and_insecure_flags_and_ca_file():
+    opts = parse("-proto", "https", "-cacert", "/etc/ca.pem", "-insecure", "discoveries")
+    assert (opts.cacert, opts.insecure) == ("/etc/ca.pem", True)
+    assert parse("discoveries", CA_FILE="/env/ca.pem").cacert == "/env/ca.pem"
+    assert parse("--cacert=/f.pem", "discoveries", CA_FILE="/env/ca.pem").cacert == "/f.pem"
+    assert parse("-insecure=false", "discoveries").insecure is False
+    with pytest.raises(UsageError, match="-insecure"):
+        parse("-insecure=maybe", "discoveries")
+    with pytest.raises(UsageError, match="flags go before the command"):
+        parse("discoveries", "-insecure")
+
+
+def test_keygen_prints_a_new_key_without_any_daemon(capsys):
+    import base64
+
+    assert ctl.main(["keygen"]) == 0
+    first = capsys.readouterr().out
+    assert ctl.main(["-port", str(free_port()), "keygen"]) == 0
+    second = capsys.readouterr().out
+    assert first != second and len(base64.b64decode(first.strip(), validate=True)) == 32
+
+
+def test_keygen_loads_nothing_heavy():
+    modules = imported_after("from lobby import ctl\nimport io\nctl.main(['keygen'])")
+    assert "lobby.signing" in modules and heavy_in(modules) == set()
+
+
+def test_a_missing_ca_file_is_a_usage_error(capsys):
+    code = ctl.main(["-proto", "https", "-cacert", "/nonexistent/ca.pem", "discoveries"])
+    assert code == 2 and "/nonexistent/ca.pem" in capsys.readouterr().err

@@ -85,11 +85,11 @@ def registry() -> Registry:
     return Registry(ttl=300)
 
 
-async def both(registry: Registry, token: str = "", feed: bool = True) -> Any:
+async def both(registry: Registry, token: str = "", feed: bool = True, read_token: str = "") -> Any:
     node = FakeNode(registry)
     changes = ChangeFeed(registry) if feed else None
-    fast = create_fast_app(node, token, changes, node_exporter_port=9100)
-    slow = create_app(node, token, changes, node_exporter_port=9100)
+    fast = create_fast_app(node, token, changes, node_exporter_port=9100, read_token=read_token)
+    slow = create_app(node, token, changes, node_exporter_port=9100, read_token=read_token)
     return fast, slow
 
 
@@ -114,11 +114,16 @@ async def test_same_answers_as_the_framework(registry, n, feed):
                 assert int(a.headers["x-lobby-index"]) == registry.index
 
 
-async def test_same_answers_with_a_token(registry):
+@pytest.mark.parametrize(
+    ("token", "read_token"), [("s3cret", ""), ("s3cret", "r3ad"), ("", "r3ad")]
+)
+async def test_same_answers_with_a_token(registry, token, read_token):
     fill(registry, 5)
-    fast, slow = await both(registry, token="s3cret")
+    fast, slow = await both(registry, token=token, read_token=read_token)
+    tokens = [{}, {"Authorization": "Token wrong"}, {"Authorization": "s3cret"}]
+    tokens += [{"Authorization": f"Token {t}"} for t in (token, read_token) if t]
     async with client(fast) as f, client(slow) as s:
-        for headers in ({}, {"Authorization": "Token wrong"}, {"Authorization": "Token s3cret"}):
+        for headers in tokens:
             for path in PATHS:
                 a, b = await f.get(path, headers=headers), await s.get(path, headers=headers)
                 assert compared(a) == compared(b), (path, headers)

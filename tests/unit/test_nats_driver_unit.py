@@ -319,11 +319,47 @@ async def test_connection_errors_are_logged_but_not_after_close(
 ) -> None:
     driver, fake, _ = await started()
     await fake.error(ConnectionRefusedError("refused"))
-    assert "NATS nats://127.0.0.1:4222: ConnectionRefusedError: refused" in caplog.text
+    line = "NATS nats://127.0.0.1:4222: ConnectionRefusedError: refused"
+    await until(lambda: line in caplog.text, what="the line, after a moment")
     await driver.close()
     caplog.clear()
     await fake.error(ConnectionRefusedError("refused"))
     assert caplog.text == ""
+
+
+async def test_credential_and_tls_failures_get_one_clear_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import ssl
+
+    driver, fake, _ = await started()
+    await fake.error(Exception("nats: 'Authorization Violation'"))
+    # nats-py reports a refused client certificate twice: a reset, then the TLS alert
+    await fake.error(ConnectionResetError("Connection lost"))
+    await fake.error(ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca"))
+    await asyncio.sleep(nats_driver.ERROR_COALESCE * 3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "refused our credentials (Authorization Violation): check NATS_TOKEN" in lines[0]
+    assert "TLS with NATS nats://127.0.0.1:4222 failed" in lines[1] and "NATS_CA" in lines[1]
+    await driver.close()
+
+
+async def test_a_client_stuck_after_a_failed_tls_handshake_is_replaced(monkeypatch) -> None:
+    import ssl
+
+    monkeypatch.setattr(nats_driver, "STALL_AFTER", 0.0)
+    monkeypatch.setattr(nats_driver, "Client", FakeNats)
+    driver, fake, r = faked()
+    fake.hold_connect = asyncio.Event()  # stuck, as nats-py after the failure
+    await driver.start(r.on_message, r.on_link)
+    await until(lambda: "error_cb" in fake.options, what="connect() called")
+    await fake.error(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+    await until(lambda: driver._nc is not fake, timeout=5, what="a fresh client")  # type: ignore[comparison-overlap]
+    await until(lambda: r.links == [True], what="the fresh client connected")
+    await fake.lose_link()  # the old client's callbacks are ignored from now on
+    assert r.links == [True] and driver.connected
+    await driver.close()
 
 
 # -- the link -------------------------------------------------------------------------

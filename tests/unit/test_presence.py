@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 
 from lobby import config
@@ -123,3 +124,97 @@ async def test_labels_from_env_and_runtime_file(tmp_path, fake):
     assert (tmp_path / "_runtime").read_text() == "run:1\n"
     await p.delete_labels(["run:1", "env:1"])
     assert p.own_discovery().labels == ("env:1",)
+
+
+# -- signing (SPEC §13.1) -------------------------------------------------------------
+
+K1 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # bytes 0..31
+K2 = "ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM="  # bytes 100..131
+NOW_MS = 1_700_000_000_000
+
+
+def signed_envelope(message, hostname, labels=(), ts=NOW_MS, key=K1) -> bytes:
+    from lobby.signing import Keyring, decode_key
+
+    sig = Keyring([decode_key(key)]).sign(message, hostname, ts, labels)
+    return encode_envelope(message, Discovery(hostname, tuple(labels)), (ts, sig))
+
+
+async def test_with_keys_we_sign_everything_we_send(tmp_path, fake):
+    p = make(tmp_path, fake, SIGNING_KEYS=K1, LABELS="a:1")
+    broker = MemoryBroker()
+    await p.start([("memory", broker.driver())])
+    await settle()
+    await p._publish(p.links[0], "hi", p._envelope("hi", p.own_discovery()))
+    sent = dict(broker.published)
+    hi = orjson.loads(sent["discovery"])
+    sync = orjson.loads(sent["sync"])
+    # the sync request went first, on connecting; ts strictly increases
+    assert sync["ts"] == NOW_MS and sync["hostname"] == "me"
+    assert hi["ts"] == NOW_MS + 1 and hi["sig"].startswith(p.gate.keyring.signer.id + ".")
+    # and a peer with the key accepts both
+    peer = make(tmp_path / "peer", fake, SIGNING_KEYS=K1, HOSTNAME="peer")
+    await peer.start([("memory", MemoryBroker().driver())])
+    peer.on_message(peer.links[0], "discovery", sent["discovery"])
+    assert peer.registry.get("me") == Discovery("me", ("a:1",), 1_700_000_000)
+    assert not peer.rejected
+
+
+async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake):
+    p = make(tmp_path, fake, SIGNING_KEYS=K1)
+    await p.start([("memory", MemoryBroker().driver())])
+    link = p.links[0]
+    captured = signed_envelope("hi", "real", ("x:1",))
+    p.on_message(link, "discovery", captured)
+    assert "real" in p.registry
+    forged = [
+        encode_envelope("hi", Discovery("invented", ())),  # unsigned
+        encode_envelope("goodbye", Discovery("real", ())),  # unsigned goodbye
+        signed_envelope("goodbye", "real", ts=NOW_MS + 1, key=K2),  # unknown key
+        captured.replace(b"x:1", b"x:2"),  # a flipped byte
+        signed_envelope("hi", "real", ("x:1",), ts=NOW_MS - 31_000),  # stale
+        captured,  # the very packet again
+    ]
+    for data in forged:
+        p.on_message(link, "discovery", data)
+    assert p.registry.get("real").labels == ("x:1",) and "invented" not in p.registry
+    assert p.rejected == {
+        "unsigned": 2,
+        "unknown_key": 1,
+        "bad_signature": 1,
+        "stale": 1,
+        "duplicate": 1,
+    }
+    p.on_message(link, "discovery", signed_envelope("goodbye", "real", ts=NOW_MS + 2))
+    p.on_message(link, "discovery", captured)  # replayed after the goodbye
+    assert "real" not in p.registry and p.rejected["replay"] == 1
+    stats = p.stats()["signing"]
+    assert stats["enabled"] and stats["signed_nodes"] == 0
+    assert K1 not in str(p.stats())
+
+
+async def test_unsigned_or_forged_sync_requests_are_ignored(tmp_path, fake):
+    p = make(tmp_path, fake, SIGNING_KEYS=K1)
+    await p.start([("memory", MemoryBroker().driver())])
+    p._on_sync(b'{"message":"sync","hostname":"peer"}')
+    assert p.rejected == {"sync_unsigned": 1} and not p._sync_pending
+    from lobby.model import encode_sync
+    from lobby.signing import Keyring, decode_key
+
+    sig = Keyring([decode_key(K1)]).sign("sync", "peer", NOW_MS, ())
+    p._on_sync(encode_sync("peer", (NOW_MS, sig)))
+    assert p._sync_pending  # a signed request is answered
+
+
+async def test_accept_unsigned_lists_go_peers_but_never_a_signed_name_unsigned(tmp_path, fake):
+    p = make(tmp_path, fake, SIGNING_KEYS=K1, ACCEPT_UNSIGNED="true")
+    await p.start([("memory", MemoryBroker().driver())])
+    link = p.links[0]
+    p.on_message(link, "discovery", encode_envelope("hi", Discovery("go", ("g:1",))))
+    p.on_message(link, "discovery", signed_envelope("hi", "py", ("p:1",)))
+    p.on_message(link, "discovery", encode_envelope("hi", Discovery("py", ("evil:1",))))
+    p.on_message(link, "discovery", encode_envelope("goodbye", Discovery("py", ())))
+    assert p.registry.get("go").labels == ("g:1",) and p.registry.get("py").labels == ("p:1",)
+    assert p.rejected == {"unsigned": 2}
+    stats = p.stats()["signing"]
+    assert (stats["signed_nodes"], stats["unsigned_nodes"]) == (1, 1)

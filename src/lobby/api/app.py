@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from lobby import __version__
 from lobby.answer import Slices
-from lobby.api import events
+from lobby.api import events, ui
 from lobby.api._responses import JSON_TYPE, json_response
 from lobby.api._schema import DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
@@ -160,6 +160,7 @@ def create_app(
     feed: ChangeFeed | None = None,
     *,
     node_exporter_port: int = 9100,
+    read_token: str = "",
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
@@ -267,6 +268,7 @@ def create_app(
         return json_response(pretty(node.stats()))
 
     prometheus = PrometheusSD(registry, node_exporter_port)
+    ui.add_routes(app)
 
     @app.get(
         "/v1/prometheus/{name}",
@@ -278,10 +280,11 @@ def create_app(
     ) -> Response:
         return _response(prometheus.cached(name))
 
+    protected = bool(token or read_token)
     if feed is None:
-        _document_guard(app, bool(token))
-        return Guard(app, token)
+        _document_guard(app, protected)
+        return Guard(app, token, read_token)
     events.add_routes(app, feed)
     events.document_blocking(app)
-    _document_guard(app, bool(token))
-    return Guard(events.Blocking(app, feed), token)
+    _document_guard(app, protected)
+    return Guard(events.Blocking(app, feed), token, read_token)

@@ -1,7 +1,13 @@
 """What stands in front of every route, 404s and /openapi.json included.
 
-The token check is constant-time (hmac.compare_digest); a body announced as larger
-than MAX_BODY is refused before any route reads it.
+`TOKEN` allows every request, `READ_TOKEN` (SPEC §13.2) only GET and HEAD; when
+either is set every request needs one of them (so READ_TOKEN alone makes the API
+read-only). Token checks are constant-time (hmac.compare_digest), and both tokens are
+always compared. A body announced as larger than MAX_BODY is refused before any
+route reads it.
+
+The one exception is the dashboard's own files (GET /ui/...): they hold no data, and
+the page asks for the token before its first data call (lobby.api.ui).
 """
 
 from __future__ import annotations
@@ -17,27 +23,46 @@ else:
     ASGIApp = Receive = Scope = Send = Any
 
 MAX_BODY: Final = 1024 * 1024
+UI_PREFIX: Final = "/ui"
+
+
+READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+def is_public(method: str, path: str) -> bool:
+    """True for the dashboard's own files (lobby.api.ui): they carry no data, so they
+    need no token."""
+    return method in ("GET", "HEAD") and (path == UI_PREFIX or path.startswith(UI_PREFIX + "/"))
 
 
 class Guard:
     """Token check and body-size limit in front of every route."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, read_token: str = "") -> None:
         self.app = app
         self.expected = f"Token {token}".encode() if token else b""
+        self.expected_read = f"Token {read_token}".encode() if read_token else b""
+        self.protected = bool(token or read_token)
 
-    def permits(self, method: str, authorization: bytes) -> bool:
-        """Whether a request with this `Authorization` header value may go on."""
-        if not self.expected:
+    def allowed(self, given: bytes, method: str) -> bool:
+        # both compared every time: the answer's timing tells nothing about either
+        full = bool(self.expected) & hmac.compare_digest(given, self.expected)
+        read = bool(self.expected_read) & hmac.compare_digest(given, self.expected_read)
+        return full or (read and method in READ_METHODS)
+
+    def permits(self, method: str, path: str, authorization: bytes) -> bool:
+        """Whether a request with this `Authorization` header value may go on (the
+        check every route gets, the fast path's included)."""
+        if not self.protected or is_public(method, path):
             return True
-        return hmac.compare_digest(authorization, self.expected)
+        return self.allowed(authorization, method)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if not self.permits(scope["method"], headers.get(b"authorization", b"")):
+        if not self.permits(scope["method"], scope["path"], headers.get(b"authorization", b"")):
             await send_denied(send)
             return
         length = headers.get(b"content-length")

@@ -95,12 +95,13 @@ class FastApp:
         feed: ChangeFeed | None,
         *,
         node_exporter_port: int = 9100,
+        read_token: str = "",
         slow: Callable[[], ASGIApp],
     ) -> None:
         self.node = node
         self.registry = node.registry
         self.feed = feed
-        self.guard = Guard(self._to_slow, token)
+        self.guard = Guard(self._to_slow, token, read_token)
         self.prometheus = PrometheusSD(self.registry, node_exporter_port)
         self._make_slow = slow
         self._slow: ASGIApp | None = None
@@ -149,7 +150,7 @@ class FastApp:
             elif key == b"content-length" or key == b"transfer-encoding":
                 await self.slow()(scope, receive, send)  # a GET with a body: the guard's
                 return
-        if not self.guard.permits("GET", authorization):
+        if not self.guard.permits("GET", path, authorization):
             await send_denied(send)
             return
         route, compressible = found
@@ -234,7 +235,12 @@ def resolve_answer(registry: Registry, label: str) -> Prepared:
 
 
 def create_fast_app(
-    node: Node, token: str = "", feed: ChangeFeed | None = None, *, node_exporter_port: int = 9100
+    node: Node,
+    token: str = "",
+    feed: ChangeFeed | None = None,
+    *,
+    node_exporter_port: int = 9100,
+    read_token: str = "",
 ) -> FastApp:
     """The daemon's ASGI app: the fast path, and the FastAPI app behind it built on
     first need (`lobby.api.app.create_app`, same arguments)."""
@@ -242,7 +248,16 @@ def create_fast_app(
     def slow() -> ASGIApp:
         from lobby.api.app import create_app
 
-        app: ASGIApp = create_app(node, token, feed, node_exporter_port=node_exporter_port)
+        app: ASGIApp = create_app(
+            node, token, feed, node_exporter_port=node_exporter_port, read_token=read_token
+        )
         return app
 
-    return FastApp(node, token, feed, node_exporter_port=node_exporter_port, slow=slow)
+    return FastApp(
+        node,
+        token,
+        feed,
+        node_exporter_port=node_exporter_port,
+        read_token=read_token,
+        slow=slow,
+    )

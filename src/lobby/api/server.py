@@ -2,7 +2,8 @@
 
 The socket is bound first so that a port in use fails the start at once (exit 1)
 instead of after the broker connected. The daemon owns SIGTERM/SIGINT, so uvicorn's
-own signal handling is switched off.
+own signal handling is switched off. With TLS_CERT and TLS_KEY (checked when the
+settings were loaded) uvicorn serves HTTPS on the same socket.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ class _Server(uvicorn.Server):
 
 
 class ApiServer:
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(
+        self, app: Any, sock: socket.socket, *, tls_cert: str = "", tls_key: str = ""
+    ) -> None:
         self.sock = sock
+        self.scheme = "https" if tls_cert else "http"
         cfg = uvicorn.Config(
             app,
             log_level="warning",
@@ -49,11 +53,14 @@ class ApiServer:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=1,
+            ssl_certfile=tls_cert or None,
+            ssl_keyfile=tls_key or None,
         )
         self._server = _Server(cfg)
 
     async def serve(self) -> None:
-        log.info("API listening on http://%s:%d", *self.sock.getsockname()[:2])
+        host, port = self.sock.getsockname()[:2]
+        log.info("API listening on %s://%s:%d", self.scheme, host, port)
         await self._server.serve(sockets=[self.sock])
 
     def stop(self) -> None:

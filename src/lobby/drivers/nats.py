@@ -3,6 +3,20 @@
 nats-py already reconnects forever (max_reconnect_attempts=-1), cycles through every
 URL of a cluster and replays subscriptions after a reconnect; this module adds the
 logging, the link reports and the slow-consumer count the daemon needs.
+
+Credentials and TLS (SPEC §13.3) are nats-py's own connect options, passed through
+as `options` (`tls`, `token`, `user_credentials`, `nkeys_seed`); a server that
+refuses them is logged as such, one line per attempt (rate-limited), and retried
+like any other failure. Two workarounds for nats-py (2.16):
+
+- After a failed TLS handshake (e.g. the server's certificate is not trusted) it
+  waits forever for the socket to close (asyncio never tells a stream whose TLS
+  upgrade failed that its connection was lost), so it never tries again. When
+  nothing happens for STALL_AFTER seconds after such a failure, the driver drops
+  that client and starts a fresh one.
+- It reports a refused client certificate twice (the connection reset, then the TLS
+  alert): a generic failure is logged only when no TLS or credential failure
+  follows within ERROR_COALESCE seconds, so each attempt gets one clear line.
 """
 
 from __future__ import annotations
@@ -10,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,6 +44,9 @@ RECONNECT_WAIT = 1.0
 # Up to this many messages may wait for the daemon before the client drops (and we
 # count) them: a few seconds of the largest cluster's traffic (SPEC §11).
 PENDING_MSGS = 200_000
+CONNECT_TIMEOUT = 2.0
+STALL_AFTER = RECONNECT_WAIT + CONNECT_TIMEOUT + 1.0
+ERROR_COALESCE = 0.05
 
 
 def redact(url: str) -> str:
@@ -49,8 +68,10 @@ class NatsDriver:
         *,
         ping_interval: int = 5,
         name: str = "lobbyd",
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.servers = servers
+        self._options = dict(options or {})
         self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
         self.address = ",".join(redact(s) for s in servers)
         self.dropped = 0
@@ -60,6 +81,10 @@ class NatsDriver:
         self._on_message: MessageHandler | None = None
         self._on_link: LinkHandler | None = None
         self._task: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
+        self._tls_failed_at: float | None = None
+        self._pending_error: str | None = None
+        self._old_clients: set[asyncio.Task[None]] = set()
         self._subscribed = False
         self._closing = False
         self._fail_log = RateLimitedLog(log, burst=5, every=30)
@@ -73,35 +98,76 @@ class NatsDriver:
     async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
         self._on_message = on_message
         self._on_link = on_link
-        self._task = asyncio.create_task(self._connect(), name="nats-connect")
+        self._task = asyncio.create_task(self._connect(self._nc), name="nats-connect")
+        self._guard = asyncio.create_task(self._stall_guard(), name="nats-stall-guard")
 
-    async def _connect(self) -> None:
+    def _callbacks(self, nc: Client) -> dict[str, Any]:
+        """nats-py's callbacks for client `nc`; silent once `nc` was replaced."""
+
+        def only_current(callback: Any) -> Any:
+            async def call(*args: Any) -> None:
+                if nc is self._nc:
+                    await callback(*args)
+
+            return call
+
+        return {
+            "error_cb": only_current(self._error),
+            "disconnected_cb": only_current(self._disconnected),
+            "reconnected_cb": only_current(self._reconnected),
+            "closed_cb": only_current(self._closed),
+        }
+
+    async def _stall_guard(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            failed = self._tls_failed_at
+            if failed is None or self._closing or time.monotonic() - failed < STALL_AFTER:
+                continue
+            self._tls_failed_at = None
+            log.debug("NATS client stalled after a failed TLS handshake: starting a fresh one")
+            old, self._nc = self._nc, Client()
+            self._subscribed = False
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+            closing = asyncio.create_task(self._close_quietly(old))
+            self._old_clients.add(closing)
+            closing.add_done_callback(self._old_clients.discard)
+            self._task = asyncio.create_task(self._connect(self._nc), name="nats-connect")
+
+    @staticmethod
+    async def _close_quietly(nc: Client) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=1.0)
+
+    async def _connect(self, nc: Client) -> None:
         try:
-            await self._nc.connect(
+            await nc.connect(
                 servers=self.servers,
                 name=self._name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
-                connect_timeout=2,
+                connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
                 ping_interval=self._ping_interval,
                 max_outstanding_pings=2,
-                error_cb=self._error,
-                disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
-                closed_cb=self._closed,
+                **self._callbacks(nc),
+                **self._options,
             )
             for topic, subject in self.subjects.items():
-                await self._nc.subscribe(
+                await nc.subscribe(
                     subject, cb=self._handler(topic), pending_msgs_limit=PENDING_MSGS
                 )
-            await self._nc.flush(timeout=5)
+            await nc.flush(timeout=5)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # only a bug or a closed client get here
             log.error("NATS connection setup failed: %s", exc)
             return
         self._subscribed = True
+        self._tls_failed_at = None
         self._fail_log.reset()
         log.info("connected to NATS %s", self._current())
         self._link(True)
@@ -139,14 +205,44 @@ class NatsDriver:
             return
         if self._closing:
             return
-        self._fail_log(
-            logging.WARNING,
-            "NATS %s: %s: %s (retrying every %.0f s)",
-            self.address,
-            type(exc).__name__,
-            exc or "connection failed",
-            RECONNECT_WAIT,
-        )
+        text = str(exc)
+        lowered = text.lower()
+        self._tls_failed_at = time.monotonic() if isinstance(exc, ssl.SSLError) else None
+        if "authorization" in lowered or "authentication" in lowered:
+            self._pending_error = None
+            self._fail_log(
+                logging.ERROR,
+                "NATS %s refused our credentials (%s): check NATS_TOKEN, NATS_CREDS, "
+                "NATS_NKEY_SEED or the user:password in NATS_URL; retrying every %.0f s",
+                self.address,
+                text.removeprefix("nats: ").strip("'"),
+                RECONNECT_WAIT,
+            )
+            return
+        if isinstance(exc, ssl.SSLError):
+            self._pending_error = None
+            self._fail_log(
+                logging.ERROR,
+                "TLS with NATS %s failed: %s (check NATS_CA, NATS_CERT and NATS_KEY); "
+                "retrying every %.0f s",
+                self.address,
+                exc,
+                RECONNECT_WAIT,
+            )
+            return
+        self._pending_error = f"{type(exc).__name__}: {exc or 'connection failed'}"
+        asyncio.get_running_loop().call_later(ERROR_COALESCE, self._log_pending_error)
+
+    def _log_pending_error(self) -> None:
+        error, self._pending_error = self._pending_error, None
+        if error is not None and not self._closing:
+            self._fail_log(
+                logging.WARNING,
+                "NATS %s: %s (retrying every %.0f s)",
+                self.address,
+                error,
+                RECONNECT_WAIT,
+            )
 
     async def _disconnected(self) -> None:
         if not self._closing and self._subscribed:
@@ -154,6 +250,7 @@ class NatsDriver:
             self._link(False)
 
     async def _reconnected(self) -> None:
+        self._tls_failed_at = None
         self._fail_log.reset()
         log.info("reconnected to NATS %s", self._current())
         self._link(True)
@@ -180,6 +277,8 @@ class NatsDriver:
 
     async def close(self) -> None:
         self._closing = True
+        if self._guard is not None:
+            self._guard.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

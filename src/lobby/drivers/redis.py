@@ -28,6 +28,11 @@ dropped us, and we log that this node possibly fell behind and lost messages.
 
 REDIS_DB is selected on both connections, as the Go implementation does, but Redis
 pub/sub ignores databases: every db on a server shares one set of channels.
+
+Both links authenticate the same way (AUTH [username] password, an ACL user with
+REDIS_USERNAME) and, with `tls`, speak TLS (redis-py's SSLConnection: the server's
+certificate is verified against `ssl_ca_certs` or the system CAs, and its name
+checked; a client certificate is sent when given).
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
@@ -64,6 +70,16 @@ PING_EVERY = 1.0
 DEAD_AFTER = 3
 
 
+def _tls_failure(exc: BaseException) -> bool:
+    """A TLS failure, possibly wrapped by redis-py in a ConnectionError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError) or "[SSL" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class LinkDead(Exception):
     """The subscription stopped answering PINGs."""
 
@@ -83,23 +99,31 @@ class RedisDriver:
         db: int = 0,
         password: str = "",
         channel: str = "lobby:discovery",
+        username: str = "",
+        tls: dict[str, Any] | None = None,
     ) -> None:
+        """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
+        `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs."""
         self.channels: dict[Topic, str] = {"discovery": channel, "sync": f"{channel}:sync"}
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
         }
         shown = f"[{host}]" if ":" in host else host
-        self.address = f"redis://{shown}:{port}/{db}"
+        self.address = f"{'rediss' if tls is not None else 'redis'}://{shown}:{port}/{db}"
         self.dropped = 0
         self._conn_args: dict[str, Any] = {
             "host": host,
             "port": port,
             "db": db,
+            "username": username or None,
             "password": password or None,
             "protocol": 2,
+            **(tls or {}),
         }
+        self._connection_class: type[Connection] = Connection if tls is None else SSLConnection
         self._publisher = Redis(
             **self._conn_args,
+            ssl=tls is not None,
             socket_timeout=SOCKET_TIMEOUT,
             socket_connect_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 1),
@@ -158,10 +182,24 @@ class RedisDriver:
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
-        if isinstance(exc, AuthenticationError):
+        if isinstance(exc, AuthenticationError) or (
+            isinstance(exc, ResponseError)
+            and str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+        ):
             self._fail_log(
                 logging.ERROR,
-                "Redis authentication failed: %s (check REDIS_PASSWORD); retrying in %.1f s",
+                "Redis %s refused our credentials: %s (check REDIS_USERNAME and "
+                "REDIS_PASSWORD); retrying in %.1f s",
+                self.address,
+                describe(exc),
+                delay,
+            )
+        elif _tls_failure(exc):
+            self._fail_log(
+                logging.ERROR,
+                "TLS with Redis %s failed: %s (check REDIS_CA, REDIS_CERT and REDIS_KEY); "
+                "retrying in %.1f s",
+                self.address,
                 describe(exc),
                 delay,
             )
@@ -179,7 +217,9 @@ class RedisDriver:
 
     async def _session(self) -> None:
         """Connect, subscribe and read until the link fails; always ends by raising."""
-        conn = Connection(**self._conn_args, socket_timeout=None, retry=Retry(NoBackoff(), 0))
+        conn = self._connection_class(
+            **self._conn_args, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+        )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await conn.connect()  # type: ignore[no-untyped-call]

@@ -1,0 +1,195 @@
+"""Credentials and TLS towards real brokers (SPEC §13.3).
+
+Each case starts a nats-server or redis-server configured for it, then two lobbyd:
+one with the right credentials, which must connect and hear itself, and one with
+wrong ones, which must log one clear line per attempt, keep retrying and keep
+serving its API, without a traceback and without printing a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import nkeys  # type: ignore[import-untyped]
+import pytest
+from certs import Pki, nats_operator, nkey_pair
+from support import NatsServer, RedisServer, wait_for
+
+SECRETS = ("s3cret-token", "wrong-token", "lobby-pw", "wrong-pw")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+def good_and_wrong(
+    spawn, env: dict[str, str], good: dict[str, str], wrong: dict[str, str], says: str
+):
+    """Start a node with `good` and one with `wrong` settings; check both behave."""
+    ok = spawn("good", {**env, **good, "KEEP_ALIVE": "1"})
+    refused = spawn("wrong", {**env, **wrong, "KEEP_ALIVE": "1"})
+    wait_for(lambda: ok.hostnames() == ["good"], 15, what="the good node hears itself")
+    assert ok.stats()["broker"]["connected"] is True
+    # one line per attempt (rate-limited to 5 in a burst): two lines mean it retried
+    wait_for(lambda: refused.output().count(says) >= 2, 15, what=f"two lines with {says!r}")
+    assert refused.running and refused.stats()["broker"]["connected"] is False
+    assert refused.hostnames() == []  # its API still answers
+    for node in (ok, refused):
+        log = node.output()
+        assert "Traceback" not in log, log
+        for secret in SECRETS:
+            assert secret not in log, (secret, log)
+    return ok, refused
+
+
+def nats_with(make_nats: Callable[..., NatsServer], tmp_path: Path, config: str) -> NatsServer:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(config)
+    return make_nats(extra=["-c", str(conf)])
+
+
+def tls_block(pki: Pki, verify: bool = False) -> str:
+    lines = [f'cert_file: "{pki.server_cert}"', f'key_file: "{pki.server_key}"']
+    if verify:
+        lines += [f'ca_file: "{pki.ca}"', "verify: true"]
+    return "tls {\n  " + "\n  ".join(lines) + "\n}\n"
+
+
+def test_nats_tls_with_a_private_ca(spawn, make_nats, channel, tmp_path, pki):
+    server = nats_with(make_nats, tmp_path, tls_block(pki))
+    env = {"NATS_URL": f"tls://127.0.0.1:{server.port}", "NATS_DISCOVERY_CHANNEL": channel}
+    good_and_wrong(
+        spawn, env, {"NATS_CA": str(pki.ca)}, {"NATS_CA": str(pki.other_ca)}, "TLS with NATS"
+    )
+
+
+def test_nats_mutual_tls(spawn, make_nats, channel, tmp_path, pki):
+    server = nats_with(make_nats, tmp_path, tls_block(pki, verify=True))
+    env = {
+        "NATS_URL": f"tls://127.0.0.1:{server.port}",
+        "NATS_DISCOVERY_CHANNEL": channel,
+        "NATS_CA": str(pki.ca),
+    }
+    good = {"NATS_CERT": str(pki.client_cert), "NATS_KEY": str(pki.client_key)}
+    wrong = {"NATS_CERT": str(pki.other_cert), "NATS_KEY": str(pki.other_key)}
+    good_and_wrong(spawn, env, good, wrong, "TLS with NATS")
+
+
+def test_nats_nkey_user(spawn, make_nats, channel, tmp_path):
+    user, stranger = nkey_pair(nkeys.PREFIX_BYTE_USER), nkey_pair(nkeys.PREFIX_BYTE_USER)
+    server = nats_with(
+        make_nats,
+        tmp_path,
+        f"authorization {{\n  users = [ {{ nkey: {user.public_key.decode()} }} ]\n}}\n",
+    )
+    seed, wrong_seed = tmp_path / "user.nk", tmp_path / "stranger.nk"
+    seed.write_bytes(bytes(user.seed))
+    wrong_seed.write_bytes(bytes(stranger.seed))
+    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
+    ok, refused = good_and_wrong(
+        spawn,
+        env,
+        {"NATS_NKEY_SEED": str(seed)},
+        {"NATS_NKEY_SEED": str(wrong_seed)},
+        "refused our credentials",
+    )
+    for node, key in ((ok, user), (refused, stranger)):
+        assert bytes(key.seed).decode() not in node.output()
+
+
+def test_nats_token(spawn, make_nats, channel, tmp_path):
+    server = nats_with(make_nats, tmp_path, 'authorization {\n  token: "s3cret-token"\n}\n')
+    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
+    good_and_wrong(
+        spawn,
+        env,
+        {"NATS_TOKEN": "s3cret-token"},
+        {"NATS_TOKEN": "wrong-token"},
+        "refused our credentials",
+    )
+
+
+def test_nats_creds_in_operator_mode(spawn, make_nats, channel, tmp_path):
+    operator = nats_operator(tmp_path / "operator")
+    server = nats_with(make_nats, tmp_path, operator.config)
+    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
+    good_and_wrong(
+        spawn,
+        env,
+        {"NATS_CREDS": str(operator.creds)},
+        {"NATS_CREDS": str(operator.wrong_creds)},
+        "refused our credentials",
+    )
+
+
+def redis_env(server: RedisServer, channel: str, **extra: str) -> dict[str, str]:
+    return {"DRIVER": "Redis", "REDIS_PORT": str(server.port), "REDIS_CHANNEL": channel, **extra}
+
+
+def test_redis_acl_user(spawn, procs, channel, tmp_path):
+    server = RedisServer(
+        tmp_path,
+        extra=[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "lobby",
+            "on",
+            ">lobby-pw",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+    )
+    procs.append(server)
+    server.start()
+    good_and_wrong(
+        spawn,
+        redis_env(server, channel, REDIS_USERNAME="lobby"),
+        {"REDIS_PASSWORD": "lobby-pw"},
+        {"REDIS_PASSWORD": "wrong-pw"},
+        "refused our credentials",
+    )
+
+
+def redis_tls(pki: Pki, auth_clients: bool) -> list[str]:
+    return [
+        "--tls-cert-file",
+        str(pki.server_cert),
+        "--tls-key-file",
+        str(pki.server_key),
+        "--tls-ca-cert-file",
+        str(pki.ca),
+        "--tls-auth-clients",
+        "yes" if auth_clients else "no",
+    ]
+
+
+def test_redis_tls_without_a_client_certificate(spawn, procs, channel, tmp_path, pki):
+    server = RedisServer(tmp_path, tls=redis_tls(pki, auth_clients=False))
+    procs.append(server)
+    server.start()
+    good_and_wrong(
+        spawn,
+        redis_env(server, channel, REDIS_TLS="true"),
+        {"REDIS_CA": str(pki.ca)},
+        {"REDIS_CA": str(pki.other_ca)},
+        "TLS with Redis",
+    )
+
+
+def test_redis_tls_with_a_client_certificate(spawn, procs, channel, tmp_path, pki):
+    server = RedisServer(tmp_path, tls=redis_tls(pki, auth_clients=True))
+    procs.append(server)
+    server.start()
+    ok, _ = good_and_wrong(
+        spawn,
+        redis_env(server, channel, REDIS_TLS="true", REDIS_CA=str(pki.ca)),
+        {"REDIS_CERT": str(pki.client_cert), "REDIS_KEY": str(pki.client_key)},
+        {},
+        "TLS with Redis",
+    )
+    assert "rediss://" in ok.stats()["broker"]["address"]
