@@ -266,6 +266,7 @@ class Lobbyd(Proc):
             "PORT": str(self.port),
             "LABELS_PATH": str(self.labels_path),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT / "src"),  # this tree's code, whatever is installed
             **broker.lobbyd_env(),
             **{k: str(v) for k, v in env.items()},
         }
