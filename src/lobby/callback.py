@@ -8,113 +8,23 @@ change that lands during a run causes one more run afterwards: nothing is missed
 A run lasts until the command has exited AND closed its output (like cron: a
 background process that keeps our pipe open is still part of the run), bounded by
 `timeout`, after which the command's whole process group is killed. The command gets
-its own session for that, so a killed shell script takes its children with it.
+its own session for that, so a killed shell script takes its children with it
+(`lobby._process`, shared with exec health checks).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import shlex
-import signal
-import time
 from collections.abc import Callable
 from typing import Final
+
+from lobby._process import run_command, signame
 
 log = logging.getLogger("lobby.callback")
 
 OUTPUT_LIMIT: Final = 4096  # bytes of the command's output kept for the log
-_READ_CHUNK: Final = 65536
-_REAP_GRACE: Final = 1.0  # after SIGKILL: how long to wait for the pipes to close
-
-
-class _Output:
-    """The first `limit` bytes of a stream; the rest is read and counted, not kept."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.kept = bytearray()
-        self.total = 0
-
-    async def read(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(_READ_CHUNK):
-            self.total += len(chunk)
-            room = self.limit - len(self.kept)
-            if room > 0:
-                self.kept += chunk[:room]
-
-    def text(self) -> str:
-        shown = self.kept.decode("utf-8", errors="replace").rstrip()
-        if self.total > len(self.kept):
-            shown += f"\n[... {self.total - len(self.kept)} more bytes not shown]"
-        return shown
-
-
-async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
-    try:
-        stdin.write(data)
-        await stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the command need not read its input
-    finally:
-        stdin.close()
-
-
-async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
-    """Start the command in a session of its own, even if cancelled meanwhile.
-
-    The child can run before asyncio has connected its pipes; a cancellation then
-    would leave it (and whatever it started) running, so it is killed here.
-    """
-    start = asyncio.ensure_future(
-        asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    )
-    try:
-        return await asyncio.shield(start)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            proc = await start
-            _kill_group(proc.pid)
-            await _reap(proc)
-        raise
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Wait for a finished or killed command, briefly.
-
-    asyncio's wait() also waits for the pipes, which a process that left the group
-    (setsid) may hold for ever.
-    """
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), _REAP_GRACE)
-
-
-def _kill_group(pid: int) -> None:
-    # pid is also the group id: the command was started in its own session
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _signame(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-async def _finish(task: asyncio.Task[None]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, OSError):
-        await task
 
 
 class CallbackRunner:
@@ -172,34 +82,15 @@ class CallbackRunner:
             log.error("callback: CALLBACK is blank")
             return None
         data = self._snapshot()
-        started = time.monotonic()
         try:
-            proc = await _spawn(argv)
+            done = await run_command(
+                argv, timeout=self.timeout, stdin=data, output_limit=self._output_limit
+            )
         except OSError as exc:
             log.error("callback %r cannot start: %s", name, exc.strerror or exc)
             return None
-        assert proc.stdin is not None and proc.stdout is not None
-        output = _Output(self._output_limit)
-        feeder = asyncio.create_task(_feed(proc.stdin, data))
-        reader = asyncio.create_task(output.read(proc.stdout))
-        status: int | None = None
-        try:
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await asyncio.wait({reader})  # not cancelled by the timeout
-                    status = await proc.wait()
-            except TimeoutError:
-                _kill_group(proc.pid)
-                await asyncio.wait({reader}, timeout=_REAP_GRACE)  # the output so far
-        finally:
-            # also on cancellation (daemon shutdown): leave no child behind
-            if proc.returncode is None or not reader.done():
-                _kill_group(proc.pid)
-            await _finish(feeder)
-            await _finish(reader)
-            await _reap(proc)
-        took = time.monotonic() - started
-        shown = output.text()
+        status, took = done.status, done.took
+        shown = done.output.text()
         tail = f"; output:\n{shown}" if shown else ""
         if status is None:
             log.error("callback %r still running after %g s: killed%s", name, self.timeout, tail)
@@ -208,7 +99,7 @@ class CallbackRunner:
             log.info("callback %r finished in %.2f s%s", name, took, tail)
         elif status < 0:
             log.warning(
-                "callback %r killed by %s after %.2f s%s", name, _signame(-status), took, tail
+                "callback %r killed by %s after %.2f s%s", name, signame(-status), took, tail
             )
         else:
             log.warning("callback %r failed with status %d in %.2f s%s", name, status, took, tail)
