@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import checks
 import cluster
 import httpbench
 import ingest
@@ -36,7 +37,8 @@ import procs
 import report
 
 RESULTS = procs.BENCH / "results"
-MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure")
+ONCE = {"checks"}  # measurements the broker does not change: run with the first broker only
+MEASUREMENTS = ("ingest", "memory", "api", "propagation", "join", "failure", "checks")
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -59,6 +61,9 @@ def config(quick: bool) -> dict[str, Any]:
             "fail_ttl": 3,
             "fail_keep_alive": 1,
             "fail_trials": 1,
+            "checks_n": 200,
+            "checks_seconds": 5.0,
+            "checks_gets": 100,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -78,6 +83,9 @@ def config(quick: bool) -> dict[str, Any]:
         "fail_ttl": 5,
         "fail_keep_alive": 1,
         "fail_trials": 2,
+        "checks_n": 200,
+        "checks_seconds": 10.0,
+        "checks_gets": 300,
     }
 
 
@@ -136,12 +144,17 @@ def profile(broker: procs.Broker, workdir: Path, seconds: float) -> dict[str, An
 
 
 def run_broker(
-    kind: procs.BrokerKind, only: set[str], cfg: dict[str, Any], workdir: Path, want_profile: bool
+    kind: procs.BrokerKind,
+    only: set[str],
+    cfg: dict[str, Any],
+    workdir: Path,
+    want_profile: bool,
+    first: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def section(name: str, fn: Callable[[procs.Broker], dict[str, Any]]) -> None:
-        if name not in only:
+        if name not in only or (name in ONCE and not first):
             return
         say(f"  {name}")
         t = time.monotonic()
@@ -185,6 +198,12 @@ def run_broker(
         "failure",
         lambda b: cluster.failure(
             b, workdir, cfg["fail_ttl"], cfg["fail_keep_alive"], cfg["fail_trials"], say
+        ),
+    )
+    section(
+        "checks",
+        lambda b: checks.measure(
+            b, workdir, cfg["checks_n"], cfg["checks_seconds"], cfg["checks_gets"], say
         ),
     )
     if want_profile:
@@ -275,7 +294,8 @@ def main() -> int:
                     say(f"  skipped: {why}")
                     results["brokers"][kind] = {name: {"error": why} for name in sorted(only)}
                     continue
-            results["brokers"][kind] = run_broker(kind, only, cfg, workdir, args.profile)
+            first = kind == kinds[0]
+            results["brokers"][kind] = run_broker(kind, only, cfg, workdir, args.profile, first)
     except KeyboardInterrupt:
         say("interrupted")
         failed = True

@@ -586,6 +586,7 @@ class Checks:
                 headers={
                     "User-Agent": f"lobbyd/{__version__} health check",
                     "Accept-Encoding": "identity",
+                    "Connection": "close",  # the server need not wait for another request
                 },
             )
         return self._http
