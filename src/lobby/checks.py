@@ -386,7 +386,8 @@ class Checks:
         self._clock = clock
         self._probe: Probe = probe or self._run_probe
         self._checks: dict[str, Check] = {}
-        self._file_text: str | None = None
+        self._file_text: str | None = None  # None: missing
+        self._file_read = False
         self._file_dirty = asyncio.Event()
         self._passing: frozenset[str] = frozenset()
         self._on_change: Callable[[], object] = lambda: None
@@ -468,7 +469,7 @@ class Checks:
     def _start(self, check: Check) -> None:
         check.task = asyncio.create_task(self._loop(check), name=f"check {check.name}")
 
-    def _replace_file_checks(self, specs: list[CheckSpec], source: str) -> None:
+    def _replace_file_checks(self, specs: list[CheckSpec], source: str, quiet: bool) -> None:
         wanted = {spec.name for spec in specs} | self._env_names
         for name in [name for name in self._checks if name not in wanted]:
             check = self._checks.pop(name)
@@ -477,7 +478,8 @@ class Checks:
             log.info("check %s removed", name)
         for spec in specs:
             if spec.name not in self._checks:
-                log.info("check %s added (from %s)", spec.name, source)
+                if not quiet:
+                    log.info("check %s added (from %s)", spec.name, source)
                 self._add(spec, source)
         self._update_passing()
 
@@ -494,15 +496,17 @@ class Checks:
             return
         if text == self._file_text:
             return
+        first, self._file_read = not self._file_read, True
         previous, self._file_text = self._file_text, text
         source = str(self.file)
         if text is None:
             log.warning("CHECKS_FILE %s is gone: its checks are removed", source)
-            self._replace_file_checks([], source)
+            self._replace_file_checks([], source, quiet=False)
             return
         if previous is not None:
             log.info("CHECKS_FILE %s changed: reloading it", source)
-        self._replace_file_checks(parse_check_lines(text, source, strict=False), source)
+        specs = parse_check_lines(text, source, strict=False)
+        self._replace_file_checks(specs, source, quiet=first)
 
     # -- running ----------------------------------------------------------------------
 
@@ -513,6 +517,15 @@ class Checks:
         for check in self._checks.values():
             self._start(check)
         self.reload_file()  # starts the file's checks
+        log.info(
+            "%d health checks, every %g s (timeout %g s, up after %d passes, down after %d"
+            " failures)",
+            len(self._checks),
+            self.interval,
+            self.timeout,
+            self.rise,
+            self.fall,
+        )
         try:
             if self.file is None:
                 await asyncio.Event().wait()  # until cancelled
