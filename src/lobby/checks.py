@@ -261,7 +261,8 @@ async def probe_tcp(host: str, port: int, timeout: float) -> Outcome:
     peer = writer.get_extra_info("peername")
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation
+            await writer.wait_closed()
     if not peer:
         return Outcome(True, "connected")
     address = f"[{peer[0]}]" if ":" in peer[0] else peer[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -290,6 +291,36 @@ async def test_exec_probe_past_the_timeout_is_killed_with_its_children(tmp_path)
     assert outcome == Outcome(False, "timed out after 0.5 s: killed", "started")
     child = int(pidfile.read_text())
     wait_for(lambda: not alive(child), 5, what=f"child {child} to be gone")
+
+
+def processes_with(token: str) -> list[int]:
+    """Pids whose command line contains `token` (read from /proc, nothing is signalled)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if token.encode() in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+async def test_stopping_many_busy_checks_is_prompt_and_leaves_no_process():
+    # Commands starting, running, timing out and exiting while the cancellation lands:
+    # none may swallow it (Python 3.11's wait_for did) and keep its check running.
+    token = f"{random.randint(100_000, 999_999)}.5"  # a unique sleep length
+    kinds = ["exec:true", "exec:false", f"exec:sleep {token}", f"exec:sh -c 'sleep {token}'"]
+    entries = [parse_entry(f"l:{i}={kinds[i % 4]}") for i in range(120)]
+    checks = Checks(entries, interval=0.01, timeout=0.2, rise=1, fall=1)
+    task = asyncio.create_task(checks.run(lambda: None, asyncio.Event()))
+    await until(lambda: sum(c.runs for c in checks.checks) >= 300, what="300 runs")
+    task.cancel()
+    await asyncio.wait({task}, timeout=10)
+    assert task.cancelled()
+    assert all(c.task is not None and c.task.done() for c in checks.checks)
+    await until(lambda: not processes_with(token), timeout=5, what="no process left")
 
 
 # -- CHECKS_FILE at run time -------------------------------------------------------------
