@@ -308,6 +308,12 @@ class Lobbyd(Proc):
         t = self._ps.cpu_times()
         return float(t.user + t.system)
 
+    def children_cpu(self) -> float:
+        """CPU seconds (user + system) of the commands it ran and waited for."""
+        assert self._ps is not None
+        t = self._ps.cpu_times()
+        return float(t.children_user + t.children_system)
+
     def rss(self) -> int:
         assert self._ps is not None
         return int(self._ps.memory_info().rss)

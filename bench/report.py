@@ -490,6 +490,41 @@ def other_table(results: dict[str, Any]) -> list[str]:
     return lines if rows else []
 
 
+CHECK_KINDS = {
+    "none": "no checks (baseline)",
+    "tcp": "`tcp://` (a local listener)",
+    "http": "`http://` (a local HTTP server, 200)",
+    "exec": "`exec:/bin/true`",
+}
+
+
+def checks_table(results: dict[str, Any]) -> tuple[str, list[str]]:
+    """The health-check cost (run with one broker only): title and table."""
+    for broker in BROKERS:
+        data = _get(results, "brokers", broker, "checks")
+        if not data or not data.get("by_kind"):
+            continue
+        title = (
+            f"Health checks ({data['n']} checks at CHECK_INTERVAL {data['interval_s']} s,"
+            f" one lobbyd on {NAMES[broker]}, CPU over {data['seconds']:g} s)"
+        )
+        lines = [
+            "| checks | lobbyd CPU | CPU of the commands it ran | GET /v1/discovery p50 | p99 |"
+            " all labels up after |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for v in data["by_kind"]:
+            get = v["get_discovery_s"]
+            children = f"{v['children_cpu_util']:.1%}" if v["kind"] == "exec" else "-"
+            up = f"{v['all_up_s']:.1f} s" if v["kind"] != "none" else "-"
+            lines.append(
+                f"| {CHECK_KINDS.get(v['kind'], v['kind'])} | {v['cpu_util']:.1%} of a core"
+                f" | {children} | {get['p50'] * 1e3:.2f} ms | {get['p99'] * 1e3:.2f} ms | {up} |"
+            )
+        return title, lines
+    return "", []
+
+
 def machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     noise = results.get("noise", {})
@@ -515,6 +550,7 @@ def markdown(results: dict[str, Any]) -> str:
         ("API (wrk -t2 -c16, registry changing once a second)", api_table(results)),
         ("Join, failure, memory", other_table(results)),
         ("Fan-out: one nats-server on one core, N nodes all listening", fanout_table(results)),
+        checks_table(results),
     ):
         if table:
             parts += ["", f"**{title}**", "", *table]

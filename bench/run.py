@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import browser
+import checks
 import cluster
 import dnsbench
 import fanout
@@ -52,7 +53,9 @@ MEASUREMENTS = (
     "dns",
     "ui",
     "fanout",
+    "checks",
 )
+ONCE = {"checks"}  # measurements the broker does not change: run with the first broker only
 
 
 def config(quick: bool) -> dict[str, Any]:
@@ -80,6 +83,9 @@ def config(quick: bool) -> dict[str, Any]:
             "dns_n": 1_000,
             "dns_seconds": 3,
             "ui_n": 10_000,
+            "checks_n": 200,
+            "checks_seconds": 5.0,
+            "checks_gets": 100,
         }
     return {
         "ingest_ns": [1_000, 10_000, 50_000, 100_000],
@@ -104,6 +110,9 @@ def config(quick: bool) -> dict[str, Any]:
         "dns_n": 1_000,
         "dns_seconds": 5,
         "ui_n": 10_000,
+        "checks_n": 200,
+        "checks_seconds": 10.0,
+        "checks_gets": 300,
     }
 
 
@@ -162,12 +171,17 @@ def profile(broker: procs.Broker, workdir: Path, seconds: float) -> dict[str, An
 
 
 def run_broker(
-    kind: procs.BrokerKind, only: set[str], cfg: dict[str, Any], workdir: Path, want_profile: bool
+    kind: procs.BrokerKind,
+    only: set[str],
+    cfg: dict[str, Any],
+    workdir: Path,
+    want_profile: bool,
+    first: bool = True,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
 
     def section(name: str, fn: Callable[[procs.Broker], dict[str, Any]]) -> None:
-        if name not in only:
+        if name not in only or (name in ONCE and not first):
             return
         say(f"  {name}")
         t = time.monotonic()
@@ -232,6 +246,12 @@ def run_broker(
     section("dns", lambda b: dnsbench.measure(b, workdir, cfg["dns_n"], cfg["dns_seconds"], say))
     if kind == "nats":  # the page does not care which broker fed the registry
         section("ui", lambda b: ui.measure(b, workdir, cfg["ui_n"], say))
+    section(
+        "checks",
+        lambda b: checks.measure(
+            b, workdir, cfg["checks_n"], cfg["checks_seconds"], cfg["checks_gets"], say
+        ),
+    )
     if want_profile:
         with procs.scope() as sc:
             broker = sc.add(procs.make_broker(kind, workdir))
@@ -333,7 +353,8 @@ def main() -> int:
                     say(f"  skipped: {why}")
                     results["brokers"][kind] = {name: {"error": why} for name in sorted(only)}
                     continue
-            results["brokers"][kind] = run_broker(kind, only, cfg, workdir, args.profile)
+            first = kind == kinds[0]
+            results["brokers"][kind] = run_broker(kind, only, cfg, workdir, args.profile, first)
     except KeyboardInterrupt:
         say("interrupted")
         failed = True

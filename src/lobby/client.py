@@ -176,6 +176,10 @@ def _prometheus(name: str) -> _Call[list[dict[str, Any]]]:
     return _Call("GET", f"/v1/prometheus/{quote(name, safe='')}", _objs)
 
 
+def _checks() -> _Call[list[dict[str, Any]]]:
+    return _Call("GET", "/v1/checks", _objs)
+
+
 def _labels(method: str, labels: Iterable[str]) -> _Call[str]:
     return _Call(method, "/v1/labels", _text, body=_label_body(labels), plain=True)
 
@@ -366,6 +370,10 @@ class Lobby(_Base):
         """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
         return self._run(_prometheus(name))
 
+    def checks(self) -> list[dict[str, Any]]:
+        """The node's health checks: labels, state, last result (GET /v1/checks)."""
+        return self._run(_checks())
+
     def add_labels(self, labels: Iterable[str]) -> str:
         """Add runtime labels to the node; returns "OK"."""
         return self._run(_labels("POST", labels))
@@ -468,6 +476,10 @@ class AsyncLobby(_Base):
     async def prometheus(self, name: str) -> list[dict[str, Any]]:
         """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
         return await self._run(_prometheus(name))
+
+    async def checks(self) -> list[dict[str, Any]]:
+        """The node's health checks: labels, state, last result (GET /v1/checks)."""
+        return await self._run(_checks())
 
     async def add_labels(self, labels: Iterable[str]) -> str:
         """Add runtime labels to the node; returns "OK"."""

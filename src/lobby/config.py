@@ -404,6 +404,21 @@ class Settings:
         check=lambda seconds: seconds > 0,
         must_be="a duration above 0 in seconds (1.5) or Go syntax (300ms, 1m30s)",
     )
+    checks: str = setting(
+        "",
+        "health-checked labels: `LABELS=CHECK` entries separated by `;`, CHECK one of"
+        " tcp://HOST:PORT, http(s)://URL, exec:COMMAND; a label is announced only while"
+        " its check passes",
+    )
+    checks_file: str = setting(
+        "", "file of CHECKS entries, one per line (`#` comments), re-read when it changes"
+    )
+    check_interval: float = setting(10.0, "seconds between two runs of a check", low=0.1)
+    check_timeout: float = setting(
+        2.0, "seconds after which a check counts as failed (an exec check is killed)", low=0.01
+    )
+    check_rise: int = setting(2, "passes in a row that announce a checked label", low=1)
+    check_fall: int = setting(3, "failures in a row that withdraw a checked label", low=1)
     embedded_nats_port: int = setting(4222, "port of the embedded nats-server", low=1, high=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
     dns_port: int = setting(

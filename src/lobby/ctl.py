@@ -40,6 +40,15 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
       10.0.0.1:9100     location=prague env=prod
       [2a03::1]:9100    location=prague env=prod
 
+- `checks`: one line per health check: its state (`up` green, `down` red), its labels
+  (joined by `,`), the check, how long it has been in that state and its streak, then
+  what its last run said; columns padded to the widest entry plus 2. A check that is
+  down and printed something shows the first line of that output below, indented::
+
+      up    service:smtp         tcp://[::1]:25  for 3m12s  41 passes   connected to [::1]:25
+      down  web:api,service:web  exec:check-api  for 10s    3 failures  exit status 1
+            database is read-only
+
 - `watch`: one line per event as it happens: the event name padded to 6, the hostname,
   then its (matching) labels separated by two spaces; a leave ends with its reason in
   parentheses. It starts with a `join` for every node already there::
@@ -71,6 +80,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -95,6 +105,7 @@ Commands:
   labels add LABEL...              add runtime labels
   labels del LABEL...              delete runtime labels
   prometheus NAME                  Prometheus HTTP SD targets of service NAME
+  checks                           health checks and the labels they govern
   watch [labels L...|search P...]  print changes as they happen (Ctrl-C ends)
   render SOURCE [-o FILE]          render a template against lobbyd's view (SPEC §18)
   keygen                           print a new signing key for SIGNING_KEYS
@@ -130,6 +141,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, int, str]] = {
     ("labels", "add"): ("add", -1, "LABEL"),
     ("labels", "del"): ("del", -1, "LABEL"),
     ("prometheus",): ("prometheus", 1, "NAME"),
+    ("checks",): ("checks", 0, ""),
     ("watch",): ("watch", 0, ""),
     ("watch", "labels"): ("watch_labels", -1, "LABEL"),
     ("watch", "search"): ("watch_prefixes", -1, "PREFIX"),
@@ -360,6 +372,76 @@ def prometheus_lines(groups: Sequence[Mapping[str, Any]]) -> list[Line]:
     return _table(rows, blank_between=False)
 
 
+UP_STYLE = "green"
+DOWN_STYLE = "red"
+COLUMN_GAP = 2
+
+
+def _duration(seconds: float) -> str:
+    """`45s`, `3m12s`, `2h05m`, `3d04h`."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _streak(check: Mapping[str, Any]) -> str:
+    passes, failures = check.get("passes") or 0, check.get("failures") or 0
+    if passes:
+        return f"{passes} pass" + ("es" if passes != 1 else "")
+    if failures:
+        return f"{failures} failure" + ("s" if failures != 1 else "")
+    return "not run yet"
+
+
+def checks_lines(checks: Sequence[Mapping[str, Any]], now: float | None = None) -> list[Line]:
+    now = time.time() if now is None else now
+    rows: list[tuple[list[Line], str]] = []
+    for check in checks:
+        up = check.get("state") == "up"
+        labels: Line = []
+        for label in check.get("labels") or []:
+            if labels:
+                labels.append((",", None))
+            labels += label_segments(str(label))
+        changed = check.get("changed")
+        since = f"for {_duration(now - changed)}" if isinstance(changed, int | float) else ""
+        cells: list[Line] = [
+            [("up" if up else "down", UP_STYLE if up else DOWN_STYLE)],
+            labels,
+            [(safe(str(check.get("check", ""))), HOST_STYLE)],
+            [(since, None)],
+            [(_streak(check), None)],
+            [(safe(str(check.get("last_detail") or "")), None)],
+        ]
+        output = str(check.get("last_output") or "").strip()
+        note = safe(output.splitlines()[0][:100]) if output and not up else ""
+        rows.append((cells, note))
+    if not rows:
+        return []
+    columns = len(rows[0][0])
+    widths = [
+        max(sum(len(text) for text, _ in cells[i]) for cells, _ in rows) for i in range(columns - 1)
+    ]
+    lines: list[Line] = []
+    for cells, note in rows:
+        line: Line = []
+        for i, cell in enumerate(cells):
+            line += cell
+            if i < columns - 1:
+                line.append((" " * (widths[i] - sum(len(t) for t, _ in cell) + COLUMN_GAP), None))
+        while line and not line[-1][0].strip():  # no trailing spaces
+            line.pop()
+        lines.append(line)
+        if note:
+            lines.append([(" " * (widths[0] + COLUMN_GAP), None), (note, None)])
+    return lines
+
+
 def use_colour(out: TextIO, env: Mapping[str, str]) -> bool:
     """Colour only on a terminal, never with NO_COLOR (https://no-color.org)."""
     isatty = getattr(out, "isatty", None)
@@ -410,6 +492,8 @@ def execute(lobby: Lobby, opts: Options) -> tuple[object, Render] | None:
             return lobby.find_by_prefixes(args), discoveries_lines
         case "prometheus":
             return lobby.prometheus(args[0]), prometheus_lines
+        case "checks":
+            return lobby.checks(), checks_lines
     raise AssertionError(f"no such action {opts.action!r}")
 
 

@@ -2,8 +2,9 @@
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
 presence on the bus (`lobby.presence`), the change feed, and, when configured, the
-API server, the callback, the templates and the DNS interface; it supervises their
-tasks (one dying stops the daemon with status 1) and shuts them down in order: goodbye
+API server, the callback, the templates, the DNS interface and the health checks
+(`lobby.checks`, which give presence the labels that pass); it supervises their tasks
+(one dying stops the daemon with status 1) and shuts them down in order: goodbye
 first, then the rest. Data flows one way: driver -> presence -> registry -> feed ->
 api / callback / templates, and registry -> dns.
 """
@@ -17,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lobby import __version__
+from lobby.checks import Checks
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
@@ -40,8 +42,13 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.registry = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
+        self.checks = Checks.from_settings(settings, clock)  # None without CHECKS(_FILE)
         self.presence = Presence(
-            settings, self.registry, clock=clock, system_hostname=system_hostname
+            settings,
+            self.registry,
+            clock=clock,
+            system_hostname=system_hostname,
+            extra_labels=self.checks.passing_labels if self.checks else None,
         )
         self.feed = ChangeFeed(self.registry)
         self.driver = driver
@@ -162,6 +169,8 @@ class Daemon:
             for name, loop in self.presence.loops().items():
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
+            if self.checks is not None:
+                self._spawn(self.checks.run(self.presence.refresh_labels, self._stopping), "checks")
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
             if self.dns is not None:
                 await self.dns.start()
@@ -208,6 +217,7 @@ class Daemon:
             self.feed,
             node_exporter_port=s.node_exporter_port,
             read_token=s.read_token,
+            checks=self.checks.report if self.checks else None,
         )
         self._api = ApiServer(app, sock, tls_cert=s.tls_cert, tls_key=s.tls_key)
         self._spawn(self._api.serve(), "api")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lobby import __version__, config
+from lobby.checks import CheckError, load_specs
 from lobby.config import Settings
 from lobby.daemon import Daemon
 from lobby.labels import parse_env_labels
@@ -49,6 +50,14 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     problem = label_problem(settings.hostname) if settings.hostname else None
     if problem is not None:
         _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
+    try:
+        load_specs(settings, strict=True)
+    except CheckError as exc:
+        _usage_error(str(exc))
+    except OSError as exc:
+        _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc.strerror or exc}")
+    except ValueError as exc:
+        _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc}")
     return settings
 
 
@@ -58,7 +67,8 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    for noisy in ("watchfiles", "httpx", "httpcore"):  # httpx: a line per http check run
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def _main(settings: Settings) -> int:

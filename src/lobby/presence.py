@@ -18,6 +18,9 @@ It is built from settings, a registry, a clock and, at `start`, a list of driver
   signed, and every packet we hear passes `lobby.signing.Gate` before it may touch
   the registry; what the gate refuses is counted under its reason in `rejected`.
 - It never touches HTTP or the feed; the daemon wires it, the API calls its methods.
+- `extra_labels`, when given, adds labels that come from elsewhere: the passing
+  health-checked labels (`lobby.checks`), whose owner calls `refresh_labels()` when they
+  change.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -81,6 +84,7 @@ class Presence:
         *,
         clock: Clock = SYSTEM_CLOCK,
         system_hostname: Callable[[], str] = socket.gethostname,
+        extra_labels: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -95,7 +99,8 @@ class Presence:
         self.local.runtime.remove_stale_temp_files()
         self._system_hostname = system_hostname
         self.hostname = settings.hostname or system_hostname()
-        self.labels = self.local.read()
+        self._extra_labels = extra_labels
+        self.labels = self._read_labels()
         self.links: list[Link] = []
         # counters (GET /v1/stats)
         self.received = 0
@@ -308,13 +313,19 @@ class Presence:
 
     # -- local labels -------------------------------------------------------------
 
+    def _read_labels(self) -> tuple[str, ...]:
+        local = self.local.read()
+        if self._extra_labels is None:
+            return local
+        return tuple(sorted(set(local).union(self._extra_labels())))
+
     def refresh_labels(self) -> bool:
-        """Re-read the local labels; announce at once when they changed."""
-        labels = self.local.read()
+        """Re-read the labels; announce at once when they changed."""
+        labels = self._read_labels()
         if labels == self.labels:
             return False
         self.labels = labels
-        log.info("local labels changed: %s", ", ".join(labels) or "(none)")
+        log.info("labels changed: %s", ", ".join(labels) or "(none)")
         self._wake.set()
         return True
 

@@ -30,7 +30,7 @@ def client() -> tuple[LeanClient, list[Any]]:
 
     nc._process_ping = ping  # type: ignore[method-assign]
     nc._process_pong = pong  # type: ignore[method-assign]
-    nc._process_info = info  # type: ignore[method-assign]
+    nc._process_info = info  # type: ignore[method-assign,assignment]
     return nc, seen
 
 

@@ -1,4 +1,4 @@
-"""HTTP API routes (SPEC §5, §6): read the registry, never the broker.
+"""HTTP API routes (SPEC §5, §6, §19): read the registry, never the broker.
 
 Hot answers are bytes from the registry's cache, handed to Starlette as they are. In
 the daemon the hot GETs never get here: `lobby.api.fast` answers them first, with the
@@ -23,7 +23,7 @@ from lobby import __version__
 from lobby.answer import Slices
 from lobby.api import events, ui
 from lobby.api._responses import JSON_TYPE, json_response
-from lobby.api._schema import DiscoveryModel, TargetGroupModel
+from lobby.api._schema import CheckModel, DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
 from lobby.api.fast import Body, discoveries_answer, resolve_answer
 from lobby.feed import ChangeFeed
@@ -161,11 +161,12 @@ def create_app(
     *,
     node_exporter_port: int = 9100,
     read_token: str = "",
+    checks: Callable[[], list[dict[str, Any]]] | None = None,
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
     With a change `feed`, every GET supports blocking queries and `/v1/events` streams
-    changes.
+    changes. `checks` reports the health checks (`lobby.checks.Checks.report`).
     """
     app = FastAPI(
         title="lobbyd",
@@ -266,6 +267,14 @@ def create_app(
     @app.get("/v1/stats", summary="counters: nodes, index, packets, drops, broker link")
     async def stats() -> Response:
         return json_response(pretty(node.stats()))
+
+    @app.get(
+        "/v1/checks",
+        responses={200: {"description": "this node's health checks", "model": list[CheckModel]}},
+        summary="this node's health checks and the labels they govern",
+    )
+    async def health_checks() -> Response:
+        return json_response(pretty(checks() if checks is not None else []))
 
     prometheus = PrometheusSD(registry, node_exporter_port)
     ui.add_routes(app)

@@ -241,15 +241,22 @@ def create_fast_app(
     *,
     node_exporter_port: int = 9100,
     read_token: str = "",
+    **more: Any,
 ) -> FastApp:
     """The daemon's ASGI app: the fast path, and the FastAPI app behind it built on
-    first need (`lobby.api.app.create_app`, same arguments)."""
+    first need by `lobby.api.app.create_app`, with the same arguments (`more`: those
+    only the FastAPI app uses)."""
 
     def slow() -> ASGIApp:
         from lobby.api.app import create_app
 
         app: ASGIApp = create_app(
-            node, token, feed, node_exporter_port=node_exporter_port, read_token=read_token
+            node,
+            token,
+            feed,
+            node_exporter_port=node_exporter_port,
+            read_token=read_token,
+            **more,
         )
         return app
 
