@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -165,8 +165,25 @@ def _signed_goodbye_labels(raw: object) -> tuple[str, ...]:
     return tuple(sorted(raw))
 
 
+# What decode_packet returns: message, hostname, labels (sorted, unique), the wire's
+# labels sorted by code point, ts, sig (None: unsigned; "": malformed signature fields).
+Packet = tuple[Literal["hi", "goodbye"], str, tuple[str, ...], tuple[str, ...], int, "str | None"]
+Known = Callable[[str], "tuple[str, ...] | None"]
+
+
 def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     """Parse and validate one message from the broker; raises PacketError."""
+    message, hostname, labels, wire, ts, sig = decode_packet(data)
+    return Envelope(message, Discovery(hostname, labels, 0), ts, sig, wire)
+
+
+def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | None = None) -> Packet:
+    """`decode_envelope` as a tuple, without building objects: the daemon's hot path.
+
+    `known(hostname)` may give the labels the node is known to have: when the packet
+    carries exactly those (a keep-alive), that very tuple is returned and the labels
+    are neither checked again nor interned again.
+    """
     if len(data) > MAX_PACKET_BYTES:
         raise PacketError("too_large", f"{len(data)} bytes")
     try:
@@ -184,28 +201,35 @@ def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     hostname = body.get("hostname")
     if type(hostname) is not str or not hostname:
         raise PacketError("bad_hostname", "hostname is missing or empty")
-    if len(hostname) > MAX_HOSTNAME_BYTES // 4 and len(hostname.encode()) > MAX_HOSTNAME_BYTES:
-        raise PacketError("bad_hostname", "hostname is too long")
-    if _CONTROL.search(hostname) or not hostname.strip():
-        raise PacketError("bad_hostname", "hostname contains a control character or blanks")
+    have = known(hostname) if known is not None else None
+    if have is None:  # a node we know passed these checks with this very hostname
+        if len(hostname) > MAX_HOSTNAME_BYTES // 4 and len(hostname.encode()) > MAX_HOSTNAME_BYTES:
+            raise PacketError("bad_hostname", "hostname is too long")
+        if _CONTROL.search(hostname) or not hostname.strip():
+            raise PacketError("bad_hostname", "hostname contains a control character or blanks")
     last_check = body.get("last_check", 0)
     if type(last_check) is not int:
         raise PacketError("bad_shape", "last_check is not an integer")
     sig = doc.get("sig")
     if message == HI:
-        labels, wire = _wire_labels(body.get("labels"))
+        raw = body.get("labels")
+        if have is not None and type(raw) is list and len(raw) == len(have) and tuple(raw) == have:
+            labels = wire = have
+        else:
+            labels, wire = _wire_labels(raw)
     else:
         labels = ()
         wire = _signed_goodbye_labels(body.get("labels")) if sig is not None else ()
-    discovery = Discovery(sys.intern(hostname), labels, 0)
+    if have is None:  # a known node's hostname is already a key of the registry
+        hostname = sys.intern(hostname)
     if sig is None:
-        return Envelope(message, discovery)
+        return message, hostname, labels, wire, 0, None
     ts = doc.get("ts")
     if type(sig) is not str or type(ts) is not int:
         # malformed signature fields: keep it marked as signed, so that it fails
         # verification instead of passing for an unsigned packet
-        return Envelope(message, discovery, 0, "", wire)
-    return Envelope(message, discovery, ts, sig, wire)
+        return message, hostname, labels, wire, 0, ""
+    return message, hostname, labels, wire, ts, sig
 
 
 def encode_envelope(

@@ -48,7 +48,7 @@ from lobby.model import (
     Discovery,
     LabelError,
     PacketError,
-    decode_envelope,
+    decode_packet,
     decode_sync,
     encode_envelope,
     encode_sync,
@@ -201,8 +201,9 @@ class Presence:
             self._on_sync(data)
             return
         self.received += 1
+        registry = self.registry
         try:
-            envelope = decode_envelope(data)
+            message, hostname, labels, wire, ts, sig = decode_packet(data, registry.labels_of)
         except PacketError as exc:
             self.rejected[exc.reason] += 1
             self._garbage_log(
@@ -212,28 +213,21 @@ class Presence:
                 sum(self.rejected.values()),
             )
             return
-        discovery = envelope.discovery
         if self._signing:
-            reason = self.gate.admit(
-                envelope.message,
-                discovery.hostname,
-                envelope.ts,
-                envelope.sig,
-                envelope.wire_labels,
-            )
+            reason = self.gate.admit(message, hostname, ts, sig, wire)
             if reason is not None:
                 self.rejected[reason] += 1
                 if reason != DUPLICATE:
-                    self._refused(reason, envelope.message, discovery.hostname)
-                elif envelope.message == HI and discovery.hostname == self.hostname:
+                    self._refused(reason, message, hostname)
+                elif message == HI and hostname == self.hostname:
                     self._heard_self(link)  # our own packet, back through another way
                 return
-        if envelope.message == HI:
-            self.registry.update(discovery)
-            if discovery.hostname == self.hostname:
+        if message == HI:
+            registry.refresh(hostname, labels)
+            if hostname == self.hostname:
                 self._heard_self(link)
         else:
-            self.registry.remove(discovery.hostname, "goodbye")
+            registry.remove(hostname, "goodbye")
 
     def _heard_self(self, link: Link) -> None:
         link.heard_self = self.clock.monotonic()

@@ -99,6 +99,7 @@ class Registry:
         self._cache_bytes = 0
         self._sorted: list[str] | None = None
         self._bytes_per_node = _BYTES_PER_NODE
+        self._last_check = 0
 
     # -- time ---------------------------------------------------------------------
 
@@ -151,25 +152,37 @@ class Registry:
 
     def update(self, discovery: Discovery) -> bool:
         """Insert or refresh a node ("hi"); True when its content changed."""
+        return self.refresh(discovery.hostname, discovery.labels)
+
+    def refresh(self, hostname: str, labels: tuple[str, ...]) -> bool:
+        """`update` without a Discovery (the daemon's hot path): `labels` sorted, unique."""
         self.expire()
-        hostname = discovery.hostname
         records = self._records
         record = records.get(hostname)
         now = self._now()
         last_check = int(self._wall())
+        if last_check == self._last_check:
+            last_check = self._last_check  # one int object per second, not one per node
+        else:
+            self._last_check = last_check
         if record is not None:
             record.seen = now
             record.last_check = last_check
             records.move_to_end(hostname)
             old = record.labels
-            if old == discovery.labels:
+            if old is labels or old == labels:
                 return False
-            record.labels = discovery.labels
-            self._changed("update", hostname, discovery.labels, old_labels=old)
+            record.labels = labels
+            self._changed("update", hostname, labels, old_labels=old)
             return True
-        records[hostname] = _Record(discovery.labels, now, last_check)
-        self._changed("join", hostname, discovery.labels)
+        records[hostname] = _Record(labels, now, last_check)
+        self._changed("join", hostname, labels)
         return True
+
+    def labels_of(self, hostname: str) -> tuple[str, ...] | None:
+        """The labels a node is known to have, expired or not (for decoding only)."""
+        record = self._records.get(hostname)
+        return None if record is None else record.labels
 
     def remove(self, hostname: str, reason: LeaveReason = "goodbye") -> bool:
         """Drop a node ("goodbye"); True when it was there."""
