@@ -98,11 +98,11 @@ def clean_label(label: str) -> str:
 
 
 # Labels repeat across nodes and across every keep-alive of one node, so a label
-# seen once valid is remembered: the common case costs one dict lookup and also
-# interns the string (SPEC §11). Only labels of packets that passed validation are
-# remembered, and the cache is bounded in count and in characters, so neither garbage
-# nor label churn can grow it without limit (1,500 dropped packets of long labels
-# used to pin ~100 MB).
+# seen once valid is remembered: the common case costs one dict lookup, and this dict
+# is the intern table: every node holding a label holds this one copy (SPEC §11).
+# Only labels of packets that passed validation are remembered, and the cache is
+# bounded in count and in characters, so neither garbage nor label churn can grow it
+# without limit (1,500 dropped packets of long labels used to pin ~100 MB).
 _known_labels: dict[str, str] = {}
 _known_chars = 0
 _KNOWN_LABELS_MAX: Final = 200_000
@@ -141,8 +141,8 @@ def _wire_labels(raw: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
             problem = label_problem(item)
             if problem is not None:
                 raise PacketError("bad_label", problem)
-            label = sys.intern(item)
-            if new is None:
+            label = item  # from now on the one copy every node shares (no sys.intern:
+            if new is None:  # its table would hold each unique label a second time)
                 new = []
             new.append(label)
         out.append(label)
@@ -220,8 +220,6 @@ def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | Non
     else:
         labels = ()
         wire = _signed_goodbye_labels(body.get("labels")) if sig is not None else ()
-    if have is None:  # a known node's hostname is already a key of the registry
-        hostname = sys.intern(hostname)
     if sig is None:
         return message, hostname, labels, wire, 0, None
     ts = doc.get("ts")

@@ -51,6 +51,8 @@ class ApiServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            http="httptools",  # named, so that uvicorn imports neither h11 nor wsproto
+            ws="none",
             server_header=False,
             timeout_graceful_shutdown=1,
             ssl_certfile=tls_cert or None,
