@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from lobby import __version__
@@ -33,6 +33,7 @@ class Daemon:
         settings: Settings,
         *,
         driver: Driver | None = None,
+        drivers: Sequence[tuple[str, Driver]] = (),
         clock: Clock = SYSTEM_CLOCK,
         system_hostname: Callable[[], str] = socket.gethostname,
     ) -> None:
@@ -43,7 +44,8 @@ class Daemon:
             settings, self.registry, clock=clock, system_hostname=system_hostname
         )
         self.feed = ChangeFeed(self.registry)
-        self.driver = driver
+        # given (tests) or built from DRIVER at run(); `driver` is the first DRIVER's
+        self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
         self.embedded: Any = None
         self.callback: Any = None
         self.started = clock.wall()
@@ -61,6 +63,11 @@ class Daemon:
     def own_discovery(self) -> Discovery:
         return self.presence.own_discovery()
 
+    @property
+    def driver(self) -> Driver | None:
+        """The first driver: the only one with a single DRIVER."""
+        return self.drivers[0][1] if self.drivers else None
+
     async def add_labels(self, labels: list[str]) -> None:
         await self.presence.add_labels(labels)
 
@@ -68,7 +75,6 @@ class Daemon:
         await self.presence.delete_labels(labels)
 
     def stats(self) -> dict[str, Any]:
-        driver = self.driver
         callback = self.callback
         return {
             "hostname": self.hostname,
@@ -76,12 +82,13 @@ class Daemon:
             "uptime": round(self.clock.wall() - self.started, 3),
             "nodes": len(self.registry),
             "index": self.registry.index,
-            "broker": {
-                "driver": self.settings.driver,
-                "address": driver.address if driver else "",
-                "connected": bool(driver and driver.connected),
+            "broker": {  # every link at once; one driver: exactly that driver's link
+                "driver": ",".join(name for name, _ in self.drivers),
+                "address": ", ".join(driver.address for _, driver in self.drivers),
+                "connected": self.presence.connected,
                 "expiry_paused": self.registry.paused,
             },
+            "brokers": self.presence.link_stats(),  # each link, by driver name
             **self.presence.stats(),
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
             "callback": (
@@ -135,17 +142,22 @@ class Daemon:
                 log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
                 return 1
         try:
-            if self.driver is None:
-                self.driver = await self._make_driver()
-                if self.driver is None:
+            if not self.drivers:
+                from lobby.brokers import BrokerSetupError, make_drivers
+
+                try:
+                    self.drivers, self.embedded = await make_drivers(s, self.hostname)
+                except BrokerSetupError as exc:
+                    log.error("%s", exc)
                     return 1
-            log.info("broker: %s %s", s.driver, self.driver.address)
-            await self.presence.start([(s.driver, self.driver)])
+            for name, driver in self.drivers:
+                log.info("broker: %s %s", name, driver.address)
+            await self.presence.start(self.drivers)
             if self.embedded is not None:
                 from lobby.embedded import keep_serving
 
-                driver = self.driver
-                self._spawn(keep_serving(self.embedded, lambda: driver.connected), "embedded")
+                nats = dict(self.drivers)["NATS"]
+                self._spawn(keep_serving(self.embedded, lambda: nats.connected), "embedded")
             for name, loop in self.presence.loops().items():
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
@@ -158,38 +170,6 @@ class Daemon:
         finally:
             await self._shutdown()
         return self.exit_status
-
-    async def _make_driver(self) -> Driver | None:
-        s = self.settings
-        if s.driver == "Redis":
-            from lobby.drivers.redis import RedisDriver
-
-            return RedisDriver(
-                host=s.redis_host,
-                port=s.redis_port,
-                db=s.redis_db,
-                password=s.redis_password,
-                channel=s.redis_channel,
-            )
-        from lobby.drivers.nats import NatsDriver
-
-        servers = s.nats_servers
-        if not servers:
-            from lobby.embedded import EmbeddedError, EmbeddedNats
-
-            self.embedded = EmbeddedNats(s.embedded_nats_port)
-            try:
-                await self.embedded.start()
-            except (EmbeddedError, OSError) as exc:
-                log.error("%s", exc)
-                return None
-            servers = [self.embedded.url]
-        return NatsDriver(
-            servers,
-            s.nats_discovery_channel,
-            ping_interval=max(1, min(s.keep_alive, 10)),
-            name=f"lobbyd {self.hostname}",
-        )
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api import create_app

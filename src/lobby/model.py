@@ -58,10 +58,14 @@ class Discovery:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a setattr call per field,
+class Envelope:  # and one is built per packet on the hot path
     message: Literal["hi", "goodbye"]
     discovery: Discovery
+    # SPEC §15: the hostname of the relay that forwarded this packet from another broker;
+    # None when the packet has no "relay" field, "" when it has one that is not a string
+    # (still relayed: never forwarded again)
+    relay: str | None = None
 
 
 def label_problem(label: str) -> str | None:
@@ -173,7 +177,11 @@ def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     if type(last_check) is not int:
         raise PacketError("bad_shape", "last_check is not an integer")
     labels = _wire_labels(body.get("labels")) if message == HI else ()
-    return Envelope(message, Discovery(sys.intern(hostname), labels, 0))
+    discovery = Discovery(sys.intern(hostname), labels, 0)
+    if "relay" not in doc:
+        return Envelope(message, discovery)
+    relay = doc["relay"]
+    return Envelope(message, discovery, relay if type(relay) is str else "")
 
 
 def encode_envelope(message: Literal["hi", "goodbye"], discovery: Discovery) -> bytes:
@@ -212,6 +220,27 @@ def decode_sync(data: bytes | bytearray | memoryview | str) -> str:
     if type(hostname) is not str:
         raise PacketError("bad_hostname")
     return hostname
+
+
+# -- relays (SPEC §15) -------------------------------------------------------------------
+
+
+def add_relay(data: bytes, hostname: str) -> bytes:
+    """`data` (a JSON object) with a top-level `"relay": hostname` added, every other byte
+    kept as it was, so a signature over the rest still verifies."""
+    body = data.rstrip()
+    if not body.endswith(b"}"):
+        raise PacketError("bad_shape", "not a JSON object")
+    return body[:-1] + b',"relay":' + orjson.dumps(hostname) + b"}"
+
+
+def is_relayed(data: bytes | bytearray | memoryview | str) -> bool:
+    """Whether a packet already has a top-level "relay" field (False for garbage)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return type(doc) is dict and "relay" in doc
 
 
 _PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE

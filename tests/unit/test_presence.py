@@ -65,7 +65,7 @@ async def test_echo_silence_pauses_expiry_from_the_last_echo(tmp_path, fake):
     p.watch_echo()
     assert p.registry.paused and not link.echo_ok
     # the registry's clock stands still from the last echo on
-    assert p.registry._paused_at == heard
+    assert p.registry._links[link.index].paused_at == heard
     p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
     assert link.echo_ok and not p.registry.paused
 
