@@ -104,14 +104,17 @@ async def test_link_down_pauses_and_up_asks_for_sync(tmp_path, fake):
     assert ("sync", b'{"message":"sync","hostname":"me"}') in broker.published
 
 
-async def test_every_link_must_be_healthy_to_resume(tmp_path, fake):
+async def test_each_link_pauses_its_own_clock(tmp_path, fake):
     p = make(tmp_path, fake)
     one, two = MemoryBroker(), MemoryBroker()
     await p.start([("one", one.driver()), ("two", two.driver())])
+    assert [link.index for link in p.links] == [0, 1] and p.registry.links == 2
+    assert p.registry.link_paused(0) and p.registry.link_paused(1)  # until linked
     await settle()
     assert not p.registry.paused
     two.set_up(False)
-    assert p.registry.paused
+    assert p.registry.paused  # some link is: GET /v1/stats broker.expiry_paused
+    assert p.registry.link_paused(1) and not p.registry.link_paused(0)
     two.set_up(True)
     assert not p.registry.paused
 
