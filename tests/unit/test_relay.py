@@ -149,7 +149,7 @@ async def test_relay_never_forwards_relayed_invalid_or_own_packets(node):
 
 
 async def test_relay_ignores_its_own_forwarded_copies(node):
-    p, nats, redis, _ = await node(RELAY="true")
+    p, nats, _redis, _ = await node(RELAY="true")
     nats.inject("discovery", add_relay(hi("ghost"), "me"))  # as if echoed back to us
     nats.inject("discovery", hi("marker"))
     await until(lambda: "marker" in p.registry)
@@ -166,7 +166,7 @@ async def test_relay_counts_what_it_cannot_forward(node):
 
 
 async def test_relay_with_a_full_queue_loses_and_counts(node):
-    p, nats, redis, _ = await node(RELAY="true")
+    p, nats, _redis, _ = await node(RELAY="true")
     assert p.relay is not None
     p.relay._queue_max = 2
     for i in range(5):  # synchronously: the pump gets no turn in between
