@@ -345,7 +345,8 @@ class Settings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
     relay: bool = setting(
         False,
-        "with several drivers, forward every packet heard on one to the others (SPEC §15)",
+        "with several drivers, forward every packet heard on one to the others, marked with"
+        " this node's hostname",
     )
     redis_sentinels: str = setting(
         "",

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from support import GoPeer, Lobbyd, NatsServer, RedisServer, Tap, wait_for
+from support import GoPeer, Lobbyd, NatsServer, RedisServer, Tap, free_port, wait_for
 
 KEEP_ALIVE = 1
 TTL = 3
@@ -70,8 +70,11 @@ def index(node: Lobbyd) -> int:
 
 
 def test_node_on_both_brokers_lists_the_nats_only_and_the_redis_only_node(envs, spawn):
-    both = spawn("both", envs["both"])
-    n = spawn("n", envs["nats"])
+    # NATS in DRIVER and no NATS_URL: the embedded nats-server, as with NATS alone
+    port = free_port()
+    embedded = {**envs["both"], "NATS_URL": "", "EMBEDDED_NATS_PORT": str(port)}
+    both = spawn("both", embedded)
+    n = spawn("n", {**envs["nats"], "NATS_URL": f"nats://127.0.0.1:{port}"})
     r = spawn("r", envs["redis"])
     wait_for(lambda: lists(both, "both", "n", "r"), what="both lists every node")
     wait_for(lambda: lists(n, "both", "n") and lists(r, "both", "r"), what="islands")
@@ -83,6 +86,7 @@ def test_node_on_both_brokers_lists_the_nats_only_and_the_redis_only_node(envs, 
         assert link["received"] > 0 and link["announcements"] > 0, (name, link)
     assert stats["broker"]["driver"] == "Redis,NATS" and stats["broker"]["connected"]
     assert stats["relay"] is None
+    assert stats["brokers"]["NATS"]["address"] == f"nats://127.0.0.1:{port}"
     # a single driver keeps the old shape, plus the same under brokers
     single = n.get("/v1/stats").json()
     assert single["broker"]["driver"] == "NATS" and list(single["brokers"]) == ["NATS"]

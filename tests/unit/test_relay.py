@@ -173,3 +173,36 @@ async def test_relay_with_a_full_queue_loses_and_counts(node):
         p.on_message(p.links[1], "discovery", hi(f"n{i}"))
     await until(lambda: len(sent(nats)) == 2)
     assert p.relay.relayed == {"Redis->NATS": 2} and p.relay.lost == {"Redis->NATS": 3}
+
+
+async def test_daemon_runs_every_driver_and_shows_each_link(tmp_path):
+    from lobby.daemon import Daemon
+
+    nats, redis = MemoryBroker(), MemoryBroker()
+    settings = config.load(
+        {
+            "HOSTNAME": "me",
+            "DISABLE_API": "true",
+            "LABELS_PATH": str(tmp_path),
+            "DRIVER": "NATS,Redis",
+            "RELAY": "true",
+        }
+    )
+    daemon = Daemon(settings, drivers=[("NATS", nats.driver()), ("Redis", redis.driver())])
+    task = asyncio.create_task(daemon.run())
+    await until(lambda: hi("me") in sent(nats) and hi("me") in sent(redis), what="announced")
+    redis.inject("discovery", hi("go-peer"))
+    await until(lambda: add_relay(hi("go-peer"), "me") in sent(nats), what="relayed")
+    stats = daemon.stats()
+    assert stats["broker"] == {
+        "driver": "NATS,Redis",
+        "address": "memory://, memory://",
+        "connected": True,
+        "expiry_paused": False,
+    }
+    assert list(stats["brokers"]) == ["NATS", "Redis"]
+    assert stats["brokers"]["Redis"]["received"] >= 2  # our hi and go-peer's
+    assert stats["relay"]["relayed"] == {"Redis->NATS": 1}
+    assert daemon.driver is daemon.drivers[0][1]
+    daemon.stop()
+    assert await asyncio.wait_for(task, 5) == 0
