@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -529,9 +530,11 @@ class RedisSentinel(Proc):
 
         client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
         try:
-            return client.sentinel_master(name)  # type: ignore[no-any-return]
+            master = client.sentinel_master(name)
         finally:
             client.close()
+        assert isinstance(master, dict), master
+        return master
 
 
 class SentinelSet:
@@ -566,7 +569,7 @@ class SentinelSet:
 
         wait_for(ready, 30, interval=0.2, what="Sentinels know each other and the replicas")
         for replica in self.replicas:
-            wait_for(lambda r=replica: self.synced(r), 15, what="replica in sync")
+            wait_for(functools.partial(self.synced, replica), 15, what="replica in sync")
 
     def synced(self, server: RedisServer) -> bool:
         """`server` replicates the current master."""
@@ -661,14 +664,14 @@ class Tap:
 
     def _run(self) -> None:
         if isinstance(self.broker, NatsServer):
-            self._run_nats()
+            self._run_nats(self.broker)
         else:
-            self._run_redis()
+            self._run_redis(self.broker)
 
-    def _run_redis(self) -> None:
+    def _run_redis(self, server: RedisServer) -> None:
         import redis
 
-        client = redis.Redis(port=self.broker.port, password=self.broker.password)
+        client = redis.Redis(port=server.port, password=server.password)
         pubsub = client.pubsub()
         pubsub.subscribe(self.channel)
         try:
@@ -684,8 +687,8 @@ class Tap:
             pubsub.close()
             client.close()
 
-    def _run_nats(self) -> None:
-        host, port = self.broker.url.removeprefix("nats://").rsplit(":", 1)
+    def _run_nats(self, server: NatsServer) -> None:
+        host, port = server.url.removeprefix("nats://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.settimeout(0.1)
             connect = b'CONNECT {"verbose":false,"pedantic":false}\r\n'

@@ -5,6 +5,7 @@ FIGURE lines (run with -s), never asserted.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -27,7 +28,8 @@ def links(node: Lobbyd) -> dict[str, Any]:
 
 
 def heard_since(node: Lobbyd, hostname: str, wall: float) -> bool:
-    record = next((d for d in node.get("/v1/discoveries").json() if d["hostname"] == hostname), {})
+    got = node.get("/v1/discoveries").json()
+    record: dict[str, Any] = next((d for d in got if d["hostname"] == hostname), {})
     return record.get("last_check", 0) >= int(wall) + 1
 
 
@@ -95,16 +97,16 @@ def test_sentinel_failover_without_restart(tmp_path, procs, spawn, channel):
     pids = (a.pid, b.pid)
 
     def on_master(port: int, since_wall: float) -> None:
+        """Both nodes are linked to the master at `port` and hear each other since then."""
         address = f"redis://127.0.0.1:{port}/0"
+
+        def there(node: Lobbyd) -> bool:
+            link = links(node)["Redis"]
+            return bool(link["address"] == address and link["connected"])
+
         for node, peer in ((a, "b.example"), (b, "a.example")):
-            wait_for(
-                lambda n=node: (
-                    links(n)["Redis"]["address"] == address and links(n)["Redis"]["connected"]
-                ),
-                20,
-                what=f"{node.name} on the master at {port}",
-            )
-            wait_for(lambda n=node, p=peer: heard_since(n, p, since_wall), 20, what="fresh")
+            wait_for(functools.partial(there, node), 20, what=f"{node.name} on {address}")
+            wait_for(functools.partial(heard_since, node, peer, since_wall), 20, what="fresh")
 
     with ApiPoller([a, b], interval=0.05) as poller:
         killed_wall = time.time()
