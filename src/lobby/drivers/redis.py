@@ -440,6 +440,20 @@ class RedisDriver:
         except Exception as exc:
             raise DriverError(describe(exc)) from exc
 
+    async def publish_many(self, topic: Topic, items: Sequence[bytes]) -> None:
+        """One pipeline of PUBLISH: one round trip for the lot."""
+        if not self._up:
+            raise DriverError("not connected to Redis")
+        channel = self.channels[topic]
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                pipe = self._publisher.pipeline(transaction=False)
+                for data in items:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except Exception as exc:
+            raise DriverError(describe(exc)) from exc
+
     async def flush(self, timeout: float) -> None:
         """Nothing to do: Redis acknowledges every PUBLISH before publish() returns."""
 
