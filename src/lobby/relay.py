@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.drivers.base import Driver, DriverError, Topic
-from lobby.model import PacketError, add_relay
+from lobby.model import MAX_PACKET_BYTES, PacketError, add_relay
 
 log = logging.getLogger("lobby.relay")
 
@@ -74,11 +74,12 @@ class Relay:
         except PacketError:  # not an object: decoding said valid, so this cannot happen
             return
         origin = self._links[source].name
+        too_large = len(relayed) > MAX_PACKET_BYTES  # peers would drop it: do not send
         for i, dest in enumerate(self._links):
             if i == source:
                 continue
             direction = dest.directions.get(origin) or dest.direction_from(origin)
-            if not dest.driver.connected or len(dest.queue) >= self._queue_max:
+            if too_large or not dest.driver.connected or len(dest.queue) >= self._queue_max:
                 self.lost[direction] += 1
                 continue
             dest.queue.append((direction, topic, relayed))

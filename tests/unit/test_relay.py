@@ -165,6 +165,20 @@ async def test_relay_counts_what_it_cannot_forward(node):
     assert p.relay.lost == {"Redis->NATS": 1} and not p.relay.relayed
 
 
+async def test_relay_does_not_push_a_packet_over_the_size_limit(node):
+    from lobby.model import MAX_PACKET_BYTES
+
+    p, nats, redis, _ = await node(RELAY="true")
+    labels = [f"{i:02d}:" + "y" * 1000 for i in range(63)]
+    short = len(hi("big", *labels, "zz:"))
+    big = hi("big", *labels, "zz:" + "y" * (MAX_PACKET_BYTES - 5 - short))
+    assert len(big) == MAX_PACKET_BYTES - 5  # valid, but no room for the relay field
+    redis.inject("discovery", big)
+    await until(lambda: "big" in p.registry)
+    assert p.relay is not None and p.relay.lost == {"Redis->NATS": 1}
+    assert sent(nats) == []
+
+
 async def test_relay_with_a_full_queue_loses_and_counts(node):
     p, nats, _redis, _ = await node(RELAY="true")
     assert p.relay is not None
