@@ -225,6 +225,8 @@ class Presence:
             self._on_sync(link, data)
             return
         link.received += 1
+        if self.relay is not None and self.relay.own_copy(data):
+            return  # a packet we relayed, back to us: we applied the original on its link
         try:
             envelope = decode_envelope(data)
         except PacketError as exc:
@@ -238,11 +240,13 @@ class Presence:
             return
         discovery = envelope.discovery
         # SPEC §15 relays; keep this after every check a packet must pass (signatures):
-        # only valid packets are forwarded
-        if envelope.relay is not None:  # forwarded by a relay: never forward it again
-            if envelope.relay == self.hostname:
-                return  # our own forwarded copy; we applied the original on its own link
-        elif self.relay is not None and discovery.hostname != self.hostname:
+        # only valid packets are forwarded, never one a relay forwarded already, never
+        # our own (it went out on every link)
+        if (
+            self.relay is not None
+            and envelope.relay is None
+            and discovery.hostname != self.hostname
+        ):
             self.relay.forward(link.index, "discovery", data)
         if envelope.message == HI:
             self.registry.update(discovery, link.index)

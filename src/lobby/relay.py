@@ -9,7 +9,9 @@ and a Go peer, which ignores unknown fields, reads it as the original.
 - A packet that already carries `relay` is never forwarded again, so any number of
   relays between any brokers make no loop: each packet crosses at most one relay hop,
   and a broker carries a node's packet at most once directly plus once per relay.
-- Our own packets are not forwarded: we already publish them on every link.
+- Our own packets are not forwarded: we already publish them on every link. Our own
+  forwarded copies come back to us (a subscriber hears its own publishes); they end
+  with our relay field, byte for byte, so `own_copy` spots them before any decoding.
 - `forward` is called synchronously from the receive path, so it only appends to a
   bounded queue per destination; one task per destination publishes in arrival order
   (a goodbye never overtakes the hi before it), what has piled up in one
@@ -61,11 +63,19 @@ class Relay:
         self.relayed: Counter[str] = Counter()  # "NATS->Redis": packets published there
         self.lost: Counter[str] = Counter()  # "NATS->Redis": packets that could not be
         self._log = RateLimitedLog(log, burst=3, every=30)
+        self._suffix = ("", b"")  # (hostname, the bytes add_relay ends a packet with)
 
     def add_link(self, name: str, driver: Driver) -> int:
         """A link to forward from and to, in the order of presence's links; its number."""
         self._links.append(_Destination(name, driver))
         return len(self._links) - 1
+
+    def own_copy(self, data: bytes) -> bool:
+        """Whether `data` is a packet we forwarded, heard back on the destination."""
+        hostname = self._hostname()
+        if self._suffix[0] != hostname:  # computed once per hostname
+            self._suffix = (hostname, add_relay(b"{}", hostname)[1:])  # ,"relay":"me"}
+        return data.endswith(self._suffix[1])
 
     def forward(self, source: int, topic: Topic, data: bytes) -> None:
         """Queue a valid, not yet relayed packet heard on link `source` for every other link."""
