@@ -8,6 +8,7 @@ through Sentinel when REDIS_SENTINELS is set.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from lobby.config import Settings
@@ -15,6 +16,9 @@ from lobby.drivers.base import Driver
 
 if TYPE_CHECKING:
     from lobby.embedded import EmbeddedNats
+
+
+log = logging.getLogger("lobby")
 
 
 class BrokerSetupError(Exception):
@@ -27,6 +31,8 @@ async def make_drivers(
     """[(name, driver), ...] in DRIVER's order, and the embedded nats-server if one runs."""
     drivers: list[tuple[str, Driver]] = []
     embedded = None
+    if settings.redis_sentinels and "Redis" not in settings.drivers:
+        log.warning("REDIS_SENTINELS is set but DRIVER has no Redis: it is not used")
     for name in settings.drivers:
         if name == "Redis":
             drivers.append((name, _redis(settings)))
