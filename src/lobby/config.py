@@ -278,6 +278,30 @@ class Settings:
     callback_timeout: int = setting(60, "seconds before a hung callback is killed", low=1)
     embedded_nats_port: int = setting(4222, "port of the embedded nats-server", low=1, high=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    api_max_connections: int = setting(
+        1000,
+        "open API connections at most; past it a new connection gets 503 and is closed at once",
+        low=1,
+    )
+    api_max_watchers: int = setting(
+        500,
+        "event streams and blocking queries open at once at most (they count as connections"
+        " too); past it 503",
+        low=0,
+    )
+    api_header_timeout: float = setting(
+        10.0,
+        "seconds a client has to send a complete request line and headers; then the"
+        " connection is closed",
+        low=0.1,
+        high=3600,
+    )
+    api_idle_timeout: float = setting(
+        5.0, "seconds an idle keep-alive API connection stays open", low=0.1, high=3600
+    )
+    api_max_header_bytes: int = setting(
+        32768, "bytes of request line and headers at most; past it 431", low=1024
+    )
 
     @property
     def nats_servers(self) -> list[str]:

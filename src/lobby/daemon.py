@@ -84,6 +84,7 @@ class Daemon:
             },
             **self.presence.stats(),
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
+            "api": self._api.stats() if self._api is not None else None,
             "callback": (
                 {"runs": callback.runs, "last_status": callback.last_status}
                 if callback is not None
@@ -193,11 +194,12 @@ class Daemon:
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api import create_app
-        from lobby.api.server import ApiServer
+        from lobby.api.events import is_watcher
+        from lobby.api.server import ApiServer, api_limits
 
         s = self.settings
         app = create_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
-        self._api = ApiServer(app, sock)
+        self._api = ApiServer(app, sock, api_limits(s), is_watcher)
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:

@@ -122,6 +122,10 @@ class Presence:
                 "dropped_slow_consumer": sum(link.driver.dropped for link in self.links),
             },
             "announcements": {"sent": self.sent, "failed": self.send_failures},
+            "labels": {
+                "read_errors": self.local.read_errors,
+                "failing": sorted(self.local.failing),
+            },
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -241,9 +245,14 @@ class Presence:
 
     # -- local labels -------------------------------------------------------------
 
-    def refresh_labels(self) -> bool:
-        """Re-read the local labels; announce at once when they changed."""
-        labels = self.local.read()
+    def refresh_labels(self, *, check_only: bool = False) -> bool:
+        """Re-read the local labels; announce at once when they changed.
+
+        `check_only` is the periodic path: stat the label sources and re-read only what
+        changed (no file is opened per keep-alive). A source that cannot be read keeps
+        its last good labels (lobby.labels.LocalLabels).
+        """
+        labels = self.local.refresh() if check_only else self.local.read()
         if labels == self.labels:
             return False
         self.labels = labels
@@ -320,8 +329,8 @@ class Presence:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
             except TimeoutError:
-                # the periodic path: fallback label re-read, hostname, log summaries
-                self.refresh_labels()
+                # the periodic path: fallback label check, hostname, log summaries
+                self.refresh_labels(check_only=True)
                 self._garbage_log.flush()
                 self._send_log.flush()
                 old_name = self._hostname_changed()
