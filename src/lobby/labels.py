@@ -130,7 +130,9 @@ class LocalLabels:
 
     def read(self) -> tuple[str, ...]:
         """Re-read the directory and every label file; see the class docstring."""
-        stamp = self._signature()  # before reading: a change during the read shows next time
+        # Stat before reading (the directory before listing it, the files before
+        # opening them): a change made during the read shows at the next check.
+        dir_stamp = self._dir_stamp()
         try:
             with os.scandir(self.path) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
@@ -138,33 +140,39 @@ class LocalLabels:
             self._files = {}
             self._names = ()
             self.failing.clear()
-            self._stamp = stamp
+            self._stamp = (dir_stamp, ()) if dir_stamp is not None else None
             return self.current()
         except OSError as exc:
             self._failed(_DIR, f"cannot list label directory {self.path}", exc)
             self._stamp = None
             return self.current()
         self._recovered(_DIR)
-        files: dict[str, tuple[str, ...]] = {}
         names: list[str] = []
-        complete = True
+        errors: dict[str, OSError] = {}
         for entry in entries:
-            name = entry.name
-            if _skipped(name):
+            if _skipped(entry.name):
                 continue
             try:
                 if not entry.is_file():  # a directory, a dangling link: not a label file
                     continue
-                names.append(name)
-                with open(entry.path, encoding="utf-8", errors="replace") as fh:
+            except OSError as exc:  # cannot even stat it: unreadable, not gone
+                errors[entry.name] = exc
+            names.append(entry.name)
+        self._names = tuple(names)
+        file_stamps = self._file_stamps()
+        files: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            path = self.path / name
+            try:
+                if name in errors:
+                    raise errors[name]
+                with open(path, encoding="utf-8", errors="replace") as fh:
                     text = fh.read()
             except FileNotFoundError:  # removed since the listing: gone
                 continue
             except OSError as exc:
-                complete = False
-                if name not in names:
-                    names.append(name)
-                self._failed(name, f"cannot read label file {entry.path}", exc)
+                errors[name] = exc
+                self._failed(name, f"cannot read label file {path}", exc)
                 if name in self._files:
                     files[name] = self._files[name]
                 continue
@@ -172,29 +180,33 @@ class LocalLabels:
             self._recovered(name)
         self.failing.intersection_update({_DIR, *names})
         self._files = files
-        self._names = tuple(names)
-        # a read that failed somewhere is retried at the next check; one that listed
-        # other files than were stat'ed before it is looked at once more (the stamp
-        # holds the names, so the next signature differs)
-        self._stamp = stamp if complete else None
+        # a read that failed somewhere is retried at the next check
+        ok = not errors and dir_stamp is not None and file_stamps is not None
+        self._stamp = (dir_stamp, file_stamps) if ok else None
         return self.current()
 
     def refresh(self) -> tuple[str, ...]:
         """The periodic check: re-read only when a stat shows a change or a failure."""
-        if self._stamp is not None and self._signature() == self._stamp:
-            return self.current()
+        if self._stamp is not None:
+            now = (self._dir_stamp(), self._file_stamps())
+            if None not in now and now == self._stamp:
+                return self.current()
         return self.read()
 
     # -- internals ----------------------------------------------------------------------
 
-    def _signature(self) -> _Stamp | None:
-        """What stat says of the directory and the files it held; None when unknown."""
+    def _dir_stamp(self) -> _Stamp | None:
+        """What stat says of the directory (a stat needs no descriptor); None: unknown."""
         try:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             return ("missing",)
         except OSError:
             return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _file_stamps(self) -> _Stamp | None:
+        """What stat says of each file the last listing showed; None: unknown."""
         files: list[object] = []
         for name in self._names:
             try:
@@ -205,7 +217,7 @@ class LocalLabels:
             except OSError:
                 return None
             files.append((name, fs.st_ino, fs.st_size, fs.st_mtime_ns, fs.st_ctime_ns))
-        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, tuple(files))
+        return tuple(files)
 
     def _failed(self, source: str, what: str, exc: OSError) -> None:
         self.read_errors += 1
