@@ -172,13 +172,17 @@ class Listener:
         name: str,
         refusal: bytes = b"",
         backlog: int = 2048,
+        ssl: Any = None,
     ) -> None:
+        """`refusal`: written to a connection refused at the cap (plain TCP only);
+        `ssl`: an SSLContext, whose handshake must end within `limits.read_timeout`."""
         self.sock = sock
         self.factory = factory
         self.limits = limits
         self.name = name
         self.refusal = refusal
         self.backlog = backlog
+        self.ssl = ssl
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._closed = False
@@ -278,7 +282,7 @@ class Listener:
             # client gets to read the refusal
             with contextlib.suppress(BlockingIOError):
                 conn.recv(65536)
-            if self.refusal:
+            if self.refusal and self.ssl is None:
                 conn.send(self.refusal)
         conn.close()
 
@@ -290,8 +294,11 @@ class Listener:
             slot.release()
             conn.close()
             return
+        tls: dict[str, Any] = {}
+        if self.ssl is not None:
+            tls = {"ssl": self.ssl, "ssl_handshake_timeout": self.limits.read_timeout}
         task = self._loop.create_task(
-            self._loop.connect_accepted_socket(lambda: self.factory(slot), conn)
+            self._loop.connect_accepted_socket(lambda: self.factory(slot), conn, **tls)
         )
         self._pending.add(task)
         task.add_done_callback(lambda t: self._connected(t, conn, slot))

@@ -144,3 +144,43 @@ def test_fd_budget_warning():
     warning = fd_budget_warning(1000, "API_MAX_CONNECTIONS", 1024)
     assert warning is not None
     assert "API_MAX_CONNECTIONS=1000" in warning and "1024" in warning
+
+
+def test_tls_handshake_is_bounded_by_the_read_timeout(run, tmp_path):
+    """A TLS listener (for when the API serves HTTPS): a client that never says hello
+    is cut at read_timeout and its slot freed; a real client is served."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario() -> None:
+        sock = listening()
+        limits = ListenerLimits(max_connections=5, read_timeout=0.5)
+        listener = Listener(sock, Echo, limits, name="tls", refusal=b"busy\n", ssl=server_ctx)
+        listener.start()
+        port = sock.getsockname()[1]
+        mute_reader, mute_writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: limits.connections == 1, 5)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        assert await echo(reader, writer) == b"ping"
+        assert await asyncio.wait_for(mute_reader.read(), 5) == b""  # cut, no plaintext
+        await until(lambda: limits.connections == 1, 5, what="the mute client's slot freed")
+        writer.close()
+        mute_writer.close()
+        await until(lambda: limits.connections == 0, 5)
+        listener.close()
+        sock.close()
+
+    run(scenario())

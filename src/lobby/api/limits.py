@@ -10,7 +10,8 @@ or fast path answers it (lobby.listener explains the limits themselves).
   byte at a time could hold a connection forever;
 - a size bound on the request line plus headers (API_MAX_HEADER_BYTES): 431 and
   closed, counted on the raw bytes while the head is incomplete (httptools and
-  uvicorn buffer a header or URL without limit) and on the parsed URL and headers;
+  uvicorn buffer a header or URL without limit), and exactly on the parsed URL and
+  headers when the head came in reads larger than the bound;
 - the idle keep-alive timeout (API_IDLE_TIMEOUT, uvicorn's own timer), counted;
 - malformed requests answered 400 and counted, logged rate-limited (uvicorn logs a
   warning for each one: a log flood for whoever sends garbage);
@@ -59,7 +60,8 @@ REFUSAL: Final = plain_answer(503, "too many connections; try again later")
 
 
 class _HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing an over-long head."""
+    """Raised from a parser callback to stop parsing an over-long head (httptools
+    re-raises it as the context of an HttpParserCallbackError)."""
 
 
 class BoundedHttpTools(HttpToolsProtocol):
@@ -70,14 +72,16 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.slot = slot
         self.limits: ListenerLimits = slot.limits
         self._head_timer: asyncio.TimerHandle | None = None
-        self._head_bytes = 0  # raw bytes received while the head is incomplete
-        self._head_size = 0  # parsed URL and header bytes of the current head
+        self._head_pending = False  # a request head is expected or under way
+        self._head_since = 0.0  # loop.time() when it began: the deadline counts from here
+        self._head_bytes = 0  # raw bytes received for it so far
         self._in_body = False  # between headers complete and message complete
 
     # -- connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_begins()
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -89,8 +93,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         self._unset_keepalive_if_required()
-        if not self._in_body:  # a head is incomplete, or the next one may begin
-            self._arm_head_timer()
+        if not self._in_body:  # a head is under way, or the next one begins
+            if not self._head_pending:
+                self._head_begins()
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -104,8 +109,11 @@ class BoundedHttpTools(HttpToolsProtocol):
                 self.limits.warn(logging.INFO, "API: invalid HTTP request from %s", self._peer())
                 self._answer(400, "invalid HTTP request")
             return
-        if not self._in_body and self._head_bytes > self.limits.max_request_bytes:
-            self._too_large()
+        if self._head_pending:  # the head is not complete (most requests come whole)
+            if self._head_bytes > self.limits.max_request_bytes:
+                self._too_large()
+            else:
+                self._arm_head_timer()
 
     def timeout_keep_alive_handler(self) -> None:
         if not self.transport.is_closing():
@@ -116,19 +124,16 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_size = 0
-        self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._count_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        if not self._head_pending:  # a pipelined request after a complete one
+            self._head_begins()
 
     def on_headers_complete(self) -> None:
+        self._head_pending = False
         self._cancel_head_timer()
+        if self._head_bytes > self.limits.max_request_bytes:  # big reads: count exactly
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.limits.max_request_bytes:
+                raise _HeadTooLarge
         self._head_bytes = 0
         self._in_body = True
         super().on_headers_complete()
@@ -139,14 +144,15 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     # -- internals ----------------------------------------------------------------------
 
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self.limits.max_request_bytes:
-            raise _HeadTooLarge
+    def _head_begins(self) -> None:
+        self._head_pending = True
+        self._head_since = self.loop.time()
+        self._head_bytes = 0
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.read_timeout, self._head_timeout)
+            deadline = self._head_since + self.limits.read_timeout
+            self._head_timer = self.loop.call_at(deadline, self._head_timeout)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -155,7 +161,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or self._in_body:
+        if self.transport.is_closing() or not self._head_pending:
             return
         self.limits.read_timeouts += 1
         if self._head_bytes:

@@ -71,8 +71,10 @@ class _Server(uvicorn.Server):
         """uvicorn's startup with our own accept loop (lobby.listener.Listener)."""
         await self.lifespan.startup()
         make = protocol_factory(self.config, self.server_state, self.lifespan.state)
+        ssl = self.config.ssl  # None unless uvicorn was given a certificate
         listeners = [
-            Listener(sock, make, self.limits, name="API", refusal=REFUSAL) for sock in sockets or []
+            Listener(sock, make, self.limits, name="API", refusal=REFUSAL, ssl=ssl)
+            for sock in sockets or []
         ]
         for listener in listeners:
             listener.start()
