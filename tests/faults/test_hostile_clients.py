@@ -312,6 +312,10 @@ def test_header_size_and_deadline(nats_server, channel, spawn):
     assert a.get("/v1/discoveries", headers={"X-Fine": fine.decode()}).status_code == 200
     assert raw(b"\x16\x03\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
 
+    # a client that goes away in the middle of a body: no traceback (checked below)
+    with socket.create_connection(("127.0.0.1", a.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/labels HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+
     def slowloris(every: float, out: list[bytes]) -> None:
         """One byte of a request every `every` seconds, until the server closes."""
         with socket.create_connection(("127.0.0.1", a.port), timeout=20) as sock:
