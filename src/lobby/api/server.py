@@ -39,8 +39,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
-    return sock
+    return sock  # not inheritable: a child (CALLBACK, nats-server) must not hold the port
 
 
 def api_limits(s: Settings) -> ListenerLimits:
