@@ -239,6 +239,8 @@ class LocalLabels:
 
     def _runtime_written(self, labels: list[str]) -> None:
         """The runtime file now holds exactly `labels` (we just wrote or read it)."""
+        if _skipped(self.runtime.path.name):
+            return  # a hidden runtime file is not read as a label file either
         self._files[self.runtime.path.name] = tuple(labels)
         self._stamp = None  # its stat changed: the next check re-reads
 
