@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,7 +216,10 @@ class RedisServer(Proc):
 class Lobbyd(Proc):
     """A real lobbyd process (python -m lobby) with its own label directory."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str], name: str):
+    def __init__(
+        self, workdir: Path, env: Mapping[str, str], name: str, wrapper: Sequence[str] = ()
+    ):
+        """`wrapper`: a command that execs lobbyd, e.g. ["prlimit", "--nofile=1024:2048"]."""
         self.name = name
         self.port = int(env.get("PORT") or free_port())
         self.labels_path = Path(env.get("LABELS_PATH") or workdir / f"labels-{name}")
@@ -232,7 +235,8 @@ class Lobbyd(Proc):
         scheme = "https" if full.get("TLS_CERT") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.token = full.get("TOKEN", "") or full.get("READ_TOKEN", "")
-        super().__init__([sys.executable, "-m", "lobby"], workdir / f"lobbyd-{name}.log", full)
+        argv = [*wrapper, sys.executable, "-m", "lobby"]
+        super().__init__(argv, workdir / f"lobbyd-{name}.log", full)
 
     def client(self, timeout: float = 5.0) -> httpx.Client:
         """A client of this node's API; over HTTPS it does not check the certificate
@@ -397,6 +401,33 @@ class Broker:
 
 
 # -- fault-injection helpers (tests/faults) ------------------------------------------
+
+
+@contextlib.contextmanager
+def no_free_descriptors() -> Iterator[None]:
+    """Within the block, this process cannot open a file or socket: EMFILE, for real.
+
+    The soft RLIMIT_NOFILE is lowered to a little above what is open and the rest
+    filled with /dev/null; both are undone on exit. Keep the block short and free of
+    anything (pytest included) that needs a new descriptor.
+    """
+    import errno
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE, exc
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def rss_kb(pid: int) -> int:

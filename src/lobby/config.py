@@ -595,6 +595,31 @@ class Settings:
         """REDIS_SENTINELS as (host, port) pairs; [] when unset."""
         return parse_host_ports(self.redis_sentinels) if self.redis_sentinels else []
 
+    api_max_connections: int = setting(
+        1000,
+        "open API connections at most; past it a new connection gets 503 and is closed at once",
+        low=1,
+    )
+    api_max_watchers: int = setting(
+        500,
+        "event streams and blocking queries open at once at most (they count as connections"
+        " too); past it 503",
+        low=0,
+    )
+    api_header_timeout: float = setting(
+        10.0,
+        "seconds a client has to send a complete request line and headers; then the"
+        " connection is closed",
+        low=0.1,
+        high=3600,
+    )
+    api_idle_timeout: float = setting(
+        5.0, "seconds an idle keep-alive API connection stays open", low=0.1, high=3600
+    )
+    api_max_header_bytes: int = setting(
+        32768, "bytes of request line and headers at most; past it 431", low=1024
+    )
+
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]

@@ -101,6 +101,7 @@ class Daemon:
             "brokers": self.presence.link_stats(),  # each link, by driver name
             **self.presence.stats(),
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
+            "api": self._api.stats() if self._api is not None else None,
             "callback": (
                 {"runs": callback.runs, "last_status": callback.last_status}
                 if callback is not None
@@ -199,7 +200,8 @@ class Daemon:
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api import create_app
-        from lobby.api.server import ApiServer
+        from lobby.api.events import is_watcher
+        from lobby.api.server import ApiServer, api_limits
 
         s = self.settings
         app = create_app(
@@ -210,7 +212,9 @@ class Daemon:
             read_token=s.read_token,
             checks=self.checks.report if self.checks else None,
         )
-        self._api = ApiServer(app, sock, tls_cert=s.tls_cert, tls_key=s.tls_key)
+        self._api = ApiServer(
+            app, sock, api_limits(s), is_watcher, tls_cert=s.tls_cert, tls_key=s.tls_key
+        )
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:

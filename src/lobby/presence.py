@@ -169,6 +169,10 @@ class Presence:
             "announcements": {"sent": self.sent, "failed": self.send_failures},
             "signing": self._signing_stats(),
             "relay": self.relay.stats() if self.relay is not None else None,
+            "labels": {
+                "read_errors": self.local.read_errors,
+                "failing": sorted(self.local.failing),
+            },
         }
 
     def link_stats(self) -> dict[str, dict[str, Any]]:
@@ -388,15 +392,20 @@ class Presence:
 
     # -- local labels -------------------------------------------------------------
 
-    def _read_labels(self) -> tuple[str, ...]:
-        local = self.local.read()
+    def _read_labels(self, check_only: bool = False) -> tuple[str, ...]:
+        local = self.local.refresh() if check_only else self.local.read()
         if self._extra_labels is None:
             return local
         return tuple(sorted(set(local).union(self._extra_labels())))
 
-    def refresh_labels(self) -> bool:
-        """Re-read the labels; announce at once when they changed."""
-        labels = self._read_labels()
+    def refresh_labels(self, *, check_only: bool = False) -> bool:
+        """Re-read the labels; announce at once when they changed.
+
+        `check_only` is the periodic path: stat the label sources and re-read only what
+        changed (no file is opened per keep-alive). A source that cannot be read keeps
+        its last good labels (lobby.labels.LocalLabels).
+        """
+        labels = self._read_labels(check_only)
         if labels == self.labels:
             return False
         self.labels = labels
@@ -478,8 +487,8 @@ class Presence:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
             except TimeoutError:
-                # the periodic path: fallback label re-read, hostname, log summaries
-                self.refresh_labels()
+                # the periodic path: fallback label check, hostname, log summaries
+                self.refresh_labels(check_only=True)
                 self._garbage_log.flush()
                 self._send_log.flush()
                 self.gate.prune()

@@ -38,6 +38,20 @@ def split_list(value: str | None) -> list[str]:
     return [item for item in value.split(",") if item]
 
 
+def is_watcher(scope: Scope) -> bool:
+    """A request that may stay open: the event stream, or a GET with `index` (blocking).
+
+    Counted against API_MAX_WATCHERS (lobby.api.limits.WatcherGate) for as long as it
+    is open, whether or not the index has already moved.
+    """
+    if scope["method"] != "GET":
+        return False
+    if scope["path"] == "/v1/events":
+        return True
+    query = scope["query_string"]
+    return b"index" in query and "index" in parse_qs(query.decode("latin-1"))
+
+
 class Blocking:
     """`?index=N&wait=D` on any GET, and `X-Lobby-Index` on every answer."""
 
