@@ -9,7 +9,7 @@ stopped here, by PID.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -82,8 +82,10 @@ def make_redis(tmp_path: Path, procs: list[Proc]) -> Callable[..., RedisServer]:
 def spawn(tmp_path: Path, procs: list[Proc]) -> Callable[..., Lobbyd]:
     """Start a lobbyd: spawn("a", {"NATS_URL": ...}) -> Lobbyd (API up when it returns)."""
 
-    def start(name: str, env: Mapping[str, str], ready: bool = True) -> Lobbyd:
-        node = Lobbyd(tmp_path, env, name)
+    def start(
+        name: str, env: Mapping[str, str], ready: bool = True, wrapper: Sequence[str] = ()
+    ) -> Lobbyd:
+        node = Lobbyd(tmp_path, env, name, wrapper)
         procs.append(node)
         node.start(ready=ready)
         return node

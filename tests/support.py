@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
 NATS_SERVER = str(VENV_BIN / "nats-server")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
 
 
 def free_port() -> int:
@@ -214,7 +216,10 @@ class RedisServer(Proc):
 class Lobbyd(Proc):
     """A real lobbyd process (python -m lobby) with its own label directory."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str], name: str):
+    def __init__(
+        self, workdir: Path, env: Mapping[str, str], name: str, wrapper: Sequence[str] = ()
+    ):
+        """`wrapper`: a command that execs lobbyd, e.g. ["prlimit", "--nofile=1024:2048"]."""
         self.name = name
         self.port = int(env.get("PORT") or free_port())
         self.labels_path = Path(env.get("LABELS_PATH") or workdir / f"labels-{name}")
@@ -230,7 +235,8 @@ class Lobbyd(Proc):
         scheme = "https" if full.get("TLS_CERT") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.token = full.get("TOKEN", "") or full.get("READ_TOKEN", "")
-        super().__init__([sys.executable, "-m", "lobby"], workdir / f"lobbyd-{name}.log", full)
+        argv = [*wrapper, sys.executable, "-m", "lobby"]
+        super().__init__(argv, workdir / f"lobbyd-{name}.log", full)
 
     def client(self, timeout: float = 5.0) -> httpx.Client:
         """A client of this node's API; over HTTPS it does not check the certificate
@@ -395,6 +401,33 @@ class Broker:
 
 
 # -- fault-injection helpers (tests/faults) ------------------------------------------
+
+
+@contextlib.contextmanager
+def no_free_descriptors() -> Iterator[None]:
+    """Within the block, this process cannot open a file or socket: EMFILE, for real.
+
+    The soft RLIMIT_NOFILE is lowered to a little above what is open and the rest
+    filled with /dev/null; both are undone on exit. Keep the block short and free of
+    anything (pytest included) that needs a new descriptor.
+    """
+    import errno
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+        try:
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE, exc
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def rss_kb(pid: int) -> int:
@@ -566,3 +599,235 @@ class NatsCluster:
             if any(c.get("name") == client_name for c in conns):
                 return i
         raise AssertionError(f"{client_name} is connected to no server")
+
+
+# -- several brokers, relays, Sentinel (SPEC §15) ---------------------------------------
+
+
+class RedisSentinel(Proc):
+    """One redis-sentinel watching `master` with short timeouts, config in `workdir`."""
+
+    def __init__(self, workdir: Path, master_port: int, name: str = "mymaster") -> None:
+        self.port = free_port()
+        conf = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: a file of its own
+        conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {workdir}\n"
+            f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 5000\n"
+            f"sentinel parallel-syncs {name} 1\n"
+        )
+        super().__init__([REDIS_SENTINEL, str(conf)], workdir / f"sentinel-{self.port}.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: port_open(self.port) or not self.running, 10, what="redis-sentinel")
+        assert self.running, self.output()
+
+    def failover(self, name: str = "mymaster") -> None:
+        """SENTINEL FAILOVER: promote a replica although the master is fine."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", name)
+        finally:
+            client.close()
+
+    def master(self, name: str = "mymaster") -> dict[str, Any]:
+        import redis
+
+        client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
+        try:
+            master = client.sentinel_master(name)
+        finally:
+            client.close()
+        assert isinstance(master, dict), master
+        return master
+
+
+class SentinelSet:
+    """A Redis master, replicas and three Sentinels on loopback (all in `procs`)."""
+
+    def __init__(self, workdir: Path, procs: list[Proc], replicas: int = 1) -> None:
+        self.master = RedisServer(workdir)
+        self.replicas = [
+            RedisServer(workdir, extra=["--replicaof", "127.0.0.1", str(self.master.port)])
+            for _ in range(replicas)
+        ]
+        self.sentinels = [RedisSentinel(workdir, self.master.port) for _ in range(3)]
+        procs += [self.master, *self.replicas, *self.sentinels]
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def start(self) -> None:
+        self.master.start()
+        for replica in self.replicas:
+            replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        count = len(self.replicas)
+
+        def ready() -> bool:  # every Sentinel knows the others and the replicas
+            return all(
+                int(m["num-other-sentinels"]) == 2 and int(m["num-slaves"]) == count
+                for m in (s.master() for s in self.sentinels)
+            )
+
+        wait_for(ready, 30, interval=0.2, what="Sentinels know each other and the replicas")
+        for replica in self.replicas:
+            wait_for(functools.partial(self.synced, replica), 15, what="replica in sync")
+
+    def synced(self, server: RedisServer) -> bool:
+        """`server` replicates the current master."""
+        import redis
+
+        client = redis.Redis(port=server.port, socket_timeout=2)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return info.get("master_link_status") == "up" and info.get("master_port") == (
+            self.master_port()
+        )
+
+    def master_port(self) -> int:
+        """The master's port, as the first Sentinel tells it."""
+        return int(self.sentinels[0].master()["port"])
+
+
+class GoPeer:
+    """A Go lobbyd on a Redis channel, as bytes: its "hi" every `every` s from a thread."""
+
+    def __init__(
+        self, port: int, channel: str, hostname: str, labels: list[str], every: float = 1.0
+    ) -> None:
+        import threading
+
+        import redis
+
+        self.client = redis.Redis(port=port, socket_timeout=2)
+        self.channel = channel
+        self.hostname = hostname
+        self.labels = labels
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"go-{hostname}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.client.publish(self.channel, envelope(self.hostname, self.labels))
+            self._stop.wait(self.every)
+
+    def start(self) -> GoPeer:
+        self._thread.start()
+        return self
+
+    def stop(self, goodbye: bool = True) -> None:
+        """Stop announcing, saying goodbye first if asked; a second stop does nothing."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join(5)
+        if goodbye:
+            self.client.publish(self.channel, envelope(self.hostname, None, "goodbye"))
+        self.client.close()
+
+
+class Tap:
+    """Records every message on one NATS subject or Redis channel, raw, from a thread.
+
+    `packets()` is [(monotonic time, bytes)]. Nothing in between: a raw NATS socket, or
+    redis-py's pubsub, so what is counted is what the broker carried.
+    """
+
+    def __init__(self, broker: NatsServer | RedisServer, channel: str) -> None:
+        import threading
+
+        self.broker = broker
+        self.channel = channel
+        self._packets: list[tuple[float, bytes]] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tap", daemon=True)
+
+    def start(self) -> Tap:
+        self._thread.start()
+        assert self._ready.wait(10), "tap did not subscribe"
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def packets(self, since: float = 0.0) -> list[tuple[float, bytes]]:
+        return [(t, data) for t, data in list(self._packets) if t >= since]
+
+    def docs(self, since: float = 0.0) -> list[dict[str, Any]]:
+        import orjson
+
+        return [orjson.loads(data) for _, data in self.packets(since)]
+
+    def _run(self) -> None:
+        if isinstance(self.broker, NatsServer):
+            self._run_nats(self.broker)
+        else:
+            self._run_redis(self.broker)
+
+    def _run_redis(self, server: RedisServer) -> None:
+        import redis
+
+        client = redis.Redis(port=server.port, password=server.password)
+        pubsub = client.pubsub()
+        pubsub.subscribe(self.channel)
+        try:
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.1)
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    self._ready.set()
+                elif message["type"] == "message":
+                    self._packets.append((time.monotonic(), message["data"]))
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _run_nats(self, server: NatsServer) -> None:
+        host, port = server.url.removeprefix("nats://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.settimeout(0.1)
+            connect = b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+            sock.sendall(connect + b"SUB %s 1\r\nPING\r\n" % self.channel.encode())
+            buf = b""
+            while not self._stop.is_set():
+                try:
+                    chunk = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not chunk:
+                    return
+                buf += chunk
+                while True:
+                    end = buf.find(b"\r\n")
+                    if end < 0:
+                        break
+                    line = buf[:end]
+                    if line.startswith(b"MSG "):
+                        size = int(line.split()[-1])
+                        if len(buf) < end + 2 + size + 2:
+                            break  # the payload is not all here yet
+                        data = buf[end + 2 : end + 2 + size]
+                        self._packets.append((time.monotonic(), data))
+                        buf = buf[end + 2 + size + 2 :]
+                        continue
+                    if line == b"PING":
+                        sock.sendall(b"PONG\r\n")
+                    elif line == b"PONG":  # the SUB is in place
+                        self._ready.set()
+                    buf = buf[end + 2 :]

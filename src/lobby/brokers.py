@@ -1,4 +1,9 @@
-"""From settings to a broker driver: address, credentials and TLS (SPEC §13.3).
+"""The drivers DRIVER names, built from the settings (SPEC §7, §13.3, §15).
+
+One driver per entry of DRIVER (`NATS`, `Redis`, or both, in the order given), each
+with its own settings as with a single driver: address, credentials and TLS. With NATS
+in the list and NATS_URL empty, the embedded nats-server is started or joined first
+(SPEC §3). Redis is found through Sentinel when REDIS_SENTINELS is set.
 
 Every file named here was checked when the settings were loaded (lobby.config), so a
 missing or unreadable one has already stopped lobbyd with exit status 2. Secrets
@@ -8,14 +13,41 @@ drivers log their `address`, which holds none.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
 from lobby.config import Settings
+from lobby.drivers.base import Driver
 
 if TYPE_CHECKING:  # each client library is imported only when its driver is used
-    from lobby.drivers.nats import NatsDriver
-    from lobby.drivers.redis import RedisDriver
+    from lobby.embedded import EmbeddedNats
+
+log = logging.getLogger("lobby")
+
+
+class BrokerSetupError(Exception):
+    """A driver cannot be built (the embedded nats-server did not start)."""
+
+
+async def make_drivers(
+    settings: Settings, hostname: str
+) -> tuple[list[tuple[str, Driver]], EmbeddedNats | None]:
+    """[(name, driver), ...] in DRIVER's order, and the embedded nats-server if one runs."""
+    drivers: list[tuple[str, Driver]] = []
+    embedded = None
+    if settings.redis_sentinels and "Redis" not in settings.drivers:
+        log.warning("REDIS_SENTINELS is set but DRIVER has no Redis: it is not used")
+    for name in settings.drivers:
+        if name == "Redis":
+            drivers.append((name, redis_driver(settings)))
+            continue
+        servers = settings.nats_servers
+        if not servers:
+            embedded = await _embedded(settings)
+            servers = [embedded.url]
+        drivers.append((name, nats_driver(settings, servers, f"lobbyd {hostname}")))
+    return drivers, embedded
 
 
 def client_tls(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
@@ -41,7 +73,7 @@ def nats_options(s: Settings) -> dict[str, Any]:
     return options
 
 
-def nats_driver(s: Settings, servers: list[str], name: str) -> NatsDriver:
+def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
     from lobby.drivers.nats import NatsDriver
 
     return NatsDriver(
@@ -66,7 +98,7 @@ def redis_tls(s: Settings) -> dict[str, Any] | None:
     return options
 
 
-def redis_driver(s: Settings) -> RedisDriver:
+def redis_driver(s: Settings) -> Driver:
     from lobby.drivers.redis import RedisDriver
 
     return RedisDriver(
@@ -77,4 +109,17 @@ def redis_driver(s: Settings) -> RedisDriver:
         password=s.redis_password,
         channel=s.redis_channel,
         tls=redis_tls(s),
+        sentinels=s.sentinels,
+        sentinel_master=s.redis_sentinel_master,
     )
+
+
+async def _embedded(s: Settings) -> EmbeddedNats:
+    from lobby.embedded import EmbeddedError, EmbeddedNats
+
+    embedded = EmbeddedNats(s.embedded_nats_port)
+    try:
+        await embedded.start()
+    except (EmbeddedError, OSError) as exc:
+        raise BrokerSetupError(str(exc)) from exc
+    return embedded

@@ -10,7 +10,8 @@ Each setting is written once, as a field of `Settings`:
     keep_alive: int = setting(5, "seconds between keep-alive announcements", low=1, go=True)
 
 The field name upper-cased is the variable's name (`env=` overrides it), the annotation
-its kind (str, int, bool, float for a duration in seconds, Literal[...] for a choice).
+its kind (str, int, bool, float for a duration in seconds, Literal[...] for a choice,
+tuple[Literal[...], ...] for one or more choices, comma-separated, each at most once).
 `VARIABLES`, `load()`, `lobbyd --help` and README's table (`python -m lobby.config
 --update-readme README.md`) are all derived from these fields.
 
@@ -113,11 +114,29 @@ def _is_min_max(text: str) -> bool:
     return True
 
 
+def parse_choices(text: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+    """`NATS, redis` -> ("NATS", "Redis"): comma-separated choices, matched
+    case-insensitively, blanks ignored, in the order given; ValueError when one is
+    unknown, repeated, or none is given."""
+    by_name = {choice.lower(): choice for choice in choices}
+    out: list[str] = []
+    for item in text.split(","):
+        name = item.strip().lower()
+        if not name:
+            continue
+        if name not in by_name or by_name[name] in out:
+            raise ValueError(text)
+        out.append(by_name[name])
+    if not out:
+        raise ValueError(text)
+    return tuple(out)
+
+
 def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-Kind = Literal["str", "int", "bool", "choice", "duration"]
+Kind = Literal["str", "int", "bool", "choice", "choices", "duration"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,11 @@ class Var:
             return "a boolean (1, t, true, 0, f, false, ...)"
         if self.kind == "choice":
             return " or ".join(self.choices) + " (case-insensitive)"
+        if self.kind == "choices":
+            return (
+                " or ".join(self.choices)
+                + ", or several comma-separated, each once (case-insensitive)"
+            )
         if self.kind == "int":
             if self.high is not None:
                 return f"an integer from {self.low} to {self.high}"
@@ -174,6 +198,8 @@ class Var:
                 value = parse_duration(raw)
             elif self.kind == "choice":
                 value = next(c for c in self.choices if c.lower() == raw.lower())
+            elif self.kind == "choices":
+                value = parse_choices(raw, self.choices)
         except (ValueError, StopIteration):
             raise ConfigError(self.name, shown, self.expected()) from None
         try:
@@ -192,12 +218,16 @@ class Var:
         """The default as a user would write it; `empty` for the empty string."""
         if isinstance(self.default, bool):
             return str(self.default).lower()
+        if isinstance(self.default, tuple):
+            return ",".join(self.default) or empty
         if self.kind == "duration":
             return _seconds(self.default)
         return str(self.default) if self.default != "" else empty
 
     def constraint(self) -> str:
         """The valid range or choices in a few words, "" when there is nothing to say."""
+        if self.kind == "choices":
+            return ", ".join(self.choices)
         if self.choices:
             head, last = self.choices[:-1], self.choices[-1]
             return f"{', '.join(head)} or {last}" if head else last
@@ -330,6 +360,35 @@ _FILE = "a readable file"
 _PEM = "a readable PEM file"
 
 
+def parse_host_ports(text: str) -> list[tuple[str, int]]:
+    """`a:26379, [::1]:26380` -> [("a", 26379), ("::1", 26380)]; ValueError when malformed."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        bare_ipv6 = ":" in host and not item.startswith("[")
+        if not sep or not host or bare_ipv6 or not port.isdigit():
+            raise ValueError(item)
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(item)
+        out.append((host, int(port)))
+    if not out:
+        raise ValueError(text)
+    return out
+
+
+def _host_ports(text: str) -> bool:
+    try:
+        parse_host_ports(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Typed, validated settings of one lobbyd: the one place each variable is declared."""
@@ -338,7 +397,13 @@ class Settings:
     host: str = setting("127.0.0.1", "HTTP listen address", go=True)
     port: int = setting(1313, "HTTP listen port", low=1, high=65535, go=True)
     disable_api: bool = setting(False, "run without the HTTP server", go=True)
-    driver: Literal["NATS", "Redis"] = setting("NATS", "broker driver", go=True)
+    drivers: tuple[Literal["NATS", "Redis"], ...] = setting(
+        ("NATS",),
+        "broker driver; new: several, comma-separated (NATS,Redis), to announce and listen on"
+        " each at once",
+        env="DRIVER",
+        go=True,
+    )
     nats_url: str = setting(
         "",
         "NATS URL (nats://, tls://, user:password@ allowed), or several comma-separated for"
@@ -509,6 +574,52 @@ class Settings:
                     name, value, "REDIS_TLS=true beside it (it is used only over TLS)"
                 )
 
+    relay: bool = setting(
+        False,
+        "with several drivers, forward every packet heard on one to the others, marked with"
+        " this node's hostname",
+    )
+    redis_sentinels: str = setting(
+        "",
+        "Redis Sentinels (host:port, comma-separated) to ask for the master and follow its"
+        " failovers; replaces REDIS_HOST and REDIS_PORT",
+        check=_host_ports,
+        must_be="host:port pairs, comma-separated ([::1]:26379 for IPv6)",
+    )
+    redis_sentinel_master: str = setting(
+        "mymaster", "name of the master the REDIS_SENTINELS monitor"
+    )
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs; [] when unset."""
+        return parse_host_ports(self.redis_sentinels) if self.redis_sentinels else []
+
+    api_max_connections: int = setting(
+        1000,
+        "open API connections at most; past it a new connection gets 503 and is closed at once",
+        low=1,
+    )
+    api_max_watchers: int = setting(
+        500,
+        "event streams and blocking queries open at once at most (they count as connections"
+        " too); past it 503",
+        low=0,
+    )
+    api_header_timeout: float = setting(
+        10.0,
+        "seconds a client has to send a complete request line and headers; then the"
+        " connection is closed",
+        low=0.1,
+        high=3600,
+    )
+    api_idle_timeout: float = setting(
+        5.0, "seconds an idle keep-alive API connection stays open", low=0.1, high=3600
+    )
+    api_max_header_bytes: int = setting(
+        32768, "bytes of request line and headers at most; past it 431", low=1024
+    )
+
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
@@ -558,6 +669,14 @@ def _check_ca(path: str, var: str) -> None:
 def _kind(name: str, hint: Any) -> tuple[Kind, tuple[str, ...]]:
     if typing.get_origin(hint) is Literal:
         return "choice", tuple(str(choice) for choice in typing.get_args(hint))
+    args = typing.get_args(hint)
+    if (
+        typing.get_origin(hint) is tuple
+        and len(args) == 2
+        and args[1] is Ellipsis
+        and typing.get_origin(args[0]) is Literal
+    ):
+        return "choices", tuple(str(choice) for choice in typing.get_args(args[0]))
     kinds: dict[Any, Kind] = {str: "str", int: "int", bool: "bool", float: "duration"}
     if hint not in kinds:
         raise TypeError(f"Settings.{name}: unsupported type {hint!r}")
@@ -634,7 +753,14 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-_TYPE_NAMES = {"str": "string", "int": "int", "bool": "bool", "choice": "", "duration": "duration"}
+_TYPE_NAMES = {
+    "str": "string",
+    "int": "int",
+    "bool": "bool",
+    "choice": "",
+    "choices": "one or more of",
+    "duration": "duration",
+}
 README_START = "<!-- settings:start -->"
 README_END = "<!-- settings:end -->"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from lobby import __version__
@@ -36,6 +36,7 @@ class Daemon:
         settings: Settings,
         *,
         driver: Driver | None = None,
+        drivers: Sequence[tuple[str, Driver]] = (),
         clock: Clock = SYSTEM_CLOCK,
         system_hostname: Callable[[], str] = socket.gethostname,
     ) -> None:
@@ -51,7 +52,8 @@ class Daemon:
             extra_labels=self.checks.passing_labels if self.checks else None,
         )
         self.feed = ChangeFeed(self.registry)
-        self.driver = driver
+        # given (tests) or built from DRIVER at run(); `driver` is the first DRIVER's
+        self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
         self.embedded: Any = None
         self.callback: Any = None
         self.templates: Any = None
@@ -71,6 +73,11 @@ class Daemon:
     def own_discovery(self) -> Discovery:
         return self.presence.own_discovery()
 
+    @property
+    def driver(self) -> Driver | None:
+        """The first driver: the only one with a single DRIVER."""
+        return self.drivers[0][1] if self.drivers else None
+
     async def add_labels(self, labels: list[str]) -> None:
         await self.presence.add_labels(labels)
 
@@ -78,7 +85,6 @@ class Daemon:
         await self.presence.delete_labels(labels)
 
     def stats(self) -> dict[str, Any]:
-        driver = self.driver
         callback = self.callback
         return {
             "hostname": self.hostname,
@@ -86,14 +92,16 @@ class Daemon:
             "uptime": round(self.clock.wall() - self.started, 3),
             "nodes": len(self.registry),
             "index": self.registry.index,
-            "broker": {
-                "driver": self.settings.driver,
-                "address": driver.address if driver else "",
-                "connected": bool(driver and driver.connected),
+            "broker": {  # every link at once; one driver: exactly that driver's link
+                "driver": ",".join(name for name, _ in self.drivers),
+                "address": ", ".join(driver.address for _, driver in self.drivers),
+                "connected": self.presence.connected,
                 "expiry_paused": self.registry.paused,
             },
+            "brokers": self.presence.link_stats(),  # each link, by driver name
             **self.presence.stats(),
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
+            "api": self._api.stats() if self._api is not None else None,
             "callback": (
                 {"runs": callback.runs, "last_status": callback.last_status}
                 if callback is not None
@@ -155,17 +163,22 @@ class Daemon:
                     sock.close()
                 return 1
         try:
-            if self.driver is None:
-                self.driver = await self._make_driver()
-                if self.driver is None:
+            if not self.drivers:
+                from lobby.brokers import BrokerSetupError, make_drivers
+
+                try:
+                    self.drivers, self.embedded = await make_drivers(s, self.hostname)
+                except BrokerSetupError as exc:
+                    log.error("%s", exc)
                     return 1
-            log.info("broker: %s %s", s.driver, self.driver.address)
-            await self.presence.start([(s.driver, self.driver)])
+            for name, driver in self.drivers:
+                log.info("broker: %s %s", name, driver.address)
+            await self.presence.start(self.drivers)
             if self.embedded is not None:
                 from lobby.embedded import keep_serving
 
-                driver = self.driver
-                self._spawn(keep_serving(self.embedded, lambda: driver.connected), "embedded")
+                nats = dict(self.drivers)["NATS"]
+                self._spawn(keep_serving(self.embedded, lambda: nats.connected), "embedded")
             for name, loop in self.presence.loops().items():
                 self._spawn(loop, name)
             self._spawn(self.presence.watch_labels(self._stopping), "label-watch")
@@ -185,30 +198,10 @@ class Daemon:
             await self._shutdown()
         return self.exit_status
 
-    async def _make_driver(self) -> Driver | None:
-        s = self.settings
-        if s.driver == "Redis":
-            from lobby.brokers import redis_driver
-
-            return redis_driver(s)
-        from lobby.brokers import nats_driver
-
-        servers = s.nats_servers
-        if not servers:
-            from lobby.embedded import EmbeddedError, EmbeddedNats
-
-            self.embedded = EmbeddedNats(s.embedded_nats_port)
-            try:
-                await self.embedded.start()
-            except (EmbeddedError, OSError) as exc:
-                log.error("%s", exc)
-                return None
-            servers = [self.embedded.url]
-        return nats_driver(s, servers, f"lobbyd {self.hostname}")
-
     def _start_api(self, sock: socket.socket) -> None:
+        from lobby.api.blocking import is_watcher
         from lobby.api.fast import create_fast_app
-        from lobby.api.server import ApiServer
+        from lobby.api.server import ApiServer, api_limits
 
         s = self.settings
         app = create_fast_app(
@@ -219,7 +212,9 @@ class Daemon:
             read_token=s.read_token,
             checks=self.checks.report if self.checks else None,
         )
-        self._api = ApiServer(app, sock, tls_cert=s.tls_cert, tls_key=s.tls_key)
+        self._api = ApiServer(
+            app, sock, api_limits(s), is_watcher, tls_cert=s.tls_cert, tls_key=s.tls_key
+        )
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:

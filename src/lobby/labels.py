@@ -14,7 +14,9 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Final
 
+from lobby._ratelimit import RateLimitedLog
 from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import LabelError, clean_label, label_problem
 
@@ -66,53 +68,200 @@ def parse_label_body(text: str) -> list[str]:
     return labels
 
 
+def _skipped(name: str) -> bool:
+    """Hidden files and editors' / our own temporary files are not label files."""
+    return name.startswith(".") or name.endswith((".tmp", "~"))
+
+
 def read_label_dir(path: Path) -> list[str]:
-    """Labels of every regular, non-hidden file in `path`; [] when it is missing."""
-    try:
-        entries = sorted(os.scandir(path), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    except OSError as exc:
-        log.warning("cannot list label directory %s: %s", path, exc)
-        return []
-    out: list[str] = []
-    for entry in entries:
-        if entry.name.startswith(".") or entry.name.endswith((".tmp", "~")):
-            continue
-        try:
-            if not entry.is_file():
-                continue
-            with open(entry.path, encoding="utf-8", errors="replace") as fh:
-                out.extend(parse_label_lines(fh.read()))
-        except OSError as exc:
-            log.warning("cannot read label file %s: %s", entry.path, exc)
-    return out
+    """Labels of every regular, non-hidden file in `path`; [] when it is missing.
+
+    A one-shot read with no memory: a file or directory that cannot be read
+    contributes nothing. The daemon uses `LocalLabels`, which keeps the last good
+    content of a source that fails to read.
+    """
+    return list(LocalLabels((), path, ".none").read())
+
+
+_Stamp = tuple[object, ...]
+_DIR: Final = "."  # the directory itself, as a source name in `failing`
 
 
 class LocalLabels:
-    """The union of LABELS and the label directory, re-read on demand."""
+    """The union of LABELS and the label directory, re-read on demand.
 
-    def __init__(self, env_labels: Iterable[str], path: str | Path, runtime_name: str) -> None:
+    Labels never vanish on an I/O error. Each source -- the directory listing and
+    every label file, the runtime file included -- keeps its last good content when
+    it cannot be read for any reason but "it does not exist" (EACCES, EIO, EMFILE on
+    a node whose descriptors an attacker holds, an NFS hiccup). Only a read that
+    succeeds and shows a file or the directory gone removes its labels. Each failed
+    read is counted (`read_errors`, `failing`: plain attributes for /v1/stats and
+    /metrics) and logged when a source starts failing, rate-limited.
+
+    `read()` re-reads everything (a watcher event, the API, start-up). `refresh()`
+    is the periodic path, run every KEEP_ALIVE: it only stats the directory and the
+    files it knows (a stat needs no file descriptor) and re-reads when something
+    changed or the last read failed, so nothing is opened per keep-alive.
+    """
+
+    def __init__(
+        self,
+        env_labels: Iterable[str],
+        path: str | Path,
+        runtime_name: str,
+    ) -> None:
         self.env_labels = tuple(env_labels)
         self.path = Path(path)
-        self.runtime = RuntimeLabels(self.path / runtime_name)
+        self.runtime = RuntimeLabels(self.path / runtime_name, on_write=self._runtime_written)
+        self.read_errors = 0  # failed reads of any source, counted per source and attempt
+        self.failing: set[str] = set()  # sources currently held at their last good content
+        self._files: dict[str, tuple[str, ...]] = {}  # last good content per file name
+        self._names: tuple[str, ...] = ()  # every label file name the last listing showed
+        self._stamp: _Stamp | None = None  # what the last complete read saw; None: re-read
+        self._log = RateLimitedLog(log, burst=5, every=60)
+
+    def current(self) -> tuple[str, ...]:
+        """The labels as last read, without touching the disk."""
+        union = set(self.env_labels)
+        for labels in self._files.values():
+            union.update(labels)
+        return tuple(sorted(union))
 
     def read(self) -> tuple[str, ...]:
-        return tuple(sorted(set(self.env_labels).union(read_label_dir(self.path))))
+        """Re-read the directory and every label file; see the class docstring."""
+        # Stat before reading (the directory before listing it, the files before
+        # opening them): a change made during the read shows at the next check.
+        dir_stamp = self._dir_stamp()
+        try:
+            with os.scandir(self.path) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # a successful read: it is gone
+            self._files = {}
+            self._names = ()
+            self.failing.clear()
+            self._stamp = (dir_stamp, ()) if dir_stamp is not None else None
+            return self.current()
+        except OSError as exc:
+            self._failed(_DIR, f"cannot list label directory {self.path}", exc)
+            self._stamp = None
+            return self.current()
+        self._recovered(_DIR)
+        names: list[str] = []
+        errors: dict[str, OSError] = {}
+        for entry in entries:
+            if _skipped(entry.name):
+                continue
+            try:
+                if not entry.is_file():  # a directory, a dangling link: not a label file
+                    continue
+            except OSError as exc:  # cannot even stat it: unreadable, not gone
+                errors[entry.name] = exc
+            names.append(entry.name)
+        self._names = tuple(names)
+        file_stamps = self._file_stamps()
+        files: dict[str, tuple[str, ...]] = {}
+        for name in names:
+            path = self.path / name
+            try:
+                if name in errors:
+                    raise errors[name]
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read()
+            except FileNotFoundError:  # removed since the listing: gone
+                continue
+            except OSError as exc:
+                errors[name] = exc
+                self._failed(name, f"cannot read label file {path}", exc)
+                if name in self._files:
+                    files[name] = self._files[name]
+                continue
+            files[name] = tuple(parse_label_lines(text))
+            self._recovered(name)
+        self.failing.intersection_update({_DIR, *names})
+        self._files = files
+        # a read that failed somewhere is retried at the next check
+        ok = not errors and dir_stamp is not None and file_stamps is not None
+        self._stamp = (dir_stamp, file_stamps) if ok else None
+        return self.current()
+
+    def refresh(self) -> tuple[str, ...]:
+        """The periodic check: re-read only when a stat shows a change or a failure."""
+        if self._stamp is not None:
+            now = (self._dir_stamp(), self._file_stamps())
+            if None not in now and now == self._stamp:
+                return self.current()
+        return self.read()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _dir_stamp(self) -> _Stamp | None:
+        """What stat says of the directory (a stat needs no descriptor); None: unknown."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return ("missing",)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+    def _file_stamps(self) -> _Stamp | None:
+        """What stat says of each file the last listing showed; None: unknown."""
+        files: list[object] = []
+        for name in self._names:
+            try:
+                fs = os.stat(self.path / name)
+            except FileNotFoundError:
+                files.append((name, None))
+                continue
+            except OSError:
+                return None
+            files.append((name, fs.st_ino, fs.st_size, fs.st_mtime_ns, fs.st_ctime_ns))
+        return tuple(files)
+
+    def _failed(self, source: str, what: str, exc: OSError) -> None:
+        self.read_errors += 1
+        if source in self.failing:
+            return  # already reported; counted
+        self.failing.add(source)
+        self._log(
+            logging.WARNING,
+            "%s: %s; keeping its last good labels until it can be read",
+            what,
+            exc.strerror or exc,
+        )
+
+    def _recovered(self, source: str) -> None:
+        if source in self.failing:
+            self.failing.discard(source)
+            where = self.path if source == _DIR else self.path / source
+            log.info("label source %s can be read again", where)
+
+    def _runtime_written(self, labels: list[str]) -> None:
+        """The runtime file now holds exactly `labels` (we just wrote or read it)."""
+        if _skipped(self.runtime.path.name):
+            return  # a hidden runtime file is not read as a label file either
+        self._files[self.runtime.path.name] = tuple(labels)
+        self._stamp = None  # its stat changed: the next check re-reads
 
 
 class RuntimeLabels:
     """The runtime label file, managed through the API."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_write: Callable[[list[str]], None] | None = None) -> None:
         self.path = path
         self._lock = asyncio.Lock()
+        self._on_write = on_write  # told the file's content after every add or delete
 
     def remove_stale_temp_files(self) -> None:
         """Remove temporary files that a write killed mid-way left (at startup only)."""
         remove_stale_temp_files(self.path)
 
     def read(self) -> list[str]:
+        """The file's labels; [] when it does not exist.
+
+        Any other OSError is raised: a read-modify-write must not start from nothing
+        because the file could not be read (the API answers 500 and writes nothing).
+        """
         try:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except (FileNotFoundError, NotADirectoryError):  # no file, no runtime labels
@@ -125,23 +274,29 @@ class RuntimeLabels:
         """Add labels; `check(new_runtime_labels)` may refuse them with LabelError."""
         new = list(labels)
         async with self._lock:
-            await asyncio.to_thread(self._update, new, [], check)
+            written = await asyncio.to_thread(self._update, new, [], check)
+            if self._on_write is not None:
+                self._on_write(written)
 
     async def delete(self, labels: Iterable[str]) -> None:
         gone = list(labels)
         async with self._lock:
-            await asyncio.to_thread(self._update, [], gone, None)
+            written = await asyncio.to_thread(self._update, [], gone, None)
+            if self._on_write is not None:
+                self._on_write(written)
 
     def _update(
         self, add: list[str], delete: list[str], check: Callable[[list[str]], None] | None
-    ) -> None:
+    ) -> list[str]:
+        """Apply the change; returns the labels the file holds afterwards."""
         current = self.read()
         merged = sorted((set(current) | set(add)) - set(delete))
         if check is not None:
             check(merged)
         if merged == sorted(set(current)):  # nothing to change: no write, no mkdir
-            return
+            return merged
         write_atomic(self.path, "".join(label + "\n" for label in merged))
+        return merged
 
 
 __all__ = [
@@ -162,24 +317,40 @@ async def watch_label_dir(
     """Call `changed()` whenever the label directory may have changed, until `stopping`.
 
     watchfiles debounces a burst of edits into one call (50 ms); a directory that does
-    not exist yet is polled every 0.5 s until it appears. The announcer also re-reads
-    every KEEP_ALIVE, so a missed event costs at most one keep-alive.
+    not exist yet is polled every 0.5 s until it appears. The announcer also checks
+    every KEEP_ALIVE, so a missed event costs at most one keep-alive. A watch that
+    cannot start (EMFILE: no descriptor for inotify) is retried with back-off, 0.5 s
+    doubling to 10 s, with one rate-limited warning.
     """
     from watchfiles import awatch
 
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
+    fail_log = RateLimitedLog(log, burst=1, every=300)
+    delay = 0.5
+    loop = asyncio.get_running_loop()
     while True:
         if not is_dir():
             await asyncio.sleep(0.5)
             if is_dir():
                 changed()
             continue
+        started = loop.time()
         try:
             async for _ in awatch(path, debounce=50, step=25, recursive=False, stop_event=stopping):
                 changed()
-        except (OSError, RuntimeError) as exc:
+        except OSError as exc:
+            if is_dir():
+                fail_log(
+                    logging.WARNING,
+                    "cannot watch label directory %s: %s; checking it every KEEP_ALIVE "
+                    "and retrying the watch",
+                    path,
+                    exc.strerror or exc,
+                )
+        except RuntimeError as exc:
             log.debug("label directory watch ended: %s", exc)
         if stopping.is_set():
             return
+        delay = 0.5 if loop.time() - started > 10 else min(delay * 2, 10.0)
         changed()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(delay)

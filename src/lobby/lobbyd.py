@@ -71,6 +71,35 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def raise_open_file_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does for every
+    Go program, and log the figure: 1,024 (systemd's default soft limit) is too few for
+    API_MAX_CONNECTIONS plus the broker, the label files and inotify.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or (soft != resource.RLIM_INFINITY and soft < hard):
+        target = hard
+        if hard == resource.RLIM_INFINITY:  # Linux refuses more than fs.nr_open
+            try:
+                with open("/proc/sys/fs/nr_open") as fh:
+                    target = int(fh.read())
+            except (OSError, ValueError):
+                target = soft
+        if target > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
+            else:
+                log.info("open file limit raised from %d to %d (the hard limit)", soft, target)
+                return
+    log.info("open file limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
+
+
 async def _main(settings: Settings) -> int:
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
@@ -105,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     settings = load_settings(os.environ)
     setup_logging(settings.log_level)
+    raise_open_file_limit()
     try:
         import uvloop
 

@@ -58,8 +58,8 @@ class Discovery:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs a setattr call per field,
+class Envelope:  # and one is built per packet on the hot path
     """A decoded message. `ts` and `sig` are set when the sender signed it (SPEC §13.1);
     `wire_labels` are then the labels as they were on the wire, sorted by code point
     (what the signature covers), usually the very tuple `discovery.labels` is."""
@@ -69,6 +69,10 @@ class Envelope:
     ts: int = 0
     sig: str | None = None
     wire_labels: tuple[str, ...] = ()
+    # SPEC §15: the hostname of the relay that forwarded this packet from another broker;
+    # None when the packet has no "relay" field, "" when it has one that is not a string
+    # (still relayed: never forwarded again)
+    relay: str | None = None
 
 
 def label_problem(label: str) -> str | None:
@@ -166,15 +170,18 @@ def _signed_goodbye_labels(raw: object) -> tuple[str, ...]:
 
 
 # What decode_packet returns: message, hostname, labels (sorted, unique), the wire's
-# labels sorted by code point, ts, sig (None: unsigned; "": malformed signature fields).
-Packet = tuple[Literal["hi", "goodbye"], str, tuple[str, ...], tuple[str, ...], int, "str | None"]
+# labels sorted by code point, ts, sig (None: unsigned; "": malformed signature
+# fields), relay (as Envelope.relay).
+Packet = tuple[
+    Literal["hi", "goodbye"], str, tuple[str, ...], tuple[str, ...], int, "str | None", "str | None"
+]
 Known = Callable[[str], "tuple[str, ...] | None"]
 
 
 def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     """Parse and validate one message from the broker; raises PacketError."""
-    message, hostname, labels, wire, ts, sig = decode_packet(data)
-    return Envelope(message, Discovery(hostname, labels, 0), ts, sig, wire)
+    message, hostname, labels, wire, ts, sig, relay = decode_packet(data)
+    return Envelope(message, Discovery(hostname, labels, 0), ts, sig, wire, relay)
 
 
 def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | None = None) -> Packet:
@@ -220,14 +227,17 @@ def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | Non
     else:
         labels = ()
         wire = _signed_goodbye_labels(body.get("labels")) if sig is not None else ()
+    relay = None
+    if "relay" in doc:
+        relay = doc["relay"] if type(doc["relay"]) is str else ""
     if sig is None:
-        return message, hostname, labels, wire, 0, None
+        return message, hostname, labels, wire, 0, None, relay
     ts = doc.get("ts")
     if type(sig) is not str or type(ts) is not int:
         # malformed signature fields: keep it marked as signed, so that it fails
         # verification instead of passing for an unsigned packet
-        return message, hostname, labels, wire, 0, ""
-    return message, hostname, labels, wire, ts, sig
+        return message, hostname, labels, wire, 0, "", relay
+    return message, hostname, labels, wire, ts, sig, relay
 
 
 def encode_envelope(
@@ -291,6 +301,27 @@ def decode_sync(data: bytes | bytearray | memoryview | str) -> SyncRequest:
     if type(sig) is not str or type(ts) is not int:
         return SyncRequest(hostname, 0, "")
     return SyncRequest(hostname, ts, sig)
+
+
+# -- relays (SPEC §15) -------------------------------------------------------------------
+
+
+def add_relay(data: bytes, hostname: str) -> bytes:
+    """`data` (a JSON object) with a top-level `"relay": hostname` added, every other byte
+    kept as it was, so a signature over the rest still verifies."""
+    body = data.rstrip()
+    if not body.endswith(b"}"):
+        raise PacketError("bad_shape", "not a JSON object")
+    return body[:-1] + b',"relay":' + orjson.dumps(hostname) + b"}"
+
+
+def is_relayed(data: bytes | bytearray | memoryview | str) -> bool:
+    """Whether a packet already has a top-level "relay" field (False for garbage)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return type(doc) is dict and "relay" in doc
 
 
 _PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE

@@ -11,12 +11,17 @@ It is built from settings, a registry, a clock and, at `start`, a list of driver
   link is up, and when our own "hi" last came back through it. A TCP link can look
   open while nothing flows (a frozen broker), so an echo silent for 2 x KEEP_ALIVE
   counts as down too.
-- Expiry is paused while any link is unhealthy, from the last moment we heard
-  ourselves through it: an outage on our side expires nobody. (With one driver this
-  is exactly SPEC §3; with several, §15 refines it per record.)
+- An unhealthy link pauses expiry for the nodes heard last through it (the
+  registry keeps one clock per link), from the last moment we heard ourselves
+  through it: an outage on our side expires nobody. With one driver this is exactly
+  SPEC §3; with several (§15), nodes refreshed through a live link expire normally.
+- With RELAY=true, every valid packet heard on one link is also forwarded to the
+  others (`lobby.relay`); each Link counts what it received and announced, so stats
+  and metrics can show them per driver.
 - With SIGNING_KEYS (SPEC §13.1) every packet we send, sync requests included, is
   signed, and every packet we hear passes `lobby.signing.Gate` before it may touch
-  the registry; what the gate refuses is counted under its reason in `rejected`.
+  the registry (and before a relay may forward it); what the gate refuses is counted
+  under its reason in `rejected`.
 - It never touches HTTP or the feed; the daemon wires it, the API calls its methods.
 - `extra_labels`, when given, adds labels that come from elsewhere: the passing
   health-checked labels (`lobby.checks`), whose owner calls `refresh_labels()` when they
@@ -52,8 +57,10 @@ from lobby.model import (
     decode_sync,
     encode_envelope,
     encode_sync,
+    is_relayed,
 )
 from lobby.registry import Registry
+from lobby.relay import Relay
 from lobby.signing import DUPLICATE, Gate, Keyring, parse_keys, parse_keys_file
 
 log = logging.getLogger("lobby")
@@ -67,13 +74,23 @@ class Link:
 
     name: str
     driver: Driver
+    index: int = 0  # the registry's number for this link (its own liveness clock)
     up: bool = False
     echo_ok: bool = True
     heard_self: float = 0.0  # clock.monotonic() when our own "hi" last came back
+    # counters, per driver (GET /v1/stats "brokers", metrics' `driver` label)
+    received: int = 0  # packets on the main topic, valid or not
+    announcements: int = 0  # our hi/goodbye handed to this broker
+    send_failures: int = 0
 
     @property
     def healthy(self) -> bool:
         return self.up and self.echo_ok
+
+    @property
+    def dropped(self) -> int:
+        """Messages the broker client dropped because we fell behind (slow consumer)."""
+        return self.driver.dropped
 
 
 class Presence:
@@ -102,11 +119,9 @@ class Presence:
         self._extra_labels = extra_labels
         self.labels = self._read_labels()
         self.links: list[Link] = []
-        # counters (GET /v1/stats)
-        self.received = 0
+        # counters (GET /v1/stats); received, sent and send_failures are per Link
         self.rejected: Counter[str] = Counter()
-        self.sent = 0
-        self.send_failures = 0
+        self.relay = Relay(lambda: self.hostname) if settings.relay else None
         self._wake = asyncio.Event()
         self._leaving = False  # after our goodbye, never another "hi"
         self._sync_pending = False
@@ -131,16 +146,49 @@ class Presence:
     def connected(self) -> bool:
         return bool(self.links) and all(link.driver.connected for link in self.links)
 
+    @property
+    def received(self) -> int:
+        return sum(link.received for link in self.links)
+
+    @property
+    def sent(self) -> int:
+        return sum(link.announcements for link in self.links)
+
+    @property
+    def send_failures(self) -> int:
+        return sum(link.send_failures for link in self.links)
+
     def stats(self) -> dict[str, Any]:
         return {
             "packets": {
                 "received": self.received,
                 "rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(sorted(self.rejected.items())),
-                "dropped_slow_consumer": sum(link.driver.dropped for link in self.links),
+                "dropped_slow_consumer": sum(link.dropped for link in self.links),
             },
             "announcements": {"sent": self.sent, "failed": self.send_failures},
             "signing": self._signing_stats(),
+            "relay": self.relay.stats() if self.relay is not None else None,
+            "labels": {
+                "read_errors": self.local.read_errors,
+                "failing": sorted(self.local.failing),
+            },
+        }
+
+    def link_stats(self) -> dict[str, dict[str, Any]]:
+        """Each driver's link, by driver name (GET /v1/stats "brokers", health)."""
+        return {
+            link.name: {
+                "address": link.driver.address,
+                "connected": link.driver.connected,
+                "echo_ok": link.echo_ok,
+                "expiry_paused": self.registry.link_paused(link.index),
+                "received": link.received,
+                "announcements": link.announcements,
+                "announcements_failed": link.send_failures,
+                "dropped_slow_consumer": link.dropped,
+            }
+            for link in self.links
         }
 
     def _signing_stats(self) -> dict[str, Any]:
@@ -163,13 +211,28 @@ class Presence:
         """Connect every driver in the background and listen on each."""
         now = self.clock.monotonic()
         for name, driver in drivers:
-            link = Link(name, driver, heard_self=now)
+            # link 0 is the registry's own, paused since __init__; each further link gets
+            # a clock of its own, paused until its driver reports the link up
+            index = self.registry.add_link() if self.links else 0
+            self.registry.pause(index)
+            link = Link(name, driver, index, heard_self=now)
             self.links.append(link)
+            if self.relay is not None:
+                self.relay.add_link(name, driver)
+            # one number for a link: its place here, in the registry and in the relay
+            assert index == len(self.links) - 1, "the registry had links of its own"
+        for link in self.links:  # every link known before the first packet arrives
+            driver = link.driver
             await driver.start(partial(self.on_message, link), partial(self.on_link, link))
+        if self.relay is not None and len(self.links) < 2:
+            log.warning("RELAY=true with a single driver: there is nothing to relay to")
 
     def loops(self) -> dict[str, Any]:
         """The coroutines that must run as long as the node does, by name."""
-        return {"announcer": self._announcer(), "echo-watchdog": self._echo_watchdog()}
+        loops = {"announcer": self._announcer(), "echo-watchdog": self._echo_watchdog()}
+        if self.relay is not None:
+            loops["relay"] = self.relay.run()
+        return loops
 
     async def watch_labels(self, stopping: asyncio.Event) -> None:
         """Re-read the labels whenever the label directory changes."""
@@ -198,12 +261,16 @@ class Presence:
 
     def on_message(self, link: Link, topic: Topic, data: bytes) -> None:
         if topic == "sync":
-            self._on_sync(data)
+            self._on_sync(link, data)
             return
-        self.received += 1
+        link.received += 1
+        if self.relay is not None and self.relay.own_copy(data):
+            return  # a packet we relayed, back to us: we applied the original on its link
         registry = self.registry
         try:
-            message, hostname, labels, wire, ts, sig = decode_packet(data, registry.labels_of)
+            message, hostname, labels, wire, ts, sig, relay = decode_packet(
+                data, registry.labels_of
+            )
         except PacketError as exc:
             self.rejected[exc.reason] += 1
             self._garbage_log(
@@ -222,8 +289,13 @@ class Presence:
                 elif message == HI and hostname == self.hostname:
                     self._heard_self(link)  # our own packet, back through another way
                 return
+        # SPEC §15 relays; keep this after every check a packet must pass (signatures):
+        # only valid packets are forwarded, never one a relay forwarded already, never
+        # our own (it went out on every link)
+        if self.relay is not None and relay is None and hostname != self.hostname:
+            self.relay.forward(link.index, "discovery", data)
         if message == HI:
-            registry.refresh(hostname, labels)
+            registry.refresh(hostname, labels, link.index)
             if hostname == self.hostname:
                 self._heard_self(link)
         else:
@@ -232,9 +304,9 @@ class Presence:
     def _heard_self(self, link: Link) -> None:
         link.heard_self = self.clock.monotonic()
         if not link.echo_ok:
-            log.info("our own announcements come back again; resuming expiry")
+            log.info("our own announcements come back through %s again; resuming expiry", link.name)
             link.echo_ok = True
-            self._update_pause()
+            self._update_pause(link)
 
     def _refused(self, reason: str, message: str, hostname: str) -> None:
         self._garbage_log(
@@ -256,7 +328,7 @@ class Presence:
             # and ask every peer to announce itself too, instead of waiting for their
             # next keep-alive (fast join; Go peers never see the sync topic)
             self._in_background(self._request_sync(link))
-        self._update_pause()
+        self._update_pause(link)
 
     def _in_background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -270,7 +342,7 @@ class Presence:
         except DriverError as exc:
             log.debug("cannot ask peers to sync: %s", exc)
 
-    def _on_sync(self, data: bytes) -> None:
+    def _on_sync(self, link: Link, data: bytes) -> None:
         try:
             request = decode_sync(data)
         except PacketError as exc:
@@ -284,6 +356,10 @@ class Presence:
                 if reason != DUPLICATE:
                     self._refused(reason, "sync", requester)
                 return
+        # a relay passes a peer's request on, so peers behind other brokers answer too;
+        # never one already relayed, never our own (we asked on the link that needed it)
+        if self.relay is not None and requester != self.hostname and not is_relayed(data):
+            self.relay.forward(link.index, "sync", data)
         if requester == self.hostname or not self.settings.announce or self._sync_pending:
             return
         # a random delay spreads the answers of a large cluster over SYNC_SPREAD seconds;
@@ -295,27 +371,33 @@ class Presence:
         self._sync_pending = False
         self._wake.set()
 
-    def _update_pause(self) -> None:
-        unhealthy = [link for link in self.links if not link.healthy]
-        if self.links and not unhealthy:
-            self.registry.resume()
-        elif self.settings.announce and unhealthy:
+    def _update_pause(self, link: Link) -> None:
+        """Run or stop `link`'s clock in the registry: each link pauses only the expiry
+        of the nodes heard last through it (SPEC §15; with one link, SPEC §3)."""
+        if link.healthy:
+            self.registry.resume(link.index)
+        elif self.settings.announce:
             # from the last sign the link worked: our own "hi" coming back to us
-            self.registry.pause(since=min(link.heard_self for link in unhealthy))
+            self.registry.pause(link.index, since=link.heard_self)
         else:
-            self.registry.pause()
+            self.registry.pause(link.index)
 
     # -- local labels -------------------------------------------------------------
 
-    def _read_labels(self) -> tuple[str, ...]:
-        local = self.local.read()
+    def _read_labels(self, check_only: bool = False) -> tuple[str, ...]:
+        local = self.local.refresh() if check_only else self.local.read()
         if self._extra_labels is None:
             return local
         return tuple(sorted(set(local).union(self._extra_labels())))
 
-    def refresh_labels(self) -> bool:
-        """Re-read the labels; announce at once when they changed."""
-        labels = self._read_labels()
+    def refresh_labels(self, *, check_only: bool = False) -> bool:
+        """Re-read the labels; announce at once when they changed.
+
+        `check_only` is the periodic path: stat the label sources and re-read only what
+        changed (no file is opened per keep-alive). A source that cannot be read keeps
+        its last good labels (lobby.labels.LocalLabels).
+        """
+        labels = self._read_labels(check_only)
         if labels == self.labels:
             return False
         self.labels = labels
@@ -363,7 +445,7 @@ class Presence:
         try:
             await link.driver.publish("discovery", data)
         except DriverError as exc:
-            self.send_failures += 1
+            link.send_failures += 1
             self._send_log(
                 logging.WARNING,
                 "cannot announce %r on %s (%s); retrying in %d s",
@@ -373,7 +455,7 @@ class Presence:
                 self.settings.keep_alive,
             )
             return False
-        self.sent += 1
+        link.announcements += 1
         return True
 
     def _hostname_changed(self) -> str | None:
@@ -397,8 +479,8 @@ class Presence:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
             except TimeoutError:
-                # the periodic path: fallback label re-read, hostname, log summaries
-                self.refresh_labels()
+                # the periodic path: fallback label check, hostname, log summaries
+                self.refresh_labels(check_only=True)
                 self._garbage_log.flush()
                 self._send_log.flush()
                 self.gate.prune()
@@ -444,7 +526,7 @@ class Presence:
                     silent,
                 )
                 link.echo_ok = False
-                self._update_pause()
+                self._update_pause(link)
 
 
 def load_keyring(settings: Settings) -> Keyring | None:

@@ -8,6 +8,15 @@ Knows nothing of brokers or HTTP. Three ideas carry it:
 - Time for liveness is a monotonic clock that stands still while our own link to the
   broker is down (`pause`/`resume`): an outage on our side expires nobody, and a
   wall-clock jump neither expires nor resurrects anyone. `last_check` alone is wall time.
+- With several brokers (SPEC §15) each link has its own such clock and its own queue.
+  A record belongs to the link that refreshed it last and ages on that link's clock:
+  a node heard last through a broker that is now down is kept through the outage
+  (we cannot tell whether it is silent or dead), while a node that goes on being
+  refreshed through a live broker after the other went down moves to the live link's
+  queue and expires normally once it falls silent there. ("Last refresh wins" rather
+  than "any link it was ever heard through": the latter would keep a node that lives
+  on both brokers, and then died, for the whole outage of one of them.) With one link,
+  which is the default, this is exactly the single clock and queue above.
 - `index` grows on every content change (join, label change, leave, expiry), never on
   a plain keep-alive. Serialized answers are cached per query until it moves; answers
   that show `last_check` are also rebuilt when the wall-clock second changes, so that
@@ -55,8 +64,20 @@ class Change:
 @dataclass(slots=True)
 class _Record:
     labels: tuple[str, ...]
-    seen: float  # registry time (monotonic, paused while our link is down)
+    seen: float  # its link's registry time (monotonic, paused while that link is down)
     last_check: int  # wall-clock Unix seconds, shown in answers
+    via: int = 0  # the link that refreshed it last; its queue holds the record
+
+
+class _Link:
+    """One broker link's liveness clock and the records it refreshed last, oldest first."""
+
+    __slots__ = ("paused_at", "paused_total", "queue")
+
+    def __init__(self) -> None:
+        self.queue: OrderedDict[str, _Record] = OrderedDict()
+        self.paused_at: float | None = None  # clock time the countdown stopped
+        self.paused_total = 0.0  # clock seconds spent paused before that
 
 
 Listener = Callable[[Change], None]
@@ -89,10 +110,12 @@ class Registry:
         self.ttl = ttl
         self._clock = clock
         self._wall = wall_clock
-        self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._links: list[_Link] = [_Link()]
+        self._live: tuple[_Link, ...] = tuple(self._links)  # the links not paused
+        # every record by hostname; with one link, the same object as its queue, so
+        # the hot path (update) costs what it did before links had queues of their own
+        self._records: dict[str, _Record] = self._links[0].queue
         self._index = 1
-        self._paused_at: float | None = None
-        self._paused_total = 0.0
         self._listeners: list[Listener] = []
         self._cache: dict[Hashable, Answer | Slices] = {}
         self._cache_stamp: tuple[int, int] = (0, 0)
@@ -103,26 +126,49 @@ class Registry:
 
     # -- time ---------------------------------------------------------------------
 
-    def _now(self) -> float:
-        if self._paused_at is not None:
-            return self._paused_at - self._paused_total
-        return self._clock() - self._paused_total
+    def _now(self, link: _Link) -> float:
+        if link.paused_at is not None:
+            return link.paused_at - link.paused_total
+        return self._clock() - link.paused_total
+
+    def add_link(self) -> int:
+        """Another broker link, with a clock of its own (running); returns its number."""
+        self._links.append(_Link())
+        if len(self._links) == 2:  # from now on the queues and the lookup differ
+            self._records = dict(self._records)
+        self._live = tuple(link for link in self._links if link.paused_at is None)
+        return len(self._links) - 1
+
+    @property
+    def links(self) -> int:
+        return len(self._links)
 
     @property
     def paused(self) -> bool:
-        return self._paused_at is not None
+        """True while any link's countdown stands still."""
+        return len(self._live) != len(self._links)
 
-    def pause(self, since: float | None = None) -> None:
-        """Stop the TTL countdown: our own link is down (since `since`, clock time)."""
-        if self._paused_at is None:
+    def link_paused(self, link: int = 0) -> bool:
+        return self._links[link].paused_at is not None
+
+    def pause(self, link: int = 0, *, since: float | None = None) -> None:
+        """Stop `link`'s TTL countdown: that link is down (since `since`, clock time).
+
+        Nodes it refreshed last are kept until it resumes; the others age as before.
+        """
+        state = self._links[link]
+        if state.paused_at is None:
             now = self._clock()
-            self._paused_at = now if since is None else min(since, now)
+            state.paused_at = now if since is None else min(since, now)
+            self._live = tuple(x for x in self._links if x.paused_at is None)
 
-    def resume(self) -> None:
-        """Restart the TTL countdown where it stood when the link went down."""
-        if self._paused_at is not None:
-            self._paused_total += self._clock() - self._paused_at
-            self._paused_at = None
+    def resume(self, link: int = 0) -> None:
+        """Restart `link`'s TTL countdown where it stood when the link went down."""
+        state = self._links[link]
+        if state.paused_at is not None:
+            state.paused_total += self._clock() - state.paused_at
+            state.paused_at = None
+            self._live = tuple(x for x in self._links if x.paused_at is None)
 
     # -- changes ------------------------------------------------------------------
 
@@ -150,16 +196,18 @@ class Registry:
             for listener in tuple(self._listeners):
                 listener(change)
 
-    def update(self, discovery: Discovery) -> bool:
-        """Insert or refresh a node ("hi"); True when its content changed."""
-        return self.refresh(discovery.hostname, discovery.labels)
+    def update(self, discovery: Discovery, via: int = 0) -> bool:
+        """Insert or refresh a node ("hi") heard through link `via`; True when its
+        content changed."""
+        return self.refresh(discovery.hostname, discovery.labels, via)
 
-    def refresh(self, hostname: str, labels: tuple[str, ...]) -> bool:
+    def refresh(self, hostname: str, labels: tuple[str, ...], via: int = 0) -> bool:
         """`update` without a Discovery (the daemon's hot path): `labels` sorted, unique."""
         self.expire()
-        records = self._records
-        record = records.get(hostname)
-        now = self._now()
+        record = self._records.get(hostname)
+        link = self._links[via]
+        paused_at = link.paused_at  # self._now(link), inlined: this is the hot path
+        now = (self._clock() if paused_at is None else paused_at) - link.paused_total
         last_check = int(self._wall())
         if last_check == self._last_check:
             last_check = self._last_check  # one int object per second, not one per node
@@ -168,14 +216,21 @@ class Registry:
         if record is not None:
             record.seen = now
             record.last_check = last_check
-            records.move_to_end(hostname)
+            if record.via == via:
+                link.queue.move_to_end(hostname)
+            else:  # now refreshed through another link: it ages on that link's clock
+                del self._links[record.via].queue[hostname]
+                link.queue[hostname] = record
+                record.via = via
             old = record.labels
             if old is labels or old == labels:
                 return False
             record.labels = labels
             self._changed("update", hostname, labels, old_labels=old)
             return True
-        records[hostname] = _Record(labels, now, last_check)
+        record = _Record(labels, now, last_check, via)
+        link.queue[hostname] = record
+        self._records[hostname] = record  # the same dict with one link: a no-op store
         self._changed("join", hostname, labels)
         return True
 
@@ -190,6 +245,7 @@ class Registry:
         record = self._records.pop(hostname, None)
         if record is None:
             return False
+        self._links[record.via].queue.pop(hostname, None)  # gone already with one link
         self._changed("leave", hostname, record.labels, reason)
         return True
 
@@ -198,23 +254,31 @@ class Registry:
         records = self._records
         if not records:
             return 0
-        deadline = self._now() - self.ttl
         dropped = 0
-        while records:
-            hostname, record = next(iter(records.items()))
-            if record.seen > deadline:
-                break
-            del records[hostname]
-            dropped += 1
-            self._changed("leave", hostname, record.labels, "expired")
+        now = self._clock()
+        for link in self._live:  # a paused link's records wait for it
+            queue = link.queue
+            deadline = now - link.paused_total - self.ttl
+            while queue:
+                hostname, record = next(iter(queue.items()))
+                if record.seen > deadline:
+                    break
+                del queue[hostname]
+                records.pop(hostname, None)  # gone already with one link
+                dropped += 1
+                self._changed("leave", hostname, record.labels, "expired")
         return dropped
 
     def next_expiry(self) -> float | None:
-        """Seconds until the oldest record expires; None when empty or paused."""
-        if not self._records or self._paused_at is not None:
-            return None
-        record = next(iter(self._records.values()))
-        return max(0.0, record.seen + self.ttl - self._now())
+        """Seconds until the oldest record of a running link expires; None when there is
+        none (empty, or every record waits for a paused link)."""
+        soonest: float | None = None
+        for link in self._live:
+            if link.queue:
+                record = next(iter(link.queue.values()))
+                wait = max(0.0, record.seen + self.ttl - self._now(link))
+                soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
 
     # -- reads --------------------------------------------------------------------
 

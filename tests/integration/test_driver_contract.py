@@ -154,6 +154,8 @@ async def assert_refused(driver: Driver, topic: Topic = "discovery") -> None:
     began = time.monotonic()
     with pytest.raises(DriverError):
         await driver.publish(topic, b"refused")
+    with pytest.raises(DriverError):
+        await driver.publish_many(topic, [b"refused", b"too"])
     assert time.monotonic() - began < AT_ONCE, "publish waited for the broker"
 
 
@@ -211,6 +213,19 @@ async def test_every_driver_hears_every_message_its_own_too_in_order(bench: Benc
         assert len(p.messages) == 3 * n  # nothing twice, nothing on the wrong topic
     assert a.links == b.links == [True]
     assert a.driver.dropped == b.driver.dropped == 0
+
+
+async def test_a_burst_arrives_whole_and_in_order(bench: Bench) -> None:
+    a = await bench.peer("a")
+    b = await bench.peer("b")
+    burst = [b"burst-%d" % i for i in range(300)]
+    await a.driver.publish_many("discovery", burst)
+    await a.driver.publish_many("sync", [b"sync-1", b"sync-2"])
+    await a.driver.publish_many("discovery", [])
+    await a.driver.flush(1)
+    for p in (a, b):
+        await p.wait_messages(302, what="the whole burst")
+        assert p.heard("discovery") == burst and p.heard("sync") == [b"sync-1", b"sync-2"]
 
 
 async def test_bytes_arrive_unchanged(bench: Bench) -> None:

@@ -12,12 +12,12 @@ from lobby.config import ConfigError, load, parse_go_bool, parse_go_int
 
 def test_defaults_match_the_go_implementation():
     s = load({})
-    assert (s.token, s.host, s.port, s.disable_api, s.driver) == (
+    assert (s.token, s.host, s.port, s.disable_api, s.drivers) == (
         "",
         "127.0.0.1",
         1313,
         False,
-        "NATS",
+        ("NATS",),
     )
     assert (s.nats_url, s.nats_discovery_channel) == ("", "lobby.discovery")
     assert (s.redis_host, s.redis_port, s.redis_db, s.redis_channel, s.redis_password) == (
@@ -107,6 +107,14 @@ def test_bool_rejects_what_go_rejects(text):
         ("CALLBACK_TIMEOUT", "0"),
         ("EMBEDDED_NATS_PORT", "1.5"),
         ("DRIVER", "Kafka"),
+        ("DRIVER", "NATS,NATS"),
+        ("DRIVER", "redis,Redis"),
+        ("DRIVER", ","),
+        ("DRIVER", "NATS,Kafka"),
+        ("RELAY", "yes"),
+        ("REDIS_SENTINELS", "a:1,b"),
+        ("REDIS_SENTINELS", "a:70000"),
+        ("REDIS_SENTINELS", "::1:26379"),
         ("DISABLE_API", "yes"),
         ("REGISTER", "nope"),
         ("LOG_LEVEL", "loud"),
@@ -128,7 +136,21 @@ def test_malformed_values_name_the_variable(name, value):
     [
         ({"PORT": "0"}, "invalid PORT='0': expected an integer from 1 to 65535"),
         ({"TTL": "x"}, "invalid TTL='x': expected an integer >= 1"),
-        ({"DRIVER": "Kafka"}, "invalid DRIVER='Kafka': expected NATS or Redis (case-insensitive)"),
+        (
+            {"DRIVER": "Kafka"},
+            "invalid DRIVER='Kafka': expected NATS or Redis, or several comma-separated,"
+            " each once (case-insensitive)",
+        ),
+        (
+            {"DRIVER": "NATS,Redis,nats"},
+            "invalid DRIVER='NATS,Redis,nats': expected NATS or Redis, or several"
+            " comma-separated, each once (case-insensitive)",
+        ),
+        (
+            {"REDIS_SENTINELS": "10.0.0.1"},
+            "invalid REDIS_SENTINELS='10.0.0.1': expected host:port pairs, comma-separated"
+            " ([::1]:26379 for IPv6)",
+        ),
         (
             {"REGISTER": "yes"},
             "invalid REGISTER='yes': expected a boolean (1, t, true, 0, f, false, ...)",
@@ -145,9 +167,22 @@ def test_error_messages(env, message):
 
 
 def test_driver_is_case_insensitive():
-    assert load({"DRIVER": "redis"}).driver == "Redis"
-    assert load({"DRIVER": "nats"}).driver == "NATS"
-    assert load({"DRIVER": "REDIS"}).driver == "Redis"
+    assert load({"DRIVER": "redis"}).drivers == ("Redis",)
+    assert load({"DRIVER": "nats"}).drivers == ("NATS",)
+    assert load({"DRIVER": "REDIS"}).drivers == ("Redis",)
+
+
+def test_several_drivers_in_any_case_and_order():
+    assert load({"DRIVER": "NATS,Redis"}).drivers == ("NATS", "Redis")
+    assert load({"DRIVER": " redis , nats "}).drivers == ("Redis", "NATS")
+    assert load({"DRIVER": "REDIS,,NATS,"}).drivers == ("Redis", "NATS")  # blanks ignored
+
+
+def test_sentinels_parse_into_host_port_pairs():
+    assert load({}).sentinels == []
+    s = load({"REDIS_SENTINELS": "10.0.0.1:26379, sentinel-b:26380,[2a03::1]:26381"})
+    assert s.sentinels == [("10.0.0.1", 26379), ("sentinel-b", 26380), ("2a03::1", 26381)]
+    assert s.redis_sentinel_master == "mymaster"
 
 
 def test_empty_value_means_default():
@@ -165,7 +200,7 @@ def test_help_lists_every_variable_with_default():
     for var in config.VARIABLES:
         assert f"  {var.name} " in text
     assert "(1-65535; default 1313)" in text and "(default lobby.discovery)" in text
-    assert "(NATS or Redis; default NATS)" in text and "(secret; default empty)" in text
+    assert "(NATS, Redis; default NATS)" in text and "(secret; default empty)" in text
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
@@ -187,7 +222,7 @@ def test_every_settings_field_is_exactly_one_variable():
     names = [var.name for var in config.VARIABLES]
     assert len(set(names)) == len(names)
     renamed = {var.name: var.field for var in config.VARIABLES if var.name != var.field.upper()}
-    assert renamed == {"REGISTER": "announce"}
+    assert renamed == {"REGISTER": "announce", "DRIVER": "drivers"}
 
 
 def test_variables_carry_the_settings_defaults():
@@ -210,7 +245,7 @@ def test_variable_kinds_follow_the_annotations():
     assert kinds["PORT"] == ("int", ())
     assert kinds["REGISTER"] == ("bool", ())
     assert kinds["TOKEN"] == ("str", ())
-    assert kinds["DRIVER"] == ("choice", ("NATS", "Redis"))
+    assert kinds["DRIVER"] == ("choices", ("NATS", "Redis"))
     assert kinds["LOG_LEVEL"] == ("choice", ("DEBUG", "INFO", "WARNING", "ERROR"))
     assert {var.name for var in config.VARIABLES if var.secret} == {
         "TOKEN",

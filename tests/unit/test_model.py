@@ -12,10 +12,13 @@ from lobby.model import (
     Discovery,
     LabelError,
     PacketError,
+    add_relay,
     clean_label,
     decode_envelope,
     decode_packet,
     encode_envelope,
+    encode_sync,
+    is_relayed,
     label_problem,
 )
 
@@ -59,6 +62,36 @@ def test_null_labels_on_hi_mean_no_labels():
 def test_unknown_fields_are_ignored():
     raw = b'{"discovery":{"hostname":"c","labels":["a"],"last_check":0,"x":1},"message":"hi","v":2}'
     assert decode_envelope(raw).discovery == Discovery("c", ("a",))
+
+
+def test_relay_field_is_reported_and_changes_nothing_else():
+    raw = encode_envelope("hi", Discovery("c", ("a",)))
+    assert decode_envelope(raw).relay is None
+    relayed = decode_envelope(add_relay(raw, "relay1"))
+    assert (relayed.relay, relayed.discovery, relayed.message) == (
+        "relay1",
+        Discovery("c", ("a",)),
+        "hi",
+    )
+    # a relay field that is not a string still marks the packet as relayed
+    odd = raw[:-1] + b',"relay":7}'
+    assert decode_envelope(odd).relay == ""
+
+
+@pytest.mark.parametrize("line", GO_LINES, ids=range(len(GO_LINES)))
+def test_add_relay_keeps_every_byte_of_the_original(line):
+    relayed = add_relay(line + b"\n", 'r\u00e9lay "1"')
+    assert relayed == line[:-1] + b',"relay":"r\xc3\xa9lay \\"1\\""}'
+    doc, original = orjson.loads(relayed), orjson.loads(line)
+    assert doc.pop("relay") == 'r\u00e9lay "1"' and doc == original
+    assert is_relayed(relayed) and not is_relayed(line)
+
+
+def test_add_relay_refuses_what_is_not_an_object_and_is_relayed_tolerates_garbage():
+    with pytest.raises(PacketError):
+        add_relay(b"[1, 2]", "r")
+    assert not is_relayed(b"\xff junk") and not is_relayed(b"[]")
+    assert is_relayed(add_relay(encode_sync("a"), "r"))
 
 
 def test_missing_last_check_is_fine_and_receivers_ignore_the_senders_value():
@@ -186,8 +219,10 @@ def test_lone_surrogates_are_not_labels():
 def test_a_keep_alive_reuses_the_known_labels_tuple():
     known = ("location:prague", "service:web")
     data = encode_envelope("hi", Discovery("a.example", known))
-    message, hostname, labels, wire, ts, sig = decode_packet(data, {"a.example": known}.get)
-    assert (message, hostname, ts, sig) == ("hi", "a.example", 0, None)
+    message, hostname, labels, wire, ts, sig, relay = decode_packet(
+        data, {"a.example": known}.get
+    )
+    assert (message, hostname, ts, sig, relay) == ("hi", "a.example", 0, None, None)
     assert labels is known and wire is known
 
 

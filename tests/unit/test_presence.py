@@ -66,7 +66,7 @@ async def test_echo_silence_pauses_expiry_from_the_last_echo(tmp_path, fake):
     p.watch_echo()
     assert p.registry.paused and not link.echo_ok
     # the registry's clock stands still from the last echo on
-    assert p.registry._paused_at == heard
+    assert p.registry._links[link.index].paused_at == heard
     p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
     assert link.echo_ok and not p.registry.paused
 
@@ -105,14 +105,17 @@ async def test_link_down_pauses_and_up_asks_for_sync(tmp_path, fake):
     assert ("sync", b'{"message":"sync","hostname":"me"}') in broker.published
 
 
-async def test_every_link_must_be_healthy_to_resume(tmp_path, fake):
+async def test_each_link_pauses_its_own_clock(tmp_path, fake):
     p = make(tmp_path, fake)
     one, two = MemoryBroker(), MemoryBroker()
     await p.start([("one", one.driver()), ("two", two.driver())])
+    assert [link.index for link in p.links] == [0, 1] and p.registry.links == 2
+    assert p.registry.link_paused(0) and p.registry.link_paused(1)  # until linked
     await settle()
     assert not p.registry.paused
     two.set_up(False)
-    assert p.registry.paused
+    assert p.registry.paused  # some link is: GET /v1/stats broker.expiry_paused
+    assert p.registry.link_paused(1) and not p.registry.link_paused(0)
     two.set_up(True)
     assert not p.registry.paused
 
@@ -196,13 +199,13 @@ async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake
 async def test_unsigned_or_forged_sync_requests_are_ignored(tmp_path, fake):
     p = make(tmp_path, fake, SIGNING_KEYS=K1)
     await p.start([("memory", MemoryBroker().driver())])
-    p._on_sync(b'{"message":"sync","hostname":"peer"}')
+    p._on_sync(p.links[0], b'{"message":"sync","hostname":"peer"}')
     assert p.rejected == {"sync_unsigned": 1} and not p._sync_pending
     from lobby.model import encode_sync
     from lobby.signing import Keyring, decode_key
 
     sig = Keyring([decode_key(K1)]).sign("sync", "peer", NOW_MS, ())
-    p._on_sync(encode_sync("peer", (NOW_MS, sig)))
+    p._on_sync(p.links[0], encode_sync("peer", (NOW_MS, sig)))
     assert p._sync_pending  # a signed request is answered
 
 

@@ -238,3 +238,131 @@ def test_cache_dropped_on_expiry(reg, clock):
 def test_ttl_must_be_positive():
     with pytest.raises(ValueError):
         Registry(0)
+
+
+# -- several links (SPEC §15): each has its own clock; a record ages on the clock of the
+# -- link that refreshed it last -----------------------------------------------------------
+
+NATS, REDIS = 0, 1
+
+
+@pytest.fixture
+def two(clock: Clock) -> Registry:
+    reg = Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
+    assert reg.add_link() == REDIS
+    return reg
+
+
+def names(reg: Registry) -> list[str]:
+    return [x.hostname for x in reg.discoveries()]
+
+
+def test_a_link_outage_keeps_only_the_nodes_heard_last_through_it(two, clock):
+    two.update(d("nats-only"), NATS)
+    two.update(d("redis-only"), REDIS)
+    clock.tick(10)
+    two.pause(REDIS)
+    assert two.paused and two.link_paused(REDIS) and not two.link_paused(NATS)
+    clock.tick(600)  # a long Redis outage: the NATS node falls silent and expires
+    assert names(two) == ["redis-only"]
+    two.resume(REDIS)
+    clock.tick(19.9)  # 10 s before the outage + 19.9 s after it
+    assert names(two) == ["redis-only"]
+    clock.tick(0.1)
+    assert names(two) == []
+
+
+def test_a_node_refreshed_through_a_live_link_during_the_outage_expires_normally(two, clock):
+    # "both" lives on both brokers; its Redis copy happened to arrive last
+    two.update(d("both"), NATS)
+    two.update(d("both"), REDIS)
+    two.pause(REDIS)
+    clock.tick(5)
+    two.update(d("both"), NATS)  # still heard through NATS: it now ages on NATS' clock
+    clock.tick(29.9)
+    assert names(two) == ["both"]
+    clock.tick(0.1)  # then silent for TTL on a live link: dead, whatever Redis would say
+    assert names(two) == []
+
+
+def test_a_node_heard_last_through_the_down_link_is_kept(two, clock):
+    two.update(d("both"), REDIS)
+    two.update(d("both"), NATS)
+    clock.tick(1)
+    two.update(d("both"), REDIS)  # the last word came through Redis, which then fails
+    two.pause(REDIS)
+    clock.tick(600)
+    assert names(two) == ["both"]
+
+
+def test_each_link_pauses_on_its_own_clock_and_since_backdates_it(two, clock):
+    two.update(d("a"), NATS)
+    two.update(d("b"), REDIS)
+    clock.tick(25)
+    two.pause(REDIS, since=clock.mono - 20)  # Redis went silent at t=5
+    two.pause(NATS)  # NATS down now, at t=25
+    clock.tick(100)
+    two.resume(NATS)
+    two.resume(REDIS)
+    assert not two.paused
+    clock.tick(4.9)
+    assert names(two) == ["a", "b"]  # a: 25 + 4.9; b: 5 + 4.9
+    clock.tick(0.1)
+    assert names(two) == ["b"]
+    clock.tick(20)
+    assert names(two) == []
+
+
+def test_next_expiry_looks_at_running_links_only(two, clock):
+    two.update(d("a"), NATS)
+    clock.tick(10)
+    two.update(d("b"), REDIS)
+    assert two.next_expiry() == pytest.approx(20)
+    two.pause(NATS)
+    assert two.next_expiry() == pytest.approx(30)
+    two.pause(REDIS)
+    assert two.next_expiry() is None
+
+
+def test_expiry_is_exact_across_links_whose_clocks_differ(two, clock):
+    # a NATS outage makes NATS' clock lag: a record refreshed earlier through NATS may
+    # now outlive one refreshed later through Redis; neither may show past its TTL
+    two.update(d("nats"), NATS)
+    clock.tick(5)
+    two.update(d("redis"), REDIS)
+    two.pause(NATS)
+    clock.tick(14)
+    two.resume(NATS)
+    clock.tick(16)  # redis silent 30 s; nats 35 s of which 14 paused: 21 s
+    assert names(two) == ["nats"]
+    clock.tick(9)
+    assert names(two) == []
+
+
+def test_goodbye_and_changes_work_across_links(two, clock):
+    seen: list[Change] = []
+    two.add_listener(seen.append)
+    two.update(d("a", "x"), NATS)
+    assert not two.update(d("a", "x"), REDIS)  # same content through another link
+    assert two.update(d("a", "y"), NATS)
+    assert len(two) == 1 and two.get("a") == Discovery("a", ("y",), 1_764_000_000)
+    assert two.remove("a")
+    assert names(two) == [] and not two.remove("a")
+    assert [(c.kind, c.hostname) for c in seen] == [
+        ("join", "a"),
+        ("update", "a"),
+        ("leave", "a"),
+    ]
+    two.update(d("a"), REDIS)  # a record removed from its queue too: it can come back
+    clock.tick(30)
+    assert names(two) == []
+
+
+def test_a_link_added_later_keeps_the_records_already_there(reg, clock):
+    reg.update(d("a"))
+    assert reg.add_link() == 1
+    reg.update(d("b"), 1)
+    assert names(reg) == ["a", "b"] and reg.links == 2
+    reg.pause(1)
+    clock.tick(30)
+    assert names(reg) == ["b"]

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from lobby import __version__
 from lobby.answer import Slices
@@ -48,14 +49,21 @@ class Node(Protocol):
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:
-    """The body, or 413 once it passes `limit` (chunked bodies have no length)."""
+    """The body, or 413 once it passes `limit` (chunked bodies have no length).
+
+    A client that goes away mid-body (or is cut at a limit) gets a 400 nobody reads,
+    instead of a ClientDisconnect traceback in the log.
+    """
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, "request body over 1 MiB")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, "request body over 1 MiB")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPException(400, "client disconnected before the end of the body") from None
     return b"".join(chunks)
 
 

@@ -30,6 +30,20 @@ def split_list(value: str | None) -> list[str]:
     return [item for item in value.split(",") if item]
 
 
+def is_watcher(scope: Scope) -> bool:
+    """A request that may stay open: the event stream, or a GET with `index` (blocking).
+
+    Counted against API_MAX_WATCHERS (lobby.api.limits.WatcherGate) for as long as it
+    is open, whether or not the index has already moved.
+    """
+    if scope["method"] != "GET":
+        return False
+    if scope["path"] == "/v1/events":
+        return True
+    query = scope["query_string"]
+    return b"index" in query and "index" in parse_qs(query.decode("latin-1"))
+
+
 async def hold(feed: ChangeFeed, scope: Scope, receive: Receive, send: Send) -> Receive | None:
     """Apply `?index=N&wait=D`: the `receive` to answer with, once the index moved (or
     the wait ran out), or None when the request is done (a 400 was sent, or the client

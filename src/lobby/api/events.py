@@ -22,11 +22,19 @@ import orjson
 from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 
-from lobby.api.blocking import Blocking, split_list
+from lobby.api.blocking import Blocking, is_watcher, split_list
 from lobby.feed import OVERFLOW, ChangeFeed, Watcher
 from lobby.registry import Change, Registry, View, make_view
 
-__all__ = ["Blocking", "add_routes", "document_blocking", "render", "split_list", "stream"]
+__all__ = [
+    "Blocking",
+    "add_routes",
+    "document_blocking",
+    "is_watcher",
+    "render",
+    "split_list",
+    "stream",
+]
 
 
 def document_blocking(app: FastAPI) -> None:

@@ -22,6 +22,8 @@ Its shape follows from how the daemon must behave when the broker misbehaves:
 - After `close` the driver calls neither callback again.
 - `publish` never blocks for long and raises DriverError when the message cannot
   be handed to the broker; the daemon logs it and tries again at the next keep-alive.
+  `publish_many` does the same for a burst, in order, in as few round trips as the
+  broker allows (a relay forwards bursts; Redis would otherwise pay one per packet).
 - Messages the client had to drop because we fell behind are counted in `dropped`.
 
 tests/integration/test_driver_contract.py checks all of this on every driver.
@@ -29,7 +31,7 @@ tests/integration/test_driver_contract.py checks all of this on every driver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 Topic = Literal["discovery", "sync"]
@@ -58,6 +60,11 @@ class Driver(Protocol):
 
     async def publish(self, topic: Topic, data: bytes) -> None:
         """Hand `data` to the broker on `topic`; raises DriverError when it cannot."""
+        ...
+
+    async def publish_many(self, topic: Topic, items: Sequence[bytes]) -> None:
+        """Hand every item to the broker on `topic`, in order; raises DriverError when
+        it cannot (some items may have gone out)."""
         ...
 
     async def flush(self, timeout: float) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
@@ -92,6 +93,10 @@ class MemoryDriver:
         if not self.connected:
             raise DriverError("not connected")
         self.broker.inject(topic, data)
+
+    async def publish_many(self, topic: Topic, items: Sequence[bytes]) -> None:
+        for data in items:
+            await self.publish(topic, data)
 
     async def flush(self, timeout: float) -> None:
         await asyncio.sleep(0)

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -283,6 +284,11 @@ class NatsDriver:
             await self._nc.publish(self.subjects[topic], data)
         except Exception as exc:
             raise DriverError(str(exc) or type(exc).__name__) from exc
+
+    async def publish_many(self, topic: Topic, items: Sequence[bytes]) -> None:
+        # nats-py buffers publishes and writes them out together: no round trip each
+        for data in items:
+            await self.publish(topic, data)
 
     async def flush(self, timeout: float) -> None:
         if self.connected:

@@ -33,6 +33,16 @@ Both links authenticate the same way (AUTH [username] password, an ACL user with
 REDIS_USERNAME) and, with `tls`, speak TLS (redis-py's SSLConnection: the server's
 certificate is verified against `ssl_ca_certs` or the system CAs, and its name
 checked; a client certificate is sent when given).
+
+With Sentinel (REDIS_SENTINELS, SPEC §15) the master's address is not configured but
+asked for: each session starts with `SENTINEL get-master-addr-by-name` on the first
+Sentinel that answers, checks with ROLE that the server really is the master, and
+moves the publishing pool there too. A failover then needs no restart: when the master
+dies the subscription breaks and the next session asks again (with the usual back-off
+while the Sentinels are still electing). To move without waiting for that, a side task
+subscribes to the Sentinels' `+switch-master` event: a switch ends the current session
+(also when the old master lives on as a replica, which would still feed us messages
+but not pass ours on) and wakes the back-off. Every switch is logged.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -84,6 +95,14 @@ class LinkDead(Exception):
     """The subscription stopped answering PINGs."""
 
 
+class MasterMoved(Exception):
+    """Sentinel announced a new master: the session must move there."""
+
+
+class NoMaster(ConnectionError):
+    """No Sentinel named the master, or the server named is not (or no longer) it."""
+
+
 def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
@@ -101,6 +120,8 @@ class RedisDriver:
         channel: str = "lobby:discovery",
         username: str = "",
         tls: dict[str, Any] | None = None,
+        sentinels: Sequence[tuple[str, int]] = (),
+        sentinel_master: str = "mymaster",
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
         `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs."""
@@ -108,8 +129,6 @@ class RedisDriver:
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
         }
-        shown = f"[{host}]" if ":" in host else host
-        self.address = f"{'rediss' if tls is not None else 'redis'}://{shown}:{port}/{db}"
         self.dropped = 0
         self._conn_args: dict[str, Any] = {
             "host": host,
@@ -120,14 +139,20 @@ class RedisDriver:
             "protocol": 2,
             **(tls or {}),
         }
+        self._scheme = "rediss" if tls is not None else "redis"
+        self._tls = tls is not None
         self._connection_class: type[Connection] = Connection if tls is None else SSLConnection
-        self._publisher = Redis(
-            **self._conn_args,
-            ssl=tls is not None,
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_connect_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._sentinels = list(sentinels)
+        self._master_name = sentinel_master
+        self._master: tuple[str, int] | None = None if sentinels else (host, port)
+        self._moved = asyncio.Event()  # Sentinel switched the master away from _master
+        self._sentinel_task: asyncio.Task[None] | None = None
+        if sentinels:
+            shown = ",".join(_host_port(h, p) for h, p in sentinels)
+            self.address = f"sentinel://{shown}/{sentinel_master}"  # until it answers
+        else:
+            self.address = f"{self._scheme}://{_host_port(host, port)}/{db}"
+        self._publisher = self._make_publisher()
         self._on_message: MessageHandler | None = None
         self._on_link: LinkHandler | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +172,19 @@ class RedisDriver:
         self._on_message = on_message
         self._on_link = on_link
         self._task = asyncio.create_task(self._run(), name="redis-link")
+        if self._sentinels:
+            self._sentinel_task = asyncio.create_task(
+                self._watch_failovers(), name="redis-sentinel"
+            )
+
+    def _make_publisher(self) -> Redis:
+        return Redis(
+            **self._conn_args,
+            ssl=self._tls,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+        )
 
     def _link(self, up: bool) -> None:
         if self._on_link is None or self._closing:
@@ -167,7 +205,9 @@ class RedisDriver:
                 if self._up:
                     self._up = False
                     self._link(False)
-                    self._dropped_by_server = not isinstance(exc, LinkDead | TimeoutError)
+                    self._dropped_by_server = not isinstance(
+                        exc, LinkDead | TimeoutError | MasterMoved
+                    )
                     delay = BACKOFF_MIN
                     self._fail_log.reset()
                     self._fail_log(
@@ -178,7 +218,9 @@ class RedisDriver:
                     )
                 else:
                     self._report_failure(exc, delay)
-            await asyncio.sleep(delay)
+            # a failover announced by Sentinel cuts the wait short
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
@@ -203,6 +245,14 @@ class RedisDriver:
                 describe(exc),
                 delay,
             )
+        elif isinstance(exc, NoMaster):
+            self._fail_log(
+                logging.WARNING,
+                "cannot find the Redis master %r: %s; retrying in %.1f s",
+                self._master_name,
+                describe(exc),
+                delay,
+            )
         elif isinstance(exc, RedisError | OSError | TimeoutError):
             self._fail_log(
                 logging.WARNING,
@@ -217,12 +267,17 @@ class RedisDriver:
 
     async def _session(self) -> None:
         """Connect, subscribe and read until the link fails; always ends by raising."""
+        self._moved.clear()
+        if self._sentinels:
+            await self._find_master()
         conn = self._connection_class(
             **self._conn_args, socket_timeout=None, retry=Retry(NoBackoff(), 0)
         )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await conn.connect()  # type: ignore[no-untyped-call]
+                if self._sentinels:
+                    await self._check_role(conn)
                 run_id = await self._server_run_id(conn)
                 await conn.send_command("SUBSCRIBE", *self._topic_of)
                 for _ in self._topic_of:
@@ -232,19 +287,129 @@ class RedisDriver:
             self._subscribed(run_id)
             reader = asyncio.create_task(self._read(conn), name="redis-read")
             watchdog = asyncio.create_task(self._watchdog(conn), name="redis-ping")
+            moved = asyncio.create_task(self._moved.wait(), name="redis-moved")
             try:
                 done, _ = await asyncio.wait(
-                    {reader, watchdog}, return_when=asyncio.FIRST_COMPLETED
+                    {reader, watchdog, moved}, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 reader.cancel()
                 watchdog.cancel()
-                await asyncio.gather(reader, watchdog, return_exceptions=True)
-            for task in done:
-                task.result()
+                moved.cancel()
+                await asyncio.gather(reader, watchdog, moved, return_exceptions=True)
+            for task in (reader, watchdog):
+                if task in done:
+                    task.result()
+            if moved in done:
+                raise MasterMoved("Sentinel switched the master")
             raise ConnectionError("subscription ended")  # unreachable: both loop forever
         finally:
             await conn.disconnect(nowait=True)
+
+    # -- Sentinel ---------------------------------------------------------------------
+
+    async def _find_master(self) -> None:
+        """Ask the Sentinels where the master is; move both connections there."""
+        host, port = await self._ask_sentinels()
+        if (host, port) == self._master:
+            return
+        old, self._master = self._master, (host, port)
+        self._conn_args.update(host=host, port=port)
+        self.address = f"{self._scheme}://{_host_port(host, port)}/{self._conn_args['db']}"
+        publisher, self._publisher = self._publisher, self._make_publisher()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(publisher.aclose(), timeout=0.2)
+        if old is None:
+            log.info("Redis Sentinel: master %r is %s", self._master_name, self.address)
+        else:
+            log.warning(
+                "Redis Sentinel: master %r moved from %s to %s",
+                self._master_name,
+                _host_port(*old),
+                _host_port(host, port),
+            )
+
+    def _sentinel_connection(self, host: str, port: int) -> Connection:
+        # Sentinels have no database and not the master's password
+        return Connection(
+            host=host,
+            port=port,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _ask_sentinels(self) -> tuple[str, int]:
+        problems = []
+        for host, port in self._sentinels:
+            conn = self._sentinel_connection(host, port)
+            try:
+                async with asyncio.timeout(SOCKET_TIMEOUT):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    ask = ("SENTINEL", "get-master-addr-by-name", self._master_name)
+                    await conn.send_command(*ask)
+                    reply = await conn.read_response(disconnect_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                problems.append(f"Sentinel {_host_port(host, port)}: {describe(exc)}")
+                continue
+            finally:
+                await conn.disconnect(nowait=True)
+            if isinstance(reply, list) and len(reply) == 2:
+                return bytes(reply[0]).decode(), int(reply[1])
+            problems.append(f"Sentinel {_host_port(host, port)} does not know it")
+        raise NoMaster("; ".join(problems))
+
+    async def _check_role(self, conn: Connection) -> None:
+        """Refuse a server that is not the master (any more): ask the Sentinels again."""
+        await conn.send_command("ROLE")
+        try:
+            role = await conn.read_response(disconnect_on_error=False)
+        except ResponseError:  # ROLE denied by an ACL: trust the Sentinels
+            return
+        if isinstance(role, list) and role and role[0] != b"master":
+            raise NoMaster(f"{self.address} is a {bytes(role[0]).decode()}, not the master")
+
+    async def _watch_failovers(self) -> None:
+        """Listen for `+switch-master` on one Sentinel after another, forever."""
+        delay = BACKOFF_MIN
+        turn = 0
+        while True:
+            host, port = self._sentinels[turn % len(self._sentinels)]
+            conn = self._sentinel_connection(host, port)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                    await conn.send_command("SUBSCRIBE", "+switch-master")
+                    await conn.read_response(disconnect_on_error=False)
+                delay = BACKOFF_MIN
+                while True:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                    if isinstance(reply, list) and reply[0] == b"message":
+                        self._switched(bytes(reply[2]).decode(errors="replace"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # this Sentinel is away: try the next
+                log.debug("Sentinel %s: %s", _host_port(host, port), describe(exc))
+                turn += 1
+            finally:
+                await conn.disconnect(nowait=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    def _switched(self, event: str) -> None:
+        """`+switch-master`: "<name> <old ip> <old port> <new ip> <new port>"."""
+        parts = event.split()
+        if len(parts) != 5 or parts[0] != self._master_name or not parts[4].isdigit():
+            return
+        new = (parts[3], int(parts[4]))
+        log.warning(
+            "Redis Sentinel reports a failover: master %r is now %s",
+            self._master_name,
+            _host_port(*new),
+        )
+        if new != self._master:
+            self._moved.set()
 
     async def _server_run_id(self, conn: Connection) -> bytes | None:
         """The server's run_id, which changes when Redis restarts; None if INFO is denied."""
@@ -317,6 +482,20 @@ class RedisDriver:
         except Exception as exc:
             raise DriverError(describe(exc)) from exc
 
+    async def publish_many(self, topic: Topic, items: Sequence[bytes]) -> None:
+        """One pipeline of PUBLISH: one round trip for the lot."""
+        if not self._up:
+            raise DriverError("not connected to Redis")
+        channel = self.channels[topic]
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                pipe = self._publisher.pipeline(transaction=False)
+                for data in items:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except Exception as exc:
+            raise DriverError(describe(exc)) from exc
+
     async def flush(self, timeout: float) -> None:
         """Nothing to do: Redis acknowledges every PUBLISH before publish() returns."""
 
@@ -325,8 +504,14 @@ class RedisDriver:
             return
         self._closing = True
         self._up = False
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=0.3)
+        tasks = {task for task in (self._task, self._sentinel_task) if task is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=0.3)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
