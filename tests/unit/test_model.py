@@ -219,9 +219,7 @@ def test_lone_surrogates_are_not_labels():
 def test_a_keep_alive_reuses_the_known_labels_tuple():
     known = ("location:prague", "service:web")
     data = encode_envelope("hi", Discovery("a.example", known))
-    message, hostname, labels, wire, ts, sig, relay = decode_packet(
-        data, {"a.example": known}.get
-    )
+    message, hostname, labels, wire, ts, sig, relay = decode_packet(data, {"a.example": known}.get)
     assert (message, hostname, ts, sig, relay) == ("hi", "a.example", 0, None, None)
     assert labels is known and wire is known
 
