@@ -21,11 +21,11 @@ is sent chunk by chunk as it is encoded, with chunked transfer encoding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qsl
 
 from lobby.answer import Answer, Slices
-from lobby.api._responses import JSON_TYPE, send_denied
+from lobby.api._responses import DENIED, JSON_TYPE, send_denied
 from lobby.api.auth import Guard
 from lobby.api.blocking import hold, split_list
 from lobby.feed import ChangeFeed
@@ -49,6 +49,7 @@ _JSON: Final = JSON_TYPE.encode()
 _PROMETHEUS: Final = "/v1/prometheus/"
 _VARY: Final = (b"vary", b"Accept-Encoding")
 _GZIP: Final = (b"content-encoding", b"gzip")
+_DENIED_LENGTH: Final = b"%d" % len(DENIED)
 
 
 def accepts_gzip(value: bytes) -> bool:
@@ -127,19 +128,22 @@ class FastApp:
     async def _to_slow(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.slow()(scope, receive, send)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET":
-            await self.slow()(scope, receive, send)
-            return
-        path: str = scope["path"]
+    def _route(self, path: str) -> tuple[Callable[[Scope], Prepared], bool] | None:
         found = self._routes.get(path)
         if found is None and path.startswith(_PROMETHEUS):
             name = path[len(_PROMETHEUS) :]
             if name and "/" not in name:
                 found = (self._prometheus_route(name), True)
+        return found
+
+    def _check(
+        self, path: str, scope: Scope
+    ) -> tuple[Literal["slow", "denied"] | Prepared, bool, bool]:
+        """What stands in front of a hot route: (the prepared answer, or "slow" or
+        "denied"; whether the client takes gzip; whether the route may gzip)."""
+        found = self._route(path)
         if found is None:
-            await self.slow()(scope, receive, send)
-            return
+            return "slow", False, False
         authorization = b""
         gzip = False
         for key, value in scope["headers"]:
@@ -148,29 +152,74 @@ class FastApp:
             elif key == b"accept-encoding":
                 gzip = accepts_gzip(value)
             elif key == b"content-length" or key == b"transfer-encoding":
-                await self.slow()(scope, receive, send)  # a GET with a body: the guard's
-                return
+                return "slow", False, False  # a GET with a body: the guard's
         if not self.guard.permits("GET", path, authorization):
-            await send_denied(send)
-            return
+            return "denied", False, False
         route, compressible = found
         prepared = route(scope)
-        if prepared is None:
+        return ("slow" if prepared is None else prepared), gzip and compressible, compressible
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET":
             await self.slow()(scope, receive, send)
             return
+        prepared, gzip, vary = self._check(scope["path"], scope)
+        if prepared == "slow":
+            await self.slow()(scope, receive, send)
+            return
+        if prepared == "denied":
+            await send_denied(send)
+            return
+        assert callable(prepared)
         feed = self.feed
         if feed is not None and b"index" in scope["query_string"]:
             held = await hold(feed, scope, receive, send)
             if held is None:
                 return
-        await self._send(send, prepared(), gzip and compressible, compressible)
+        answer = prepared()
+        whole = self._whole(answer, gzip, vary)
+        if whole is not None:
+            headers, body = whole
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        assert isinstance(answer, Slices)
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers(vary)})
+        for chunk in answer.chunks():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
-    async def _send(self, send: Send, answer: Body, gzip: bool, vary: bool) -> None:
+    def instant(
+        self, path: str, query_string: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """The whole answer to a GET, computed at once (status, headers, body), for the
+        HTTP protocol to write without an ASGI task (`lobby.api.limits`); None when it
+        must go through `__call__`: a blocking query, a streamed list, anything that is
+        not a hot route."""
+        if self.feed is not None and b"index" in query_string:
+            return None
+        prepared, gzip, vary = self._check(path, {"headers": headers, "query_string": query_string})
+        if prepared == "slow":
+            return None
+        if prepared == "denied":
+            return 403, [(b"content-type", _JSON), (b"content-length", _DENIED_LENGTH)], DENIED
+        assert callable(prepared)
+        whole = self._whole(prepared(), gzip, vary)
+        return None if whole is None else (200, *whole)
+
+    def _headers(self, vary: bool) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", _JSON)]
         if self.feed is not None:
             headers.append((b"x-lobby-index", b"%d" % self.registry.index))
         if vary:
             headers.append(_VARY)
+        return headers
+
+    def _whole(
+        self, answer: Body, gzip: bool, vary: bool
+    ) -> tuple[list[tuple[bytes, bytes]], bytes] | None:
+        """Headers and body of an answer sent whole; None for a list to stream."""
+        headers = self._headers(vary)
         if isinstance(answer, bytes):
             body = answer
         elif gzip and (packed := answer.gzip()) is not None:
@@ -179,15 +228,9 @@ class FastApp:
         elif isinstance(answer, Answer):
             body = answer.body
         else:
-            assert isinstance(answer, Slices)
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            for chunk in answer.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-            return
+            return None
         headers.insert(0, (b"content-length", b"%d" % len(body)))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        return headers, body
 
     # -- routes: the same answers as lobby.api.app's ----------------------------------
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from lobby.api.limits import REFUSAL, WatcherGate, protocol_factory
+from lobby.api.limits import REFUSAL, Instant, WatcherGate, protocol_factory
 from lobby.config import Settings
 from lobby.listener import Listener, ListenerLimits, fd_budget_warning, open_file_limit
 
@@ -58,6 +58,7 @@ def api_limits(s: Settings) -> ListenerLimits:
 
 class _Server(uvicorn.Server):
     limits: ListenerLimits
+    instant: Instant | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -72,7 +73,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup with our own accept loop (lobby.listener.Listener)."""
         await self.lifespan.startup()
-        make = protocol_factory(self.config, self.server_state, self.lifespan.state)
+        make = protocol_factory(self.config, self.server_state, self.lifespan.state, self.instant)
         ssl = self.config.ssl  # None unless uvicorn was given a certificate
         listeners = [
             Listener(sock, make, self.limits, name="API", refusal=REFUSAL, ssl=ssl)
@@ -99,6 +100,7 @@ class ApiServer:
         self.sock = sock
         self.scheme = "https" if tls_cert else "http"
         self.limits = limits or ListenerLimits()
+        instant = getattr(app, "instant", None)  # the fast path's (lobby.api.fast)
         if is_watcher is not None:
             app = WatcherGate(app, self.limits, is_watcher)
         cfg = uvicorn.Config(
@@ -116,6 +118,7 @@ class ApiServer:
         )
         self._server = _Server(cfg)
         self._server.limits = self.limits
+        self._server.instant = instant
 
     async def serve(self) -> None:
         host, port = self.sock.getsockname()[:2]
