@@ -3,7 +3,7 @@
 The registry caches answers per query until it changes (SPEC §5, §11). Two shapes:
 
 - `Answer`: the whole body as one `bytes`, kept in the cache. Its gzip copy (level 1,
-  about 15x smaller for discovery lists) is made the first time a client accepts
+  about 13x smaller for discovery lists) is made the first time a client accepts
   gzip and kept beside it, so Prometheus's HTTP SD client (which sends
   `Accept-Encoding: gzip`) costs one compression per registry change, not one per
   request.
@@ -11,6 +11,11 @@ The registry caches answers per query until it changes (SPEC §5, §11). Two sha
   14,000 nodes and more). It holds no body: every request encodes the list slice by
   slice while it is sent, so serving it leaves no large allocation behind. Its gzip
   copy is small (1/15) and is kept.
+
+Compression is ISA-L's (the `isal` package) where it is installed: level 1 compresses
+the 3 MiB list of 10,000 nodes in 1.6 ms, against zlib's 6-10 ms, for an answer 8 %
+larger; an answer that shows `last_check` is compressed anew every second under
+keep-alive traffic, on the event loop, so this is what a request can wait behind.
 
 Lists are encoded by orjson straight from plain dicts whose labels are the registry's
 own tuples: at 10,000 nodes that is 1.5-2.5 ms for the 3 MiB list, five times faster
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -42,9 +47,25 @@ EMPTY_LIST: Final = b"[]\n"
 Row = dict[str, object]
 
 
+_codec: Any = None
+
+
+def _deflate() -> Any:
+    """isal_zlib when installed (zlib's interface, 4x faster at level 1), else zlib."""
+    global _codec
+    if _codec is None:
+        try:
+            from isal import isal_zlib
+
+            _codec = isal_zlib
+        except ImportError:  # pragma: no cover - isal is a dependency
+            _codec = zlib
+    return _codec
+
+
 def gzip_bytes(chunks: Iterable[bytes]) -> bytes:
     """One gzip member of the concatenated chunks."""
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    z = _deflate().compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     out = [z.compress(chunk) for chunk in chunks]
     out.append(z.flush())
     return b"".join(out)
@@ -65,7 +86,7 @@ class Answer:
     def gzip(self) -> bytes | None:
         """The gzip copy, or None when the body is too small to be worth one."""
         if self._gzip is None and len(self.body) >= GZIP_MIN:
-            self._gzip = zlib.compress(self.body, GZIP_LEVEL, 31)
+            self._gzip = _deflate().compress(self.body, GZIP_LEVEL, 31)
         return self._gzip
 
 
