@@ -21,13 +21,17 @@ import shlex
 import signal
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 log = logging.getLogger("lobby.callback")
 
 OUTPUT_LIMIT: Final = 4096  # bytes of the command's output kept for the log
 _READ_CHUNK: Final = 65536
 _REAP_GRACE: Final = 1.0  # after SIGKILL: how long to wait for the pipes to close
+
+Result = Literal["ok", "failed", "timeout"]
+# told after every run: its result and how long it took (lobby.metrics)
+RunHook = Callable[[Result, float], None]
 
 
 class _Output:
@@ -53,13 +57,25 @@ class _Output:
 
 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """Write `data` to the command's stdin and close it; a command need not read it.
+
+    A command that exits without reading closes the pipe: the write then fails with
+    BrokenPipeError or ConnectionResetError, or, under uvloop, with RuntimeError
+    ("unable to perform operation on <WriteUnixTransport closed=True>") once the
+    transport noticed. All three mean the same here.
+    """
     try:
-        stdin.write(data)
-        await stdin.drain()
+        if not stdin.is_closing():
+            stdin.write(data)
+            await stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
-        pass  # the command need not read its input
+        pass
+    except RuntimeError:
+        if not stdin.is_closing():
+            raise  # not the closed pipe: a real bug
     finally:
-        stdin.close()
+        with contextlib.suppress(RuntimeError, OSError):
+            stdin.close()
 
 
 async def _spawn(argv: list[str]) -> asyncio.subprocess.Process:
@@ -127,6 +143,7 @@ class CallbackRunner:
         timeout: float,
         snapshot: Callable[[], bytes],
         output_limit: int = OUTPUT_LIMIT,
+        on_run: RunHook | None = None,
     ) -> None:
         self.command = command
         self.cooldown = cooldown
@@ -134,6 +151,7 @@ class CallbackRunner:
         self.timeout = timeout
         self._snapshot = snapshot
         self._output_limit = output_limit
+        self._on_run = on_run
         self._dirty = asyncio.Event()
         self._dirty.set()  # startup counts as a change
         self.runs = 0  # runs attempted (whatever their outcome)
@@ -154,6 +172,7 @@ class CallbackRunner:
             except Exception:  # a bug here must not end the daemon, which supervises us
                 log.exception("callback: unexpected error")
                 self.last_status = None
+                self._report("failed", 0.0)
             self.runs += 1
             await asyncio.sleep(self.cooldown)
 
@@ -167,9 +186,11 @@ class CallbackRunner:
             argv = shlex.split(self.command)
         except ValueError as exc:
             log.error("callback %r cannot be split like a shell would: %s", name, exc)
+            self._report("failed", 0.0)
             return None
         if not argv:
             log.error("callback: CALLBACK is blank")
+            self._report("failed", 0.0)
             return None
         data = self._snapshot()
         started = time.monotonic()
@@ -177,6 +198,7 @@ class CallbackRunner:
             proc = await _spawn(argv)
         except OSError as exc:
             log.error("callback %r cannot start: %s", name, exc.strerror or exc)
+            self._report("failed", time.monotonic() - started)
             return None
         assert proc.stdin is not None and proc.stdout is not None
         output = _Output(self._output_limit)
@@ -199,6 +221,7 @@ class CallbackRunner:
             await _finish(reader)
             await _reap(proc)
         took = time.monotonic() - started
+        self._report("timeout" if status is None else "ok" if status == 0 else "failed", took)
         shown = output.text()
         tail = f"; output:\n{shown}" if shown else ""
         if status is None:
@@ -213,3 +236,7 @@ class CallbackRunner:
         else:
             log.warning("callback %r failed with status %d in %.2f s%s", name, status, took, tail)
         return status
+
+    def _report(self, result: Result, took: float) -> None:
+        if self._on_run is not None:
+            self._on_run(result, took)

@@ -20,6 +20,7 @@ from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 from lobby.feed import ChangeFeed
+from lobby.logs import NodeEventLog
 from lobby.model import Discovery
 from lobby.presence import Presence
 from lobby.registry import Registry
@@ -43,6 +44,8 @@ class Daemon:
             settings, self.registry, clock=clock, system_hostname=system_hostname
         )
         self.feed = ChangeFeed(self.registry)
+        self.registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), settings.ttl))
+        self.metrics: Any = None if settings.disable_api else self._make_metrics()
         self.driver = driver
         self.embedded: Any = None
         self.callback: Any = None
@@ -66,6 +69,9 @@ class Daemon:
 
     async def delete_labels(self, labels: list[str]) -> None:
         await self.presence.delete_labels(labels)
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        return self.presence.health()
 
     def stats(self) -> dict[str, Any]:
         driver = self.driver
@@ -159,6 +165,23 @@ class Daemon:
             await self._shutdown()
         return self.exit_status
 
+    def _make_metrics(self) -> Any:
+        from lobby.metrics import Metrics
+
+        metrics = Metrics(__version__)
+        registry, presence, feed = self.registry, self.presence, self.feed
+        metrics.track(
+            nodes=lambda: len(registry),
+            index=lambda: registry.index,
+            paused=lambda: registry.paused,
+            links=lambda: presence.links,
+            rejected=lambda: presence.rejected,
+            streams=lambda: len(feed.watchers),
+            blocking=lambda: feed.waiting,
+        )
+        registry.add_listener(lambda change: metrics.node_event(change.kind, change.reason))
+        return metrics
+
     async def _make_driver(self) -> Driver | None:
         s = self.settings
         if s.driver == "Redis":
@@ -196,8 +219,10 @@ class Daemon:
         from lobby.api.server import ApiServer
 
         s = self.settings
-        app = create_app(self, s.token, self.feed, node_exporter_port=s.node_exporter_port)
-        self._api = ApiServer(app, sock)
+        app = create_app(
+            self, s.token, self.feed, node_exporter_port=s.node_exporter_port, metrics=self.metrics
+        )
+        self._api = ApiServer(app, sock, access_log=s.access_log)
         self._spawn(self._api.serve(), "api")
 
     def _start_callback(self) -> None:
@@ -210,6 +235,7 @@ class Daemon:
             first_run_delay=s.callback_first_run_delay,
             timeout=s.callback_timeout,
             snapshot=self.registry.all_json,
+            on_run=self.metrics.callback_run if self.metrics is not None else None,
         )
         # startup counts as a change: the runner starts dirty
         self.registry.add_listener(lambda change: runner.mark_dirty())
@@ -219,8 +245,10 @@ class Daemon:
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()
         await self.presence.leave()
+        # end every event stream and held query, so each request finishes normally
+        self.feed.close()
         if self._api is not None:
-            self._api.stop()
+            await self._api.stop(timeout=1.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=0.5) if self._tasks else None

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lobby import __version__, config
+from lobby import __version__, config, logs
 from lobby.config import Settings
 from lobby.daemon import Daemon
 from lobby.labels import parse_env_labels
@@ -43,15 +43,6 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     if problem is not None:
         _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
     return settings
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
 async def _main(settings: Settings) -> int:
@@ -87,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "variables (see lobbyd --help)"
         )
     settings = load_settings(os.environ)
-    setup_logging(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format, access_log=settings.access_log)
     try:
         import uvloop
 

@@ -55,17 +55,26 @@ SYNC_SPREAD: Final = 0.2  # seconds over which peers answer a sync request
 
 @dataclass
 class Link:
-    """One driver and what we know of its link."""
+    """One driver, what we know of its link, and its counters (/v1/stats, /metrics)."""
 
     name: str
     driver: Driver
     up: bool = False
     echo_ok: bool = True
     heard_self: float = 0.0  # clock.monotonic() when our own "hi" last came back
+    received: int = 0  # packets on the discovery topic
+    sent: int = 0  # announcements handed to the broker
+    send_failures: int = 0
+    reconnects: int = 0  # times the link came back after it had been up
+    was_up: bool = False
 
     @property
     def healthy(self) -> bool:
         return self.up and self.echo_ok
+
+    @property
+    def dropped(self) -> int:
+        return self.driver.dropped
 
 
 class Presence:
@@ -92,11 +101,8 @@ class Presence:
         self.hostname = settings.hostname or system_hostname()
         self.labels = self.local.read()
         self.links: list[Link] = []
-        # counters (GET /v1/stats)
-        self.received = 0
+        # counters (GET /v1/stats, /metrics); the others are per link
         self.rejected: Counter[str] = Counter()
-        self.sent = 0
-        self.send_failures = 0
         self._wake = asyncio.Event()
         self._sync_pending = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -112,6 +118,23 @@ class Presence:
     @property
     def connected(self) -> bool:
         return bool(self.links) and all(link.driver.connected for link in self.links)
+
+    @property
+    def received(self) -> int:
+        return sum(link.received for link in self.links)
+
+    @property
+    def sent(self) -> int:
+        return sum(link.sent for link in self.links)
+
+    @property
+    def send_failures(self) -> int:
+        return sum(link.send_failures for link in self.links)
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """Whether every broker link is up (and echoes us), and each link's state."""
+        states = {link.name: "up" if link.healthy else "down" for link in self.links}
+        return bool(states) and all(state == "up" for state in states.values()), states
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -166,7 +189,7 @@ class Presence:
         if topic == "sync":
             self._on_sync(data)
             return
-        self.received += 1
+        link.received += 1
         try:
             envelope = decode_envelope(data)
         except PacketError as exc:
@@ -191,8 +214,11 @@ class Presence:
             self.registry.remove(discovery.hostname, "goodbye")
 
     def on_link(self, link: Link, up: bool) -> None:
+        if up and not link.up and link.was_up:
+            link.reconnects += 1
         link.up = up
         if up:
+            link.was_up = True
             link.heard_self = self.clock.monotonic()
             link.echo_ok = True
             self._wake.set()  # announce at once after (re)connecting
@@ -286,7 +312,7 @@ class Presence:
         try:
             await link.driver.publish("discovery", data)
         except DriverError as exc:
-            self.send_failures += 1
+            link.send_failures += 1
             self._send_log(
                 logging.WARNING,
                 "cannot announce %r on %s (%s); retrying in %d s",
@@ -296,7 +322,7 @@ class Presence:
                 self.settings.keep_alive,
             )
             return False
-        self.sent += 1
+        link.sent += 1
         return True
 
     def _hostname_changed(self) -> str | None:

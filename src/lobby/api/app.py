@@ -8,6 +8,7 @@ by two spaces and ends with a newline, like Go's JSONPretty.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
@@ -17,7 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from lobby import __version__
-from lobby.api import events
+from lobby.api import docs, events, ops
 from lobby.api._responses import json_response
 from lobby.api._schema import DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
@@ -27,6 +28,8 @@ from lobby.labels import parse_label_body
 from lobby.model import Discovery, LabelError, discoveries_json, pretty
 from lobby.prometheus import PrometheusSD
 from lobby.registry import Registry
+
+log = logging.getLogger("lobby.api")
 
 
 class Node(Protocol):
@@ -41,6 +44,8 @@ class Node(Protocol):
     async def delete_labels(self, labels: list[str]) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    def health(self) -> tuple[bool, dict[str, str]]: ...
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -69,7 +74,21 @@ async def _labels_from(request: Request) -> list[str]:
 
 def _plain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only
+        headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method some route answers on this path, in the order they were declared."""
+    methods: list[str] = []
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods += [m for m in sorted(getattr(route, "methods", ())) if m not in methods]
+    return methods
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -149,16 +168,19 @@ def create_app(
     feed: ChangeFeed | None = None,
     *,
     node_exporter_port: int = 9100,
+    metrics: ops.Metrics | None = None,
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
     With a change `feed`, every GET supports blocking queries and `/v1/events` streams
-    changes.
+    changes; with `metrics`, /metrics serves them and every request is counted.
     """
     app = FastAPI(
         title="lobbyd",
         version=__version__,
         description="Which servers exist and what runs where: discovery packets by label.",
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: lobby.api.docs
+        redoc_url=None,
     )
     app.add_exception_handler(HTTPException, _plain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -232,6 +254,7 @@ def create_app(
         except LabelError as exc:
             raise HTTPException(400, str(exc)) from None
         except OSError as exc:
+            log.error("cannot write runtime labels: %s", exc)
             raise HTTPException(500, f"cannot write runtime labels: {exc}") from None
         return PlainTextResponse("OK")
 
@@ -278,10 +301,13 @@ def create_app(
     ) -> Response:
         return json_response(prometheus.answer(name))
 
-    if feed is None:
-        _document_guard(app, bool(token))
-        return Guard(app, token)
-    events.add_routes(app, feed)
-    events.document_blocking(app)
+    ops.add_routes(app, node.health, metrics)
+    docs.add_routes(app)
+    inner: Any = app
+    if feed is not None:
+        events.add_routes(app, feed)
+        events.document_blocking(app)
+        inner = events.Blocking(app, feed)
     _document_guard(app, bool(token))
-    return Guard(events.Blocking(app, feed), token)
+    guarded = Guard(inner, token, lambda path: ops.is_public(path) or docs.is_public(path))
+    return guarded if metrics is None else ops.HttpMetrics(guarded, metrics, app.routes)

@@ -1,12 +1,14 @@
 """What stands in front of every route, 404s and /openapi.json included.
 
 The token check is constant-time (hmac.compare_digest); a body announced as larger
-than MAX_BODY is refused before any route reads it.
+than MAX_BODY is refused before any route reads it. A few GET paths are public
+(`public`): the health check and the static /docs page, which tell nothing.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,16 +21,19 @@ MAX_BODY: Final = 1024 * 1024
 class Guard:
     """Token check and body-size limit in front of every route."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(
+        self, app: ASGIApp, token: str, public: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self.app = app
         self.expected = f"Token {token}".encode() if token else b""
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected:
+        if self.expected and not (scope["method"] == "GET" and self.public(scope["path"])):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 await send_denied(send)

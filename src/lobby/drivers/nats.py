@@ -2,7 +2,18 @@
 
 nats-py already reconnects forever (max_reconnect_attempts=-1), cycles through every
 URL of a cluster and replays subscriptions after a reconnect; this module adds the
-logging, the link reports and the slow-consumer count the daemon needs.
+logging, the link reports and the slow-consumer count the daemon needs, and the
+back-off (SPEC §14.2).
+
+Back-off: nats-py waits a fixed `reconnect_time_wait` before trying a server it
+tried last less than that long ago, for the first connection as for reconnects, and
+reads that option from `Client.options` at each attempt. So after every failed
+attempt (nats-py calls `error_cb` with it) the driver sets the next wait there from
+a `lobby.backoff.Backoff` (0.1 s doubling to 10 s, with jitter), and starts over
+after a success. (nats-py's `reconnect_to_server_handler` would give the delay only
+for reconnects, not for a broker that is down when lobbyd starts.) The failures are
+logged through a `BackoffLog`: each of the first five, then one line per doubling
+interval up to 5 minutes.
 """
 
 from __future__ import annotations
@@ -11,34 +22,24 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
 
 from lobby._ratelimit import RateLimitedLog
+from lobby.backoff import Backoff, BackoffLog
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+from lobby.urls import redact
 
 log = logging.getLogger("lobby.nats")
 
-# How often a lost connection is retried. nats.go waits 2 s; a discovery daemon
-# wants its peers back quickly, and a connection attempt on loopback or LAN is cheap.
-RECONNECT_WAIT = 1.0
+# The wait before the first retry of a lost connection; later ones back off (Backoff).
+# nats.go waits 2 s each time; a discovery daemon wants its peers back quickly.
+RECONNECT_WAIT = 0.1
 # Up to this many messages may wait for the daemon before the client drops (and we
 # count) them: a few seconds of the largest cluster's traffic (SPEC §11).
 PENDING_MSGS = 200_000
-
-
-def redact(url: str) -> str:
-    """The URL without its password or token, for logs."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 address's brackets
-    # nats://TOKEN@host: nats-py sends a user part without a password as the auth token
-    userinfo = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 class NatsDriver:
@@ -49,6 +50,7 @@ class NatsDriver:
         *,
         ping_interval: int = 5,
         name: str = "lobbyd",
+        backoff: Backoff | None = None,
     ) -> None:
         self.servers = servers
         self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
@@ -62,7 +64,9 @@ class NatsDriver:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
         self._closing = False
-        self._fail_log = RateLimitedLog(log, burst=5, every=30)
+        self._backoff = backoff if backoff is not None else Backoff(RECONNECT_WAIT)
+        self._fail_log = BackoffLog(log)
+        self._error_log = RateLimitedLog(log, burst=5, every=30)
         self._slow_log = RateLimitedLog(log, burst=1, every=10)
         self._handler_log = RateLimitedLog(log, burst=5, every=30)
 
@@ -82,7 +86,7 @@ class NatsDriver:
                 name=self._name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
+                reconnect_time_wait=self._backoff.first,  # type: ignore[arg-type]
                 connect_timeout=2,
                 ping_interval=self._ping_interval,
                 max_outstanding_pings=2,
@@ -102,8 +106,7 @@ class NatsDriver:
             log.error("NATS connection setup failed: %s", exc)
             return
         self._subscribed = True
-        self._fail_log.reset()
-        log.info("connected to NATS %s", self._current())
+        log.info("connected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
     def _handler(self, topic: Topic) -> Any:
@@ -139,14 +142,29 @@ class NatsDriver:
             return
         if self._closing:
             return
+        if self._nc.is_connected:  # e.g. a permissions violation: the link stands
+            self._error_log(logging.WARNING, "NATS error: %s: %s", type(exc).__name__, exc)
+            return
+        # a failed connection attempt: wait longer before the next one
+        wait = self._backoff.next()
+        self._nc.options["reconnect_time_wait"] = wait
         self._fail_log(
             logging.WARNING,
-            "NATS %s: %s: %s (retrying every %.0f s)",
+            "cannot connect to NATS %s: %s: %s; retrying in %.1f s",
             self.address,
             type(exc).__name__,
             exc or "connection failed",
-            RECONNECT_WAIT,
+            wait,
         )
+
+    def _recovered(self) -> str:
+        """Start the back-off over after a success; how long the trouble lasted, if any."""
+        self._backoff.reset()
+        self._nc.options["reconnect_time_wait"] = self._backoff.first
+        failures, took = self._fail_log.success()
+        if not failures:
+            return ""
+        return f" after {failures} failed attempt{'s' if failures > 1 else ''} in {took:.0f} s"
 
     async def _disconnected(self) -> None:
         if not self._closing and self._subscribed:
@@ -154,8 +172,7 @@ class NatsDriver:
             self._link(False)
 
     async def _reconnected(self) -> None:
-        self._fail_log.reset()
-        log.info("reconnected to NATS %s", self._current())
+        log.info("reconnected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
     async def _closed(self) -> None:
