@@ -15,12 +15,11 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from lobby import __version__
+from lobby import __version__, observe
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 from lobby.feed import ChangeFeed
-from lobby.logs import NodeEventLog
 from lobby.model import Discovery
 from lobby.presence import Presence
 from lobby.registry import Registry
@@ -44,8 +43,12 @@ class Daemon:
             settings, self.registry, clock=clock, system_hostname=system_hostname
         )
         self.feed = ChangeFeed(self.registry)
-        self.registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), settings.ttl))
-        self.metrics: Any = None if settings.disable_api else self._make_metrics()
+        observe.log_node_events(self.registry)
+        self.metrics = (
+            None
+            if settings.disable_api
+            else observe.metrics(self.registry, self.presence, self.feed)
+        )
         self.driver = driver
         self.embedded: Any = None
         self.callback: Any = None
@@ -164,23 +167,6 @@ class Daemon:
         finally:
             await self._shutdown()
         return self.exit_status
-
-    def _make_metrics(self) -> Any:
-        from lobby.metrics import Metrics
-
-        metrics = Metrics(__version__)
-        registry, presence, feed = self.registry, self.presence, self.feed
-        metrics.track(
-            nodes=lambda: len(registry),
-            index=lambda: registry.index,
-            paused=lambda: registry.paused,
-            links=lambda: presence.links,
-            rejected=lambda: presence.rejected,
-            streams=lambda: len(feed.watchers),
-            blocking=lambda: feed.waiting,
-        )
-        registry.add_listener(lambda change: metrics.node_event(change.kind, change.reason))
-        return metrics
 
     async def _make_driver(self) -> Driver | None:
         s = self.settings

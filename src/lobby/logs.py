@@ -51,9 +51,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        if record.name == "uvicorn.access" and isinstance(record.args, tuple):
-            if len(record.args) == len(_ACCESS_FIELDS):
-                out.update(zip(_ACCESS_FIELDS, record.args, strict=True))
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            out.update(zip(_ACCESS_FIELDS, args, strict=True))
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS and not key.startswith("_") and key not in out:
                 out[key] = value

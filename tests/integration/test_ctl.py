@@ -206,8 +206,7 @@ def test_daemon_down(run):
 def test_usage_error_exits_2_as_a_subprocess():
     done = lobbyctl("discoveries", "-json")
     assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr.startswith("lobbyctl: flags go before the command: -json\n")
-    assert "Usage: lobbyctl" in done.stderr
+    assert done.stderr == "lobbyctl: flags go before the command: -json (see lobbyctl -help)\n"
 
 
 def on_a_terminal(*argv: str, **env: str) -> str:

@@ -59,10 +59,10 @@ def test_each_kind_of_change_is_one_line_with_its_fields(caught) -> None:
         "expire db2 (silent 30 s)",
     ]
     assert all(r.levelno == logging.INFO for r in records)
-    assert [getattr(r, "event") for r in records] == ["join", "update", "leave", "join", "expire"]
-    assert getattr(records[0], "labels") == ["location:prague", "service:web"]
-    assert getattr(records[1], "added") == ["service:smtp"]
-    assert getattr(records[1], "removed") == ["service:web"]
+    assert [r.event for r in records] == ["join", "update", "leave", "join", "expire"]
+    assert records[0].labels == ["location:prague", "service:web"]
+    assert records[1].added == ["service:smtp"]
+    assert records[1].removed == ["service:web"]
 
 
 def test_a_long_label_list_is_shortened(caught) -> None:
@@ -99,11 +99,13 @@ def test_above_twenty_a_second_the_rest_is_summed_up(caught) -> None:
     assert records[-1].getMessage() == (
         "… and 9,980 more joins and 3 more expiries in the last second"
     )
-    assert getattr(records[-1], "more") == {"join": 9980, "expire": 3}
+    assert records[-1].more == {"join": 9980, "expire": 3}
     # the next second starts afresh
     for change in changes(5, "leave", start=30_000):
         log(change)
-    assert [r.getMessage() for r in caught()[21:]] == [f"leave n{i} (goodbye)" for i in range(30_000, 30_005)]
+    assert [r.getMessage() for r in caught()[21:]] == [
+        f"leave n{i} (goodbye)" for i in range(30_000, 30_005)
+    ]
     assert len(scheduled) == 1
 
 
@@ -152,7 +154,11 @@ def test_json_lines_carry_ts_level_logger_msg_and_the_events_fields(root) -> Non
     join, uvicorn, broke = lines
     assert set(join) == {"ts", "level", "logger", "msg", "event", "hostname", "labels"}
     assert join["ts"].endswith("Z") and join["ts"][10] == "T"
-    assert (join["level"], join["logger"], join["msg"]) == ("INFO", "lobby.nodes", "join web1 [a:1]")
+    assert (join["level"], join["logger"], join["msg"]) == (
+        "INFO",
+        "lobby.nodes",
+        "join web1 [a:1]",
+    )
     assert (join["event"], join["hostname"], join["labels"]) == ("join", "web1", ["a:1"])
     assert uvicorn == {
         "ts": uvicorn["ts"],

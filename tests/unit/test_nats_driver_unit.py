@@ -24,7 +24,8 @@ from support import free_port, until
 from lobby.backoff import Backoff
 from lobby.drivers import nats as nats_driver
 from lobby.drivers.base import DriverError, Topic
-from lobby.drivers.nats import NatsDriver, redact
+from lobby.drivers.nats import NatsDriver
+from lobby.urls import redact
 
 
 class FakeNats:
@@ -436,7 +437,7 @@ async def test_each_failed_attempt_sets_nats_py_wait_from_the_backoff_and_succes
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "lobby.nats")
-    driver, fake, r = await started(backoff=ScriptedBackoff([0.5, 1.0, 2.0]))
+    driver, fake, _ = await started(backoff=ScriptedBackoff([0.5, 1.0, 2.0]))
     await fake.lose_link()
     for _ in range(3):
         await fake.error(ConnectionRefusedError("refused"))

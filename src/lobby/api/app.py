@@ -140,8 +140,8 @@ def _document_guard(app: FastAPI, token: bool) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = original()
-        for ops in schema.get("paths", {}).values():
-            for op in ops.values():
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
                 responses = op.setdefault("responses", {})
                 if responses.pop("422", None) is not None:
                     responses.setdefault("400", copy.deepcopy(_PLAIN_ERRORS[400]))

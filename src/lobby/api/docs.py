@@ -65,7 +65,7 @@ PAGE: Final = """\
 
 def is_public(path: str) -> bool:
     """The page and its assets: no token needed (the API calls still need it)."""
-    return path == PREFIX or path.startswith(STATIC)
+    return path == PREFIX or (path.startswith(STATIC) and path[len(STATIC) :] in ASSETS)
 
 
 @cache

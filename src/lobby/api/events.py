@@ -38,7 +38,6 @@ from lobby.feed import (
 )
 from lobby.registry import Change, Registry, View, make_view
 
-
 # GETs that never wait: the stream, and what monitoring and browsers ask
 UNBLOCKED: Final = frozenset({"/v1/events", "/metrics", "/v1/health", "/docs"})
 
