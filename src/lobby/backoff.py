@@ -1,12 +1,13 @@
 """Back-off for a broker that stays down: when to try again, and when to say so (SPEC §14.2).
 
-`Backoff` gives the waits between reconnect attempts: 0.1 s doubling to 10 s, each
-with ±20 % jitter so that a thousand nodes that lost the same broker do not all
-knock at once when it comes back. `BackoffLog` logs the failures: each of the first
-five, then one line per doubling interval (10 s, 20 s, ... up to 5 minutes) with the
-count since the last line, so a broker down for a day costs about 300 lines, not
-86,400. Both start over after a success. Both take their clock and randomness as
-arguments, so tests drive them without sleeping.
+`Backoff` gives the waits between reconnect attempts: 0.1 s doubling to 10 s (or
+TTL/3, if shorter: see `reconnect_backoff`), each with ±20 % jitter so that a thousand
+nodes that lost the same broker do not all knock at once when it comes back.
+`BackoffLog` logs the failures: each of the first five, then one line per doubling
+interval (10 s, 20 s, ... up to 5 minutes) with the count since the last line, so a
+broker down for a day costs about 300 lines, not 86,400. Both start over after a
+success. Both take their clock and randomness as arguments, so tests drive them
+without sleeping.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ JITTER: Final = 0.2
 LOG_BURST: Final = 5
 LOG_FIRST_INTERVAL: Final = 10.0
 LOG_CAP: Final = 300.0
+
+
+def reconnect_backoff(ttl: float) -> Backoff:
+    """A driver's reconnect waits: capped at TTL/3 when that is under 10 s.
+
+    When a broker comes back, peers that reconnect at once resume expiry; a node still
+    waiting out its back-off must be back and announcing before they expire it. With
+    the default TTL (30 s) the cap is exactly 10 s.
+    """
+    return Backoff(cap=min(RECONNECT_CAP, ttl / 3))
 
 
 class Backoff:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from lobby import __version__, observe
+from lobby.backoff import reconnect_backoff
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
@@ -179,6 +180,7 @@ class Daemon:
                 db=s.redis_db,
                 password=s.redis_password,
                 channel=s.redis_channel,
+                backoff=reconnect_backoff(s.ttl),
             )
         from lobby.drivers.nats import NatsDriver
 
@@ -198,6 +200,7 @@ class Daemon:
             s.nats_discovery_channel,
             ping_interval=max(1, min(s.keep_alive, 10)),
             name=f"lobbyd {self.hostname}",
+            backoff=reconnect_backoff(s.ttl),
         )
 
     def _start_api(self, sock: socket.socket) -> None:

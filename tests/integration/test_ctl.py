@@ -100,7 +100,11 @@ def test_human_output_of_every_read_command(pair, run):
         "",
     )
     assert run(*port, "prometheus", "node") == (0, "10.0.0.2:9200    location=brno\n", "")
-    assert run(*port, "prometheus", "none") == (0, "", "")
+    assert run(*port, "prometheus", "none") == (
+        0,
+        "",  # nothing on stdout for scripts; a word on stderr for people
+        "lobbyctl: no targets: no node has a prometheus:none label\n",
+    )
 
 
 def test_json_output_is_the_apis(pair, run):

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from lobby.backoff import Backoff, BackoffLog
+from lobby.backoff import Backoff, BackoffLog, reconnect_backoff
 
 
 def test_waits_double_from_a_tenth_of_a_second_to_ten_seconds() -> None:
@@ -96,3 +96,13 @@ def test_success_starts_over_and_tells_how_long_it_lasted(
         assert failures(logging.WARNING, "down again")
     assert not failures(logging.WARNING, "down again")
     assert lines(caplog) == ["down again"] * 5
+
+
+def test_the_reconnect_cap_leaves_peers_time_before_they_expire_us() -> None:
+    """After an outage, peers that reconnected first resume expiry: our next attempt must
+    come well within TTL. The default TTL (30 s) gives exactly the 10 s cap."""
+    assert reconnect_backoff(30).cap == 10.0
+    assert reconnect_backoff(300).cap == 10.0
+    assert reconnect_backoff(4).cap == pytest.approx(4 / 3)
+    backoff = reconnect_backoff(4)
+    assert max(backoff.next() for _ in range(20)) <= 4 / 3 * 1.2 + 1e-9

@@ -128,7 +128,7 @@ _DENIED_DOC = {
 }
 
 
-def _document_guard(app: FastAPI, token: bool) -> None:
+def _document_guard(app: FastAPI, token: bool, public: Callable[[str], bool]) -> None:
     """Make the OpenAPI document tell what the app really answers.
 
     Validation errors are 400 text/plain here, never FastAPI's 422 JSON; and with a
@@ -140,12 +140,14 @@ def _document_guard(app: FastAPI, token: bool) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = original()
-        for operations in schema.get("paths", {}).values():
-            for op in operations.values():
+        for path, operations in schema.get("paths", {}).items():
+            for method, op in operations.items():
                 responses = op.setdefault("responses", {})
                 if responses.pop("422", None) is not None:
                     responses.setdefault("400", copy.deepcopy(_PLAIN_ERRORS[400]))
-                if token:
+                if token and method == "get" and public(path):
+                    op["security"] = []  # needs no token (the health check)
+                elif token:
                     responses["403"] = copy.deepcopy(_DENIED_DOC)
         if token:
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
@@ -308,6 +310,10 @@ def create_app(
         events.add_routes(app, feed)
         events.document_blocking(app)
         inner = events.Blocking(app, feed)
-    _document_guard(app, bool(token))
-    guarded = Guard(inner, token, lambda path: ops.is_public(path) or docs.is_public(path))
+
+    def public(path: str) -> bool:
+        return ops.is_public(path) or docs.is_public(path)
+
+    _document_guard(app, bool(token), public)
+    guarded = Guard(inner, token, public)
     return guarded if metrics is None else ops.HttpMetrics(guarded, metrics, app.routes)
