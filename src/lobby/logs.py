@@ -80,12 +80,17 @@ def setup(
     root.addHandler(handler)
     root.setLevel(getattr(logging, level))
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught  # a crash, too, is one line (a JSON object) with `exc`
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     # uvicorn's start-up chatter repeats what lobbyd says itself; its warnings stay
     quiet = max(logging.WARNING, root.level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
         logging.getLogger(name).setLevel(quiet)
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else quiet)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("lobby").critical("lobbyd crashed: %r", exc, exc_info=(kind, exc, tb))
 
 
 # -- the peers' comings and goings ---------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -128,8 +129,9 @@ def test_a_summary_still_comes_when_no_flush_was_scheduled(caught) -> None:
 def root() -> Iterator[None]:
     """Restore the root logger after logs.setup() replaced its handlers."""
     logger = logging.getLogger()
-    handlers, level = list(logger.handlers), logger.level
+    handlers, level, hook = list(logger.handlers), logger.level, sys.excepthook
     yield
+    sys.excepthook = hook
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     for handler in handlers:
@@ -192,3 +194,15 @@ def test_text_lines(root) -> None:
     logging.getLogger("uvicorn.error").info("Started server process [1]")  # chatter: hidden
     (line,) = out.getvalue().splitlines()
     assert line.endswith(" WARNING uvicorn.error: Invalid HTTP request received.")
+
+
+def test_an_uncaught_exception_is_one_json_line_too(root) -> None:
+    out = io.StringIO()
+    logs.setup("INFO", "json", stream=out)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    (line,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (line["level"], line["msg"]) == ("CRITICAL", "lobbyd crashed: RuntimeError('boom')")
+    assert "RuntimeError: boom" in line["exc"]
