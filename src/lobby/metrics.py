@@ -190,6 +190,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=registry,
         )
+        self._http_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
         self.watchers = Gauge(
             "lobby_watchers",
             "open event streams and held blocking queries",
@@ -236,8 +237,14 @@ class Metrics:
         self._callback_duration.observe(seconds)
 
     def http_request(self, route: str, code: int, seconds: float) -> None:
-        self._http_requests.labels(route, str(code)).inc()
-        self._http_duration.labels(route).observe(seconds)
+        children = self._http_children.get((route, code))
+        if children is None:  # labels() costs more than the counting: once per pair
+            children = self._http_children[(route, code)] = (
+                self._http_requests.labels(route, str(code)),
+                self._http_duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- exposition ----------------------------------------------------------------------
 
