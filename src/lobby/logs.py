@@ -84,8 +84,11 @@ def setup(
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     # uvicorn's start-up chatter repeats what lobbyd says itself; its warnings stay
     quiet = max(logging.WARNING, root.level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi"):
-        logging.getLogger(name).setLevel(quiet)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi", "uvicorn.access"):
+        logger = logging.getLogger(name)  # no handler of its own: through ours
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(quiet)
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if access_log else quiet)
 
 
