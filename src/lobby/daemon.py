@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from lobby import __version__
+from lobby import __version__, observe
 from lobby.checks import Checks
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
@@ -54,6 +54,12 @@ class Daemon:
         self.feed = ChangeFeed(self.registry)
         # given (tests) or built from DRIVER at run(); `driver` is the first DRIVER's
         self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
+        observe.log_node_events(self.registry)
+        self.metrics = (
+            None
+            if settings.disable_api
+            else observe.metrics(self.registry, self.presence, self.feed)
+        )
         self.embedded: Any = None
         self.callback: Any = None
         self.templates: Any = None
@@ -83,6 +89,9 @@ class Daemon:
 
     async def delete_labels(self, labels: list[str]) -> None:
         await self.presence.delete_labels(labels)
+
+    def health(self) -> tuple[bool, dict[str, str]]:
+        return self.presence.health()
 
     def stats(self) -> dict[str, Any]:
         callback = self.callback
@@ -211,9 +220,16 @@ class Daemon:
             node_exporter_port=s.node_exporter_port,
             read_token=s.read_token,
             checks=self.checks.report if self.checks else None,
+            metrics=self.metrics,
         )
         self._api = ApiServer(
-            app, sock, api_limits(s), is_watcher, tls_cert=s.tls_cert, tls_key=s.tls_key
+            app,
+            sock,
+            api_limits(s),
+            is_watcher,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            access_log=s.access_log,
         )
         self._spawn(self._api.serve(), "api")
 
@@ -227,6 +243,7 @@ class Daemon:
             first_run_delay=s.callback_first_run_delay,
             timeout=s.callback_timeout,
             snapshot=self.registry.all_json,
+            on_run=self.metrics.callback_run if self.metrics is not None else None,
         )
         # startup counts as a change: the runner starts dirty
         self.registry.add_listener(lambda change: runner.mark_dirty())
@@ -244,8 +261,10 @@ class Daemon:
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()
         await self.presence.leave()
+        # end every event stream and held query, so each request finishes normally
+        self.feed.close()
         if self._api is not None:
-            self._api.stop()
+            await self._api.stop(timeout=1.0)
         if self.dns is not None:
             self.dns.close()
         for task in self._tasks:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from urllib.parse import parse_qs
 
 import orjson
@@ -27,8 +27,19 @@ from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lobby.api._responses import send_plain
-from lobby.feed import DEFAULT_WAIT, OVERFLOW, ChangeFeed, Watcher, parse_index, parse_wait
+from lobby.feed import (
+    CLOSED,
+    DEFAULT_WAIT,
+    OVERFLOW,
+    ChangeFeed,
+    Watcher,
+    parse_index,
+    parse_wait,
+)
 from lobby.registry import Change, Registry, View, make_view
+
+# GETs that never wait: the stream, and what monitoring and browsers ask
+UNBLOCKED: Final = frozenset({"/v1/events", "/metrics", "/v1/health", "/docs"})
 
 
 def split_list(value: str | None) -> list[str]:
@@ -60,7 +71,7 @@ class Blocking:
         self.feed = feed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] == "/v1/events":
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] in UNBLOCKED:
             await self.app(scope, receive, send)
             return
         registry = self.feed.registry
@@ -123,7 +134,7 @@ def document_blocking(app: FastAPI) -> None:
         schema = original()
         for path, ops in schema.get("paths", {}).items():
             get = ops.get("get")
-            if get is None or path in ("/v1/events", "/v1/stats"):
+            if get is None or path in UNBLOCKED or path == "/v1/stats":
                 continue
             params = get.setdefault("parameters", [])
             params += [
@@ -214,12 +225,14 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
                     yield event
             seen = max(seen, resume_from or 0)
         yield b": live\n\n"
-        while True:
+        while not feed.closed:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), feed.heartbeat)
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if item is CLOSED:
+                return  # the daemon is stopping: end the stream cleanly
             if item is OVERFLOW:
                 yield b"event: reset\ndata: {}\n\n"
                 seen, events = _snapshot(feed.registry, view)
