@@ -17,9 +17,10 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from lobby.command import OUTPUT_LIMIT, report, run_command, shown
+from lobby.config import Settings
 
 log = logging.getLogger("lobby.callback")
 
@@ -51,6 +52,22 @@ class CallbackRunner:
         self._dirty.set()  # startup counts as a change
         self.runs = 0  # runs attempted (whatever their outcome)
         self.last_status: int | None = None  # exit status; None: did not start / killed
+
+    @classmethod
+    def from_settings(
+        cls, s: Settings, snapshot: Callable[[], bytes], on_run: RunHook | None = None
+    ) -> CallbackRunner:
+        return cls(
+            s.callback,
+            cooldown=s.callback_cooldown,
+            first_run_delay=s.callback_first_run_delay,
+            timeout=s.callback_timeout,
+            snapshot=snapshot,
+            on_run=on_run,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"runs": self.runs, "last_status": self.last_status}
 
     def mark_dirty(self) -> None:
         """Note a registry change; cheap, called for every change."""

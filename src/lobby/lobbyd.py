@@ -125,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = load_settings(os.environ)
     logs.setup(settings.log_level, settings.log_format, access_log=settings.access_log)
     raise_open_file_limit()
+    if settings.ttl <= settings.keep_alive:
+        log.warning(
+            "TTL=%d <= KEEP_ALIVE=%d: nodes will flap between keep-alives",
+            settings.ttl,
+            settings.keep_alive,
+        )
     try:
         import uvloop
 

@@ -218,6 +218,7 @@ class Presence:
         """Connect every driver in the background and listen on each."""
         now = self.clock.monotonic()
         for name, driver in drivers:
+            log.info("broker: %s %s", name, driver.address)
             # link 0 is the registry's own, paused since __init__; each further link gets
             # a clock of its own, paused until its driver reports the link up
             index = self.registry.add_link() if self.links else 0

@@ -166,6 +166,20 @@ class ApiServer:
         self._server.limits = self.limits
         self._done = asyncio.Event()
 
+    @classmethod
+    def from_settings(cls, s: Settings, app: Any, sock: socket.socket) -> ApiServer:
+        from lobby.api.events import is_watcher
+
+        return cls(
+            app,
+            sock,
+            api_limits(s),
+            is_watcher,
+            tls_cert=s.tls_cert,
+            tls_key=s.tls_key,
+            access_log=s.access_log,
+        )
+
     async def serve(self) -> None:
         host, port = self.sock.getsockname()[:2]
         log.info("API listening on %s://%s:%d", self.scheme, host, port)
