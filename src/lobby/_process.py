@@ -141,13 +141,25 @@ class _Child:
 
 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """Write `data` to the command's stdin and close it; a command need not read it.
+
+    A command that exits without reading closes the pipe: the write then fails with
+    BrokenPipeError or ConnectionResetError, or, under uvloop, with RuntimeError
+    ("unable to perform operation on <WriteUnixTransport closed=True>") once the
+    transport noticed. All three mean the same here.
+    """
     try:
-        stdin.write(data)
-        await stdin.drain()
+        if not stdin.is_closing():
+            stdin.write(data)
+            await stdin.drain()
     except (BrokenPipeError, ConnectionResetError):
-        pass  # the command need not read its input
+        pass
+    except RuntimeError:
+        if not stdin.is_closing():
+            raise  # not the closed pipe: a real bug
     finally:
-        stdin.close()
+        with contextlib.suppress(RuntimeError, OSError):
+            stdin.close()
 
 
 async def _spawn(argv: list[str], with_stdin: bool) -> _Child:

@@ -17,6 +17,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from lobby.backoff import reconnect_backoff
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 
@@ -82,6 +83,7 @@ def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
         ping_interval=max(1, min(s.keep_alive, 10)),
         name=name,
         options=nats_options(s),
+        backoff=reconnect_backoff(s.ttl),
     )
 
 
@@ -111,6 +113,7 @@ def redis_driver(s: Settings) -> Driver:
         tls=redis_tls(s),
         sentinels=s.sentinels,
         sentinel_master=s.redis_sentinel_master,
+        backoff=reconnect_backoff(s.ttl),
     )
 
 

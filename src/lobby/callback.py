@@ -15,11 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import time
 from collections.abc import Callable
+from typing import Any, Literal
 
 from lobby.command import OUTPUT_LIMIT, report, run_command, shown
+from lobby.config import Settings
 
 log = logging.getLogger("lobby.callback")
+
+Result = Literal["ok", "failed", "timeout"]
+# told after every run: its result and how long it took (lobby.metrics)
+RunHook = Callable[[Result, float], None]
 
 
 class CallbackRunner:
@@ -32,6 +39,7 @@ class CallbackRunner:
         timeout: float,
         snapshot: Callable[[], bytes],
         output_limit: int = OUTPUT_LIMIT,
+        on_run: RunHook | None = None,
     ) -> None:
         self.command = command
         self.cooldown = cooldown
@@ -39,10 +47,27 @@ class CallbackRunner:
         self.timeout = timeout
         self._snapshot = snapshot
         self._output_limit = output_limit
+        self._on_run = on_run
         self._dirty = asyncio.Event()
         self._dirty.set()  # startup counts as a change
         self.runs = 0  # runs attempted (whatever their outcome)
         self.last_status: int | None = None  # exit status; None: did not start / killed
+
+    @classmethod
+    def from_settings(
+        cls, s: Settings, snapshot: Callable[[], bytes], on_run: RunHook | None = None
+    ) -> CallbackRunner:
+        return cls(
+            s.callback,
+            cooldown=s.callback_cooldown,
+            first_run_delay=s.callback_first_run_delay,
+            timeout=s.callback_timeout,
+            snapshot=snapshot,
+            on_run=on_run,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {"runs": self.runs, "last_status": self.last_status}
 
     def mark_dirty(self) -> None:
         """Note a registry change; cheap, called for every change."""
@@ -59,6 +84,7 @@ class CallbackRunner:
             except Exception:  # a bug here must not end the daemon, which supervises us
                 log.exception("callback: unexpected error")
                 self.last_status = None
+                self._report("failed", 0.0)
             self.runs += 1
             await asyncio.sleep(self.cooldown)
 
@@ -72,16 +98,28 @@ class CallbackRunner:
             argv = shlex.split(self.command)
         except ValueError as exc:
             log.error("callback %r cannot be split like a shell would: %s", name, exc)
+            self._report("failed", 0.0)
             return None
         if not argv:
             log.error("callback: CALLBACK is blank")
+            self._report("failed", 0.0)
             return None
+        started = time.monotonic()
         try:
             outcome = await run_command(
                 argv, stdin=self._snapshot(), timeout=self.timeout, output_limit=self._output_limit
             )
         except OSError as exc:
             log.error("callback %r cannot start: %s", name, exc.strerror or exc)
+            self._report("failed", time.monotonic() - started)
             return None
+        status = outcome.status
+        self._report(
+            "timeout" if status is None else "ok" if status == 0 else "failed", outcome.took
+        )
         report(log, f"callback {name!r}", outcome, self.timeout)
-        return outcome.status
+        return status
+
+    def _report(self, result: Result, took: float) -> None:
+        if self._on_run is not None:
+            self._on_run(result, took)

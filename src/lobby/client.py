@@ -325,12 +325,42 @@ def _port(port: int | str) -> int:
     return port
 
 
-def _unreachable(base_url: str, call: _Call[Any], exc: httpx.RequestError) -> LobbyException:
+def _reason(exc: httpx.RequestError) -> str:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         reason = f"timed out ({reason})" if str(exc) else "timed out"
-    message = f"cannot reach lobbyd at {base_url}: {reason}"
+    return reason
+
+
+def _unreachable(base_url: str, call: _Call[Any], exc: httpx.RequestError) -> LobbyException:
+    message = f"cannot reach lobbyd at {base_url}: {_reason(exc)}"
     return LobbyException(message, None, base_url + call.path)
+
+
+# watch(on_link=...): told (False, reason) once when the daemon is lost, (True, "") when back
+LinkReport = Callable[[bool, str], None]
+
+
+class _WatchLink:
+    """When a watch lost its daemon, and when it got it back; each told once."""
+
+    def __init__(self, report: LinkReport | None) -> None:
+        self.report = report
+        self.connected = False  # connected at least once
+        self.lost = False
+
+    def up(self) -> None:
+        self.connected = True
+        if self.lost:
+            self.lost = False
+            if self.report is not None:
+                self.report(True, "")
+
+    def down(self, exc: httpx.RequestError) -> None:
+        if not self.lost:
+            self.lost = True
+            if self.report is not None:
+                self.report(False, _reason(exc))
 
 
 class Lobby(_Base):
@@ -388,6 +418,7 @@ class Lobby(_Base):
         prefixes: Iterable[str] | None = None,
         *,
         reconnect: bool = True,
+        on_link: LinkReport | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Live changes: dicts with "event" (join, update, leave, reset), "hostname",
         "labels", "index" and, for leave, "reason" (goodbye, expired, unmatched).
@@ -395,11 +426,12 @@ class Lobby(_Base):
         Starts with a `join` for every node in the (filtered) view. After a dropped
         connection it reconnects every second and resumes where it left off (a `reset`
         and a fresh snapshot when the daemon cannot); LobbyException when the first
-        connection fails or the daemon refuses.
+        connection fails or the daemon refuses. `on_link(False, reason)` is called once
+        when the daemon cannot be reached any more, `on_link(True, "")` when it is back.
         """
         params = _watch_params(labels, prefixes)
         parser = _EventParser()
-        connected = False
+        link = _WatchLink(on_link)
         while True:
             try:
                 with self._http.stream(
@@ -412,15 +444,16 @@ class Lobby(_Base):
                     if response.status_code != 200:
                         response.read()
                         raise _stream_error(response)
-                    connected = True
+                    link.up()
                     for line in response.iter_lines():
                         if (event := parser.feed(line)) is not None:
                             yield event
             except httpx.RequestError as exc:
-                if not connected or not reconnect:
+                if not link.connected or not reconnect:
                     raise _unreachable(
                         self.base_url, _Call("GET", "/v1/events", _obj), exc
                     ) from exc
+                link.down(exc)
             if not reconnect:
                 return
             time.sleep(_RECONNECT_DELAY)
@@ -495,11 +528,12 @@ class AsyncLobby(_Base):
         prefixes: Iterable[str] | None = None,
         *,
         reconnect: bool = True,
+        on_link: LinkReport | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """`Lobby.watch` as an async generator: `async for event in lobby.watch(): ...`."""
         params = _watch_params(labels, prefixes)
         parser = _EventParser()
-        connected = False
+        link = _WatchLink(on_link)
         while True:
             try:
                 async with self._http.stream(
@@ -512,15 +546,16 @@ class AsyncLobby(_Base):
                     if response.status_code != 200:
                         await response.aread()
                         raise _stream_error(response)
-                    connected = True
+                    link.up()
                     async for line in response.aiter_lines():
                         if (event := parser.feed(line)) is not None:
                             yield event
             except httpx.RequestError as exc:
-                if not connected or not reconnect:
+                if not link.connected or not reconnect:
                     raise _unreachable(
                         self.base_url, _Call("GET", "/v1/events", _obj), exc
                     ) from exc
+                link.down(exc)
             if not reconnect:
                 return
             await asyncio.sleep(_RECONNECT_DELAY)

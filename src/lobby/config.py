@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 import sys
 import textwrap
 import typing
@@ -29,18 +30,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from lobby.urls import nats_urls_problem
+
 _T = TypeVar("_T")
 
 
 class ConfigError(Exception):
     """A malformed environment variable; str() is the one line to print.
 
-    `value` None keeps a secret's value out of the line.
+    `value` None keeps a secret's value out of the line; `line` replaces the whole line.
     """
 
-    def __init__(self, name: str, value: str | None, expected: str) -> None:
+    def __init__(self, name: str, value: str | None, expected: str, *, line: str = "") -> None:
         shown = f"{name}={value!r}" if value is not None else f"{name} (value not shown)"
-        super().__init__(f"invalid {shown}: expected {expected}")
+        super().__init__(line or f"invalid {shown}: expected {expected}")
         self.name = name
 
 
@@ -156,6 +159,7 @@ class Var:
     check: Callable[[Any], bool] | None = None  # an extra test of a parsed value ...
     must_be: str = ""  # ... and what it wants, for the error message (a check may also
     # raise ValueError: its text is added to the message in parentheses)
+    problem: Callable[[Any], str | None] | None = None  # or: what is wrong with it, if anything
 
     def expected(self) -> str:
         """What a valid value looks like, for `invalid NAME='value': expected ...`."""
@@ -212,6 +216,10 @@ class Var:
             or not ok
         ):
             raise ConfigError(self.name, shown, self.expected())
+        if self.problem is not None and (problem := self.problem(value)):
+            # says what is wrong in its own words; the value is not repeated (it may
+            # hold a password: the problem shows only what it may)
+            raise ConfigError(self.name, raw, "", line=f"invalid {self.name}: {problem}")
         return value
 
     def shown_default(self, empty: str) -> str:
@@ -252,6 +260,7 @@ class _Spec:
     go: bool
     check: Callable[[Any], bool] | None
     must_be: str
+    problem: Callable[[Any], str | None] | None
 
 
 def setting(
@@ -265,14 +274,17 @@ def setting(
     go: bool = False,
     check: Callable[[_T], bool] | None = None,
     must_be: str = "",
+    problem: Callable[[_T], str | None] | None = None,
 ) -> _T:
     """Declare a `Settings` field as an environment variable (the field name upper-cased).
 
     `low`/`high` bound an int or a duration; `check` tests a parsed value further and
-    `must_be` says what it wants; `secret` keeps the value out of repr(); `go` marks a
-    variable the Go implementation has.
+    `must_be` says what it wants; `problem` instead returns what is wrong with a value
+    (None: nothing), for errors that must not repeat the value or that need their own
+    words; `secret` keeps the value out of repr(); `go` marks a variable the Go
+    implementation has.
     """
-    spec = _Spec(help, env, low, high, secret, go, check, must_be)
+    spec = _Spec(help, env, low, high, secret, go, check, must_be, problem)
     declared: _T = dataclasses.field(default=default, repr=not secret, metadata={_META: spec})
     return declared
 
@@ -389,6 +401,15 @@ def _host_ports(text: str) -> bool:
     return True
 
 
+def _command_problem(command: str) -> str | None:
+    """CALLBACK must split like a shell would (balanced quotes) into at least one word."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        return f"{command!r} cannot be split like a shell would: {str(exc).lower()}"
+    return None if words else "a blank command"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Typed, validated settings of one lobbyd: the one place each variable is declared."""
@@ -409,6 +430,7 @@ class Settings:
         "NATS URL (nats://, tls://, user:password@ allowed), or several comma-separated for"
         " a cluster; empty: start or join an embedded nats-server",
         go=True,
+        problem=nats_urls_problem,
     )
     nats_discovery_channel: str = setting(
         "lobby.discovery", "NATS subject for announcements", go=True
@@ -442,7 +464,10 @@ class Settings:
         True, "announce this node; false: listen and serve only", env="REGISTER", go=True
     )
     callback: str = setting(
-        "", "command run when the registry changes, split like a shell", go=True
+        "",
+        "command run when the registry changes, split like a shell",
+        go=True,
+        problem=_command_problem,
     )
     callback_cooldown: int = setting(
         15, "seconds from the end of one callback run to the start of the next", low=0, go=True
@@ -619,6 +644,10 @@ class Settings:
     api_max_header_bytes: int = setting(
         32768, "bytes of request line and headers at most; past it 431", low=1024
     )
+    log_format: Literal["text", "json"] = setting(
+        "text", "log lines as text, or as one JSON object per line (ts, level, logger, msg, ...)"
+    )
+    access_log: bool = setting(False, "log every HTTP request (method, path, status)")
 
     @property
     def nats_servers(self) -> list[str]:
@@ -706,6 +735,7 @@ def _variables() -> tuple[Var, ...]:
                 go=spec.go,
                 check=spec.check,
                 must_be=spec.must_be,
+                problem=spec.problem,
             )
         )
     names = [var.name for var in out]

@@ -8,7 +8,8 @@ http, no token and the system's CAs. `-insecure` skips checking the daemon's
 certificate. `keygen` prints a new signing key (SPEC §13.1) and talks to nobody.
 
 Exit status: 0 done, 1 lobbyd failed (unreachable, 403, 400, ...), 2 usage error. Errors
-are one line on stderr.
+are one line on stderr (a usage error ends with a hint to run `lobbyctl -help`; only
+`lobbyctl` without any argument prints the whole usage). `-version` prints the version.
 
 Human output (`-json` prints the API's JSON instead, indented by 2 like the daemon's):
 
@@ -51,7 +52,9 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
 
 - `watch`: one line per event as it happens: the event name padded to 6, the hostname,
   then its (matching) labels separated by two spaces; a leave ends with its reason in
-  parentheses. It starts with a `join` for every node already there::
+  parentheses. It starts with a `join` for every node already there. When lobbyd goes
+  away it says so once on stderr, keeps retrying every second, and says when it is
+  back (the events it missed follow)::
 
       join   a.example  location:prague  service:web
       update a.example  service:web
@@ -59,7 +62,8 @@ Human output (`-json` prints the API's JSON instead, indented by 2 like the daem
 
   With `-json`, one compact JSON object per line (`{"event": "join", ...}`).
 - `labels add|del`: nothing; the exit status tells.
-- Nothing at all for an empty answer.
+- Nothing at all for an empty answer, except `prometheus NAME`, which says on stderr
+  that no node announces that service (so a typo does not look like a broken daemon).
 
 Colours (rich, loaded only when they are used): hostnames and targets yellow, a label's
 name (up to its first colon) green and its value magenta. Only when stdout is a terminal
@@ -120,6 +124,7 @@ Flags (also --flag, -flag=value), before the command:
   -insecure        with https, do not check lobbyd's certificate
   -json            print the API's JSON instead of text
   -h, -help        show this help
+  -version         print lobbyctl's version
 
 Exit status: 0 done, 1 lobbyd failed or unreachable (or the template failed to
 render), 2 usage error (or the template is missing or does not compile).
@@ -164,6 +169,7 @@ class Options:
     insecure: bool = False
     json: bool = False
     help: bool = False
+    version: bool = False
     action: str = ""
     args: list[str] = field(default_factory=list)
 
@@ -184,6 +190,8 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
         i += 1
         if name in ("h", "help"):
             opts.help = True
+        elif name in ("V", "version"):
+            opts.version = True
         elif name in BOOL_FLAGS:
             setattr(opts, name, _flag_bool(name, value) if eq else True)
         elif name in VALUE_FLAGS:
@@ -195,7 +203,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
             flags[name] = value
         else:
             raise UsageError(f"unknown flag: {arg}")
-    if opts.help:
+    if opts.help or opts.version:
         return opts
 
     # Like the Go tool: an empty flag is an unset flag.
@@ -226,7 +234,7 @@ def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
 def _is_flag(word: str) -> bool:
     """One of our flags, misplaced after the command (a label never looks like one)."""
     name = word[2:] if word.startswith("--") else word[1:] if word.startswith("-") else ""
-    return name.partition("=")[0] in ("h", "help", *BOOL_FLAGS, *VALUE_FLAGS)
+    return name.partition("=")[0] in ("h", "help", "V", "version", *BOOL_FLAGS, *VALUE_FLAGS)
 
 
 def _flag_bool(name: str, value: str) -> bool:
@@ -510,12 +518,25 @@ def event_line(event: Mapping[str, Any]) -> Line:
     return line
 
 
-def watch(lobby: Lobby, opts: Options, out: TextIO) -> None:
-    """Print events until interrupted; each line is flushed as it comes."""
+def watch(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> None:
+    """Print events until interrupted; each line is flushed as it comes.
+
+    Says once on stderr when lobbyd goes away, and when it is back.
+    """
     labels = opts.args if opts.action == "watch_labels" else None
     prefixes = opts.args if opts.action == "watch_prefixes" else None
     colour = use_colour(out, os.environ)
-    for event in lobby.watch(labels, prefixes):
+
+    def link(up: bool, reason: str) -> None:
+        if up:
+            err.write(f"lobbyctl: lobbyd at {lobby.base_url} is back\n")
+        else:
+            err.write(
+                f"lobbyctl: lost lobbyd at {lobby.base_url} ({reason}); retrying every second\n"
+            )
+        err.flush()
+
+    for event in lobby.watch(labels, prefixes, on_link=link):
         if opts.json:
             out.write(json.dumps(event, ensure_ascii=False) + "\n")
         else:
@@ -579,13 +600,22 @@ def _unverified_hint(exc: LobbyException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """The `lobbyctl` console script; returns the exit status."""
     out, err = sys.stdout, sys.stderr
+    args = sys.argv[1:] if argv is None else argv
+    if not args:  # `lobbyctl` alone: show what it can do
+        err.write(USAGE)
+        return 2
     try:
-        opts = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+        opts = parse_args(args, os.environ)
     except UsageError as exc:
-        err.write(f"lobbyctl: {exc}\n\n{USAGE}")
+        err.write(f"lobbyctl: {exc} (see lobbyctl -help)\n")
         return 2
     if opts.help:
         out.write(USAGE)
+        return 0
+    if opts.version:
+        from lobby import __version__
+
+        out.write(f"lobbyctl {__version__}\n")
         return 0
     if opts.action == "keygen":
         from lobby.signing import generate_key
@@ -596,7 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with Lobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as lobby:
             if opts.action.startswith("watch"):
-                watch(lobby, opts, out)
+                watch(lobby, opts, out, err)
                 return 0
             if opts.action == "render":
                 return render_template(lobby, opts, out, err)
@@ -615,6 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         return 0
     value, render = result
+    if opts.action == "prometheus" and not value and not opts.json:
+        err.write(f"lobbyctl: no targets: no node has a prometheus:{safe(opts.args[0])} label\n")
+        return 0
     try:
         if opts.json:
             write_json(value, out)

@@ -17,13 +17,12 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from lobby import __version__
+from lobby import __version__, observe
 from lobby.checks import Checks
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 from lobby.feed import ChangeFeed
-from lobby.model import Discovery
 from lobby.presence import Presence
 from lobby.registry import Registry
 
@@ -52,8 +51,19 @@ class Daemon:
             extra_labels=self.checks.passing_labels if self.checks else None,
         )
         self.feed = ChangeFeed(self.registry)
+        # what the API reads (lobby.api.app.Node) besides stats: presence's own
+        self.own_discovery = self.presence.own_discovery
+        self.add_labels = self.presence.add_labels
+        self.delete_labels = self.presence.delete_labels
+        self.health = self.presence.health
         # given (tests) or built from DRIVER at run(); `driver` is the first DRIVER's
         self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
+        observe.log_node_events(self.registry)
+        self.metrics = (
+            None
+            if settings.disable_api
+            else observe.metrics(self.registry, self.presence, self.feed)
+        )
         self.embedded: Any = None
         self.callback: Any = None
         self.templates: Any = None
@@ -70,22 +80,12 @@ class Daemon:
     def hostname(self) -> str:
         return self.presence.hostname
 
-    def own_discovery(self) -> Discovery:
-        return self.presence.own_discovery()
-
     @property
     def driver(self) -> Driver | None:
         """The first driver: the only one with a single DRIVER."""
         return self.drivers[0][1] if self.drivers else None
 
-    async def add_labels(self, labels: list[str]) -> None:
-        await self.presence.add_labels(labels)
-
-    async def delete_labels(self, labels: list[str]) -> None:
-        await self.presence.delete_labels(labels)
-
     def stats(self) -> dict[str, Any]:
-        callback = self.callback
         return {
             "hostname": self.hostname,
             "version": __version__,
@@ -101,14 +101,15 @@ class Daemon:
             "brokers": self.presence.link_stats(),  # each link, by driver name
             **self.presence.stats(),
             "watchers": {"streams": len(self.feed.watchers), "blocking": self.feed.waiting},
-            "api": self._api.stats() if self._api is not None else None,
-            "callback": (
-                {"runs": callback.runs, "last_status": callback.last_status}
-                if callback is not None
-                else None
-            ),
-            "templates": self.templates.stats() if self.templates is not None else None,
-            "dns": self.dns.stats() if self.dns is not None else None,
+            **{
+                name: part.stats() if part is not None else None
+                for name, part in (
+                    ("api", self._api),
+                    ("callback", self.callback),
+                    ("templates", self.templates),
+                    ("dns", self.dns),
+                )
+            },
         }
 
     # -- lifecycle ----------------------------------------------------------------
@@ -141,10 +142,6 @@ class Daemon:
             self.hostname,
             ", ".join(self.presence.labels) or "(none)",
         )
-        if s.ttl <= s.keep_alive:
-            log.warning(
-                "TTL=%d <= KEEP_ALIVE=%d: nodes will flap between keep-alives", s.ttl, s.keep_alive
-            )
         sock = None
         if not s.disable_api:
             from lobby.api.server import bind
@@ -171,8 +168,6 @@ class Daemon:
                 except BrokerSetupError as exc:
                     log.error("%s", exc)
                     return 1
-            for name, driver in self.drivers:
-                log.info("broker: %s %s", name, driver.address)
             await self.presence.start(self.drivers)
             if self.embedded is not None:
                 from lobby.embedded import keep_serving
@@ -187,10 +182,7 @@ class Daemon:
             self._spawn(self.registry.sweep(s.clean_every), "sweeper")
             if self.dns is not None:
                 await self.dns.start()
-            if s.callback:
-                self._start_callback()
-            if s.templates:
-                self._start_templates()
+            self._start_runners()
             if sock is not None:
                 self._start_api(sock)
             await self._stopping.wait()
@@ -199,9 +191,8 @@ class Daemon:
         return self.exit_status
 
     def _start_api(self, sock: socket.socket) -> None:
-        from lobby.api.blocking import is_watcher
         from lobby.api.fast import create_fast_app
-        from lobby.api.server import ApiServer, api_limits
+        from lobby.api.server import ApiServer
 
         s = self.settings
         app = create_fast_app(
@@ -211,41 +202,39 @@ class Daemon:
             node_exporter_port=s.node_exporter_port,
             read_token=s.read_token,
             checks=self.checks.report if self.checks else None,
+            metrics=self.metrics,
         )
-        self._api = ApiServer(
-            app, sock, api_limits(s), is_watcher, tls_cert=s.tls_cert, tls_key=s.tls_key
-        )
+        self._api = ApiServer.from_settings(s, app, sock)
         self._spawn(self._api.serve(), "api")
 
-    def _start_callback(self) -> None:
-        from lobby.callback import CallbackRunner
-
+    def _start_runners(self) -> None:
+        """CALLBACK and TEMPLATES: each runs after registry changes (startup counts)."""
         s = self.settings
-        runner = CallbackRunner(
-            s.callback,
-            cooldown=s.callback_cooldown,
-            first_run_delay=s.callback_first_run_delay,
-            timeout=s.callback_timeout,
-            snapshot=self.registry.all_json,
-        )
-        # startup counts as a change: the runner starts dirty
-        self.registry.add_listener(lambda change: runner.mark_dirty())
-        self.callback = runner
-        self._spawn(runner.run(), "callback")
+        if s.callback:
+            from lobby.callback import CallbackRunner
 
-    def _start_templates(self) -> None:
-        from lobby.templates import TemplateRunner
+            on_run = self.metrics.callback_run if self.metrics is not None else None
+            callback = self.callback = CallbackRunner.from_settings(
+                s, self.registry.all_json, on_run
+            )
+            self.registry.add_listener(lambda change: callback.mark_dirty())
+            self._spawn(callback.run(), "callback")
+        if s.templates:
+            from lobby.templates import TemplateRunner
 
-        runner = TemplateRunner.from_settings(self.settings, self.registry, self.own_discovery)
-        self.registry.add_listener(lambda change: runner.changed())
-        self.templates = runner
-        self._spawn(runner.run(), "templates")
+            templates = self.templates = TemplateRunner.from_settings(
+                s, self.registry, self.own_discovery
+            )
+            self.registry.add_listener(lambda change: templates.changed())
+            self._spawn(templates.run(), "templates")
 
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()
         await self.presence.leave()
+        # end every event stream and held query, so each request finishes normally
+        self.feed.close()
         if self._api is not None:
-            self._api.stop()
+            await self._api.stop(timeout=1.0)
         if self.dns is not None:
             self.dns.close()
         for task in self._tasks:

@@ -54,26 +54,35 @@ def parse_index(text: str) -> int:
     return int(text)
 
 
-class _Overflow:
-    """Queued in place of the changes a watcher lost by falling behind."""
+class _Marker:
+    """Queued instead of a change: OVERFLOW or CLOSED."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-OVERFLOW: Final = _Overflow()
+# in place of the changes a watcher lost by falling behind
+OVERFLOW: Final = _Marker("OVERFLOW")
+# the feed closed (the daemon is stopping): the reader ends, cleanly
+CLOSED: Final = _Marker("CLOSED")
 
 
 class Watcher:
     """One reader's queue of changes; on overflow it starts over from a snapshot."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Change | _Overflow] = asyncio.Queue(QUEUE_MAX)
+        self.queue: asyncio.Queue[Change | _Marker] = asyncio.Queue(QUEUE_MAX)
 
-    def push(self, change: Change) -> None:
+    def push(self, item: Change | _Marker) -> None:
         try:
-            self.queue.put_nowait(change)
+            self.queue.put_nowait(item)
         except asyncio.QueueFull:
             while not self.queue.empty():
                 self.queue.get_nowait()
-            self.queue.put_nowait(OVERFLOW)
+            self.queue.put_nowait(CLOSED if item is CLOSED else OVERFLOW)
 
 
 class ChangeFeed:
@@ -82,6 +91,7 @@ class ChangeFeed:
         self.heartbeat = heartbeat
         self.watchers: set[Watcher] = set()
         self.waiting = 0  # blocking waits being held
+        self.closed = False
         self._history: deque[Change] = deque(maxlen=HISTORY)
         self._moved = asyncio.Event()
         registry.add_listener(self._on_change)
@@ -99,7 +109,7 @@ class ChangeFeed:
         deadline = loop.time() + timeout
         self.waiting += 1
         try:
-            while self.registry.index == index:
+            while self.registry.index == index and not self.closed:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
@@ -107,6 +117,18 @@ class ChangeFeed:
                     await asyncio.wait_for(self._moved.wait(), remaining)
         finally:
             self.waiting -= 1
+
+    def close(self) -> None:
+        """The daemon is stopping: every blocking wait returns now, every reader ends.
+
+        So that the HTTP server can finish each request normally (a complete answer,
+        a stream that ends cleanly) instead of cancelling it mid-transfer.
+        """
+        self.closed = True
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
+        for watcher in self.watchers:
+            watcher.push(CLOSED)
 
     def since(self, index: int) -> list[Change] | None:
         """Changes after `index`, or None when the history no longer reaches back."""

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lobby import __version__, config
+from lobby import __version__, config, logs
 from lobby.checks import CheckError, load_specs
 from lobby.config import Settings
 from lobby.daemon import Daemon
@@ -59,16 +59,6 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     except ValueError as exc:
         _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc}")
     return settings
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("watchfiles", "httpx", "httpcore"):  # httpx: a line per http check run
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def raise_open_file_limit() -> None:
@@ -133,8 +123,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             "variables (see lobbyd --help)"
         )
     settings = load_settings(os.environ)
-    setup_logging(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format, access_log=settings.access_log)
     raise_open_file_limit()
+    if settings.ttl <= settings.keep_alive:
+        log.warning(
+            "TTL=%d <= KEEP_ALIVE=%d: nodes will flap between keep-alives",
+            settings.ttl,
+            settings.keep_alive,
+        )
     try:
         import uvloop
 

@@ -70,7 +70,7 @@ SYNC_SPREAD: Final = 0.2  # seconds over which peers answer a sync request
 
 @dataclass
 class Link:
-    """One driver and what we know of its link."""
+    """One driver, what we know of its link, and its counters (/v1/stats, /metrics)."""
 
     name: str
     driver: Driver
@@ -82,6 +82,8 @@ class Link:
     received: int = 0  # packets on the main topic, valid or not
     announcements: int = 0  # our hi/goodbye handed to this broker
     send_failures: int = 0
+    reconnects: int = 0  # times the link came back after it had been up
+    was_up: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -158,6 +160,11 @@ class Presence:
     def send_failures(self) -> int:
         return sum(link.send_failures for link in self.links)
 
+    def health(self) -> tuple[bool, dict[str, str]]:
+        """Whether every broker link is up (and echoes us), and each link's state."""
+        states = {link.name: "up" if link.healthy else "down" for link in self.links}
+        return bool(states) and all(state == "up" for state in states.values()), states
+
     def stats(self) -> dict[str, Any]:
         return {
             "packets": {
@@ -211,6 +218,7 @@ class Presence:
         """Connect every driver in the background and listen on each."""
         now = self.clock.monotonic()
         for name, driver in drivers:
+            log.info("broker: %s %s", name, driver.address)
             # link 0 is the registry's own, paused since __init__; each further link gets
             # a clock of its own, paused until its driver reports the link up
             index = self.registry.add_link() if self.links else 0
@@ -320,8 +328,11 @@ class Presence:
         )
 
     def on_link(self, link: Link, up: bool) -> None:
+        if up and not link.up and link.was_up:
+            link.reconnects += 1
         link.up = up
         if up:
+            link.was_up = True
             link.heard_self = self.clock.monotonic()
             link.echo_ok = True
             self._wake.set()  # announce at once after (re)connecting

@@ -40,16 +40,19 @@ class Prometheus(Proc):
 
     def start_with(self, sd_url: str, token: str) -> None:
         auth = {"type": "Token", "credentials": token}  # lobbyd's "Authorization: Token X"
+        self.start_scraping(
+            {
+                "job_name": "lobby",
+                "http_sd_configs": [
+                    {"url": sd_url, "refresh_interval": "1s", "authorization": auth}
+                ],
+            }
+        )
+
+    def start_scraping(self, *scrape_configs: dict[str, Any]) -> None:
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "lobby",
-                    "http_sd_configs": [
-                        {"url": sd_url, "refresh_interval": "1s", "authorization": auth}
-                    ],
-                }
-            ],
+            "scrape_configs": list(scrape_configs),
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(json.dumps(config, indent=2))  # JSON is YAML
@@ -70,6 +73,11 @@ class Prometheus(Proc):
 
     def target_labels(self) -> dict[str, dict[str, str]]:
         return {instance: t["labels"] for instance, t in self.targets().items()}
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=5)
+        r.raise_for_status()
+        return list(r.json()["data"]["result"])
 
 
 @pytest.fixture
@@ -151,3 +159,31 @@ def test_prometheus_discovers_targets_and_labels_from_lobbyd(
         expected[instance] = {k: v for k, v in expected[instance].items() if k != "env"}
     expected["127.0.0.1:1"] = {"instance": "127.0.0.1:1", "location": "prague", **job}
     wait_for(lambda: prometheus.target_labels() == expected, 30, what="prometheus follows")
+
+
+def test_prometheus_scrapes_lobbyds_own_metrics(nats_server, channel, spawn, prometheus):
+    """SPEC §14.1: a real Prometheus scrapes /metrics (with the token) and finds it up."""
+    a = spawn(
+        "a.example",
+        {"NATS_URL": nats_server.url, "NATS_DISCOVERY_CHANNEL": channel, "TOKEN": TOKEN},
+    )
+    target = f"127.0.0.1:{a.port}"
+    prometheus.start_scraping(
+        {
+            "job_name": "lobbyd",
+            "metrics_path": "/metrics",
+            "authorization": {"type": "Token", "credentials": TOKEN},
+            "static_configs": [{"targets": [target]}],
+        }
+    )
+    wait_for(
+        lambda: prometheus.targets()[target]["health"] == "up",
+        30,
+        what=f"lobbyd's /metrics up in prometheus: {prometheus.targets()}",
+    )
+    assert prometheus.targets()[target]["lastError"] == ""
+    wait_for(lambda: prometheus.query('lobby_broker_up{driver="NATS"}'), 30, what="a sample")
+    (sample,) = prometheus.query('lobby_broker_up{driver="NATS"}')
+    assert sample["value"][1] == "1"
+    (nodes,) = prometheus.query("lobby_nodes")
+    assert nodes["value"][1] == "1"

@@ -118,6 +118,8 @@ def test_bool_rejects_what_go_rejects(text):
         ("DISABLE_API", "yes"),
         ("REGISTER", "nope"),
         ("LOG_LEVEL", "loud"),
+        ("LOG_FORMAT", "xml"),
+        ("ACCESS_LOG", "please"),
         ("RUNTIME_LABELS_FILENAME", "a/b"),
         ("RUNTIME_LABELS_FILENAME", ".."),
     ],
@@ -164,6 +166,77 @@ def test_malformed_values_name_the_variable(name, value):
 def test_error_messages(env, message):
     with pytest.raises(ConfigError, match=re.escape(message) + "$"):
         load(env)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("garbage", "'garbage' has no scheme (expected nats://HOST[:PORT])"),
+        ("nats.example.com", "'nats.example.com' has no scheme (expected nats://HOST[:PORT])"),
+        (
+            "http://127.0.0.1:4222",
+            "'http://127.0.0.1:4222' has scheme 'http://' (expected nats://, tls://, ws:// or "
+            "wss://)",
+        ),
+        ("nats://", "'nats://' has no host"),
+        ("nats://:4222", "'nats://:4222' has no host"),
+        ("nats://h:0", "'nats://h:0' has a bad port (expected 1-65535)"),
+        ("nats://h:65536", "'nats://h:65536' has a bad port (expected 1-65535)"),
+        ("tls://h:port", "'tls://h:port' has a bad port (expected 1-65535)"),
+        ("nats://a:1, nats://b:x", "'nats://b:x' has a bad port (expected 1-65535)"),
+        # the password never reaches the message
+        ("nats://alice:s3cret@h:x", "'nats://alice:***@h:x' has a bad port (expected 1-65535)"),
+    ],
+)
+def test_malformed_nats_url_exits_naming_the_url(value, problem):
+    with pytest.raises(ConfigError) as info:
+        load({"NATS_URL": value})
+    assert str(info.value) == f"invalid NATS_URL: {problem}"
+    assert info.value.name == "NATS_URL"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nats://127.0.0.1:4222",
+        "nats://h",
+        "tls://u:p@nats.example.com:4443",
+        "ws://h:8080",
+        "wss://h",
+        "127.0.0.1:4222",  # nats-py's shorthand for nats://127.0.0.1:4222
+        "nats://[::1]:4222",
+        "nats://a:1,nats://b:2,,",
+        "NATS://h:1",
+    ],
+)
+def test_good_nats_urls(value):
+    assert load({"NATS_URL": value}).nats_url == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "render 'it",
+            'invalid CALLBACK: "render \'it" cannot be split like a shell would: no closing quotation',
+        ),
+        (
+            'echo "x',
+            "invalid CALLBACK: 'echo \"x' cannot be split like a shell would: no closing quotation",
+        ),
+        ("  ", "invalid CALLBACK: a blank command"),
+    ],
+)
+def test_callback_with_unbalanced_quotes_is_refused_at_start(value, message):
+    with pytest.raises(ConfigError) as info:
+        load({"CALLBACK": value})
+    assert str(info.value) == message
+
+
+def test_log_format_and_access_log():
+    assert (load({}).log_format, load({}).access_log) == ("text", False)
+    settings = load({"LOG_FORMAT": "JSON", "ACCESS_LOG": "true"})
+    assert (settings.log_format, settings.access_log) == ("json", True)
 
 
 def test_driver_is_case_insensitive():

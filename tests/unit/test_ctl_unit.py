@@ -10,6 +10,7 @@ import textwrap
 import pytest
 from support import free_port
 
+import lobby
 from lobby import LobbyException, ctl
 from lobby.ctl import Options, UsageError, parse_args
 
@@ -184,12 +185,33 @@ def test_main_prints_help_on_stdout(capsys):
         assert word in out
 
 
-def test_main_usage_error_exits_2_with_usage_on_stderr(capsys):
-    assert ctl.main(["frobnicate"]) == 2
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["-port", "x", "discoveries"], "-port 'x': expected a port number from 1 to 65535"),
+        (["discoveries", "-json"], "flags go before the command: -json"),
+        (["-nope"], "unknown flag: -nope"),
+        (["labels"], "labels: expects add or del"),
+    ],
+)
+def test_main_usage_error_is_one_line_with_a_hint(argv, line, capsys):
+    assert ctl.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("lobbyctl: unknown command 'frobnicate'\n")
-    assert ctl.USAGE in err
+    assert err == f"lobbyctl: {line} (see lobbyctl -help)\n"
+
+
+def test_lobbyctl_alone_prints_the_usage_and_exits_2(capsys):
+    assert ctl.main([]) == 2
+    assert capsys.readouterr() == ("", ctl.USAGE)
+
+
+@pytest.mark.parametrize("flag", ["-version", "--version", "-V"])
+def test_version(flag, capsys):
+    assert ctl.main([flag]) == 0
+    assert capsys.readouterr() == (f"lobbyctl {lobby.__version__}\n", "")
+    assert ctl.main(["-port", "x", flag, "discoveries"]) == 0  # like -help: wins
 
 
 @pytest.mark.parametrize(

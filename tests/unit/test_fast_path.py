@@ -42,6 +42,9 @@ class FakeNode:
     def stats(self) -> dict[str, Any]:
         return {"nodes": len(self.registry), "index": self.registry.index}
 
+    def health(self) -> tuple[bool, dict[str, str]]:
+        return True, {}
+
 
 def fill(registry: Registry, n: int) -> None:
     for i in range(n):
@@ -261,3 +264,32 @@ def test_the_daemon_imports_no_framework_to_serve_reads():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class Counted:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def http_request(self, route: str, code: int, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append((route, code))
+
+
+async def test_fast_answers_are_counted_by_route_template(registry):
+    fill(registry, 3)
+    metrics = Counted()
+    fast = create_fast_app(FakeNode(registry), "s3cret", ChangeFeed(registry), metrics=metrics)
+    auth = {"Authorization": "Token s3cret"}
+    async with client(fast) as f:
+        assert (await f.get("/v1/prometheus/node", headers=auth)).status_code == 200
+        assert (await f.get("/v1/discoveries?labels=x", headers=auth)).status_code == 200
+        assert (await f.get("/v1/resolve?label=x")).status_code == 403
+    answer = fast.instant("/v1/discovery", b"", [(b"authorization", b"Token s3cret")])
+    assert answer is not None and answer[0] == 200
+    assert fast.instant("/v1/discoveries", b"index=1", []) is None  # blocking: not at once
+    assert metrics.seen == [
+        ("/v1/prometheus/{name}", 200),
+        ("/v1/discoveries", 200),
+        ("/v1/resolve", 403),
+        ("/v1/discovery", 200),
+    ]

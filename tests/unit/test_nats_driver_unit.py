@@ -10,18 +10,22 @@ those callbacks the way nats-py does. The real thing is in the contract suite
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
-from support import until
+from support import free_port, until
 
+from lobby.backoff import Backoff
 from lobby.drivers import nats as nats_driver
 from lobby.drivers.base import DriverError, Topic
-from lobby.drivers.nats import NatsDriver, redact
+from lobby.drivers.nats import NatsDriver
+from lobby.urls import redact
 
 
 class FakeNats:
@@ -318,6 +322,7 @@ async def test_connection_errors_are_logged_but_not_after_close(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     driver, fake, _ = await started()
+    await fake.lose_link()  # nats-py reports failed attempts while reconnecting
     await fake.error(ConnectionRefusedError("refused"))
     line = "NATS nats://127.0.0.1:4222: ConnectionRefusedError: refused"
     await until(lambda: line in caplog.text, what="the line, after a moment")
@@ -333,6 +338,8 @@ async def test_credential_and_tls_failures_get_one_clear_line_each(
     import ssl
 
     driver, fake, _ = await started()
+    await fake.lose_link()  # nats-py reports connection failures while not connected
+    caplog.clear()
     await fake.error(Exception("nats: 'Authorization Violation'"))
     # nats-py reports a refused client certificate twice: a reset, then the TLS alert
     await fake.error(ConnectionResetError("Connection lost"))
@@ -439,3 +446,69 @@ async def test_close_while_connecting_cancels_the_attempt() -> None:
         await driver.close()
     assert driver._task is not None and driver._task.done()
     assert r.links == [] and not driver.connected
+
+
+# -- back-off (SPEC §14.2) ----------------------------------------------------------------
+
+
+class ScriptedBackoff(Backoff):
+    """Backoff whose waits are given, and which records resets."""
+
+    def __init__(self, waits: list[float]) -> None:
+        super().__init__(0.01)
+        self.waits = waits
+        self.resets = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return self.waits[min(self.failures, len(self.waits)) - 1]
+
+    def reset(self) -> None:
+        super().reset()
+        self.resets += 1
+
+
+async def test_each_failed_attempt_sets_nats_py_wait_from_the_backoff_and_success_resets_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "lobby.nats")
+    driver, fake, _ = await started(backoff=ScriptedBackoff([0.5, 1.0, 2.0]))
+    await fake.lose_link()
+    for _ in range(3):
+        await fake.error(ConnectionRefusedError("refused"))
+    assert fake.options["reconnect_time_wait"] == 2.0  # what nats-py sleeps before the next
+    assert "retrying in 0.5 s" in caplog.text and "retrying in 2.0 s" in caplog.text
+    await fake.reconnect()
+    assert fake.options["reconnect_time_wait"] == 0.01  # the first wait again
+    assert "reconnected to NATS nats://127.0.0.1:4222 after 3 failed attempts" in caplog.text
+    await driver.close()
+
+
+async def test_failures_past_the_first_five_are_logged_with_back_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    driver, fake, _ = await started(backoff=ScriptedBackoff([0.01]))
+    await fake.lose_link()
+    for _ in range(200):  # a fast clock would log a few more; the real one, within a second
+        await fake.error(ConnectionRefusedError("refused"))
+    assert caplog.text.count("cannot connect to NATS") == 5
+    await driver.close()
+
+
+async def test_a_real_client_waits_as_the_backoff_says_between_attempts() -> None:
+    """nats-py's own client against a closed port: the gaps between its attempts are
+    at least the waits the back-off gave (a lower bound: a slow machine cannot break it)."""
+    attempts: list[float] = []
+
+    class Timed(ScriptedBackoff):
+        def next(self) -> float:
+            attempts.append(time.monotonic())
+            return super().next()
+
+    port = free_port()
+    driver = NatsDriver([f"nats://127.0.0.1:{port}"], "s", backoff=Timed([0.3, 0.6, 60.0]))
+    await driver.start(lambda topic, data: None, lambda up: None)
+    await until(lambda: len(attempts) >= 3, timeout=20, what="three failed attempts")
+    await driver.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps

@@ -500,6 +500,9 @@ class FakeNode:
     def stats(self) -> dict[str, Any]:
         return {}
 
+    def health(self) -> tuple[bool, dict[str, str]]:
+        return True, {}
+
 
 @pytest.fixture
 def registry() -> Registry:

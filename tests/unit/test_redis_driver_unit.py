@@ -1,9 +1,14 @@
-"""RedisDriver without a server: naming, and refusing to publish before the link is up."""
+"""RedisDriver without a server: naming, refusing to publish before the link is up, back-off."""
 
 from __future__ import annotations
 
-import pytest
+import itertools
+import time
 
+import pytest
+from support import free_port, until
+
+from lobby.backoff import Backoff
 from lobby.drivers.base import DriverError
 from lobby.drivers.redis import RedisDriver
 
@@ -62,3 +67,35 @@ def test_switch_master_events_for_other_masters_are_ignored() -> None:
     assert not driver._moved.is_set()
     driver._switched("m 127.0.0.1 7000 127.0.0.1 7001")
     assert driver._moved.is_set()
+
+
+# -- back-off (SPEC §14.2): against a port where nothing listens ----------------------------
+
+
+class TimedBackoff(Backoff):
+    """Waits as given; records when each was asked for."""
+
+    def __init__(self, waits: list[float]) -> None:
+        super().__init__(0.01)
+        self.waits = waits
+        self.asked: list[float] = []
+
+    def next(self) -> float:
+        self.asked.append(time.monotonic())
+        self.failures += 1
+        return self.waits[min(self.failures, len(self.waits)) - 1]
+
+
+async def test_reconnects_wait_as_the_backoff_says_and_failures_are_logged_with_back_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backoff = TimedBackoff([0.3, 0.6] + [0.001] * 200)
+    driver = RedisDriver(port=free_port(), backoff=backoff)
+    await driver.start(lambda topic, data: None, lambda up: None)
+    await until(lambda: len(backoff.asked) >= 20, timeout=30, what="20 failed attempts")
+    await driver.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(backoff.asked)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps  # lower bounds only
+    assert "retrying in 0.3 s" in caplog.text
+    # each of the first five failures, then one line per doubling interval (10 s first)
+    assert caplog.text.count("cannot connect to Redis") == 5

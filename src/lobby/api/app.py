@@ -11,6 +11,7 @@ by two spaces and ends with a newline, like Go's JSONPretty.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
@@ -22,7 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from lobby import __version__
 from lobby.answer import Slices
-from lobby.api import events, ui
+from lobby.api import docs, events, ops, ui
 from lobby.api._responses import JSON_TYPE, json_response
 from lobby.api._schema import CheckModel, DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
@@ -32,6 +33,8 @@ from lobby.labels import parse_label_body
 from lobby.model import Discovery, LabelError, pretty
 from lobby.prometheus import PrometheusSD
 from lobby.registry import Registry
+
+log = logging.getLogger("lobby.api")
 
 
 class Node(Protocol):
@@ -46,6 +49,8 @@ class Node(Protocol):
     async def delete_labels(self, labels: list[str]) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+    def health(self) -> tuple[bool, dict[str, str]]: ...
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -88,7 +93,21 @@ def _response(answer: Body) -> Response:
 
 def _plain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route on the path only
+        headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+    return PlainTextResponse(f"{exc.detail}\n", status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method some route answers on this path, in the order they were declared."""
+    methods: list[str] = []
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods += [m for m in sorted(getattr(route, "methods", ())) if m not in methods]
+    return methods
 
 
 def _validation_error(request: Request, exc: Exception) -> Response:
@@ -128,7 +147,7 @@ _DENIED_DOC = {
 }
 
 
-def _document_guard(app: FastAPI, token: bool) -> None:
+def _document_guard(app: FastAPI, token: bool, public: Callable[[str], bool]) -> None:
     """Make the OpenAPI document tell what the app really answers.
 
     Validation errors are 400 text/plain here, never FastAPI's 422 JSON; and with a
@@ -140,12 +159,14 @@ def _document_guard(app: FastAPI, token: bool) -> None:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = original()
-        for ops in schema.get("paths", {}).values():
-            for op in ops.values():
+        for path, operations in schema.get("paths", {}).items():
+            for method, op in operations.items():
                 responses = op.setdefault("responses", {})
                 if responses.pop("422", None) is not None:
                     responses.setdefault("400", copy.deepcopy(_PLAIN_ERRORS[400]))
-                if token:
+                if token and method == "get" and public(path):
+                    op["security"] = []  # needs no token (the health check)
+                elif token:
                     responses["403"] = copy.deepcopy(_DENIED_DOC)
         if token:
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
@@ -170,16 +191,20 @@ def create_app(
     node_exporter_port: int = 9100,
     read_token: str = "",
     checks: Callable[[], list[dict[str, Any]]] | None = None,
+    metrics: ops.Metrics | None = None,
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
     With a change `feed`, every GET supports blocking queries and `/v1/events` streams
-    changes. `checks` reports the health checks (`lobby.checks.Checks.report`).
+    changes. `checks` reports the health checks (`lobby.checks.Checks.report`); with
+    `metrics`, /metrics serves them and every request is counted.
     """
     app = FastAPI(
         title="lobbyd",
         version=__version__,
         description="Which servers exist and what runs where: discovery packets by label.",
+        docs_url=None,  # FastAPI's pages load their assets from a CDN: lobby.api.docs
+        redoc_url=None,
     )
     app.add_exception_handler(HTTPException, _plain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -242,6 +267,7 @@ def create_app(
         except LabelError as exc:
             raise HTTPException(400, str(exc)) from None
         except OSError as exc:
+            log.error("cannot write runtime labels: %s", exc)
             raise HTTPException(500, f"cannot write runtime labels: {exc}") from None
         return PlainTextResponse("OK")
 
@@ -297,11 +323,18 @@ def create_app(
     ) -> Response:
         return _response(prometheus.cached(name))
 
+    ops.add_routes(app, node.health, metrics)
+    docs.add_routes(app)
+    inner: Any = app
+    if feed is not None:
+        events.add_routes(app, feed)
+        events.document_blocking(app)
+        inner = events.Blocking(app, feed)
+
+    def public(path: str) -> bool:
+        return ops.is_public(path) or docs.is_public(path)
+
     protected = bool(token or read_token)
-    if feed is None:
-        _document_guard(app, protected)
-        return Guard(app, token, read_token)
-    events.add_routes(app, feed)
-    events.document_blocking(app)
-    _document_guard(app, protected)
-    return Guard(events.Blocking(app, feed), token, read_token)
+    _document_guard(app, protected, public)
+    guarded = Guard(inner, token, read_token, public)
+    return guarded if metrics is None else ops.HttpMetrics(guarded, metrics, app.routes)

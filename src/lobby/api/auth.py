@@ -6,13 +6,15 @@ read-only). Token checks are constant-time (hmac.compare_digest), and both token
 always compared. A body announced as larger than MAX_BODY is refused before any
 route reads it.
 
-The one exception is the dashboard's own files (GET /ui/...): they hold no data, and
-the page asks for the token before its first data call (lobby.api.ui).
+A few GET paths are public, since they tell nothing: the dashboard's own files
+(GET /ui/...; the page asks for the token before its first data call, lobby.api.ui),
+and those `public` names: the health check and the static /docs page.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from lobby.api._responses import send_denied, send_plain
@@ -38,11 +40,18 @@ def is_public(method: str, path: str) -> bool:
 class Guard:
     """Token check and body-size limit in front of every route."""
 
-    def __init__(self, app: ASGIApp, token: str, read_token: str = "") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        read_token: str = "",
+        public: Callable[[str], bool] = lambda path: False,
+    ) -> None:
         self.app = app
         self.expected = f"Token {token}".encode() if token else b""
         self.expected_read = f"Token {read_token}".encode() if read_token else b""
         self.protected = bool(token or read_token)
+        self.public = public
 
     def allowed(self, given: bytes, method: str) -> bool:
         # both compared every time: the answer's timing tells nothing about either
@@ -53,7 +62,7 @@ class Guard:
     def permits(self, method: str, path: str, authorization: bytes) -> bool:
         """Whether a request with this `Authorization` header value may go on (the
         check every route gets, the fast path's included)."""
-        if not self.protected or is_public(method, path):
+        if not self.protected or is_public(method, path) or (method == "GET" and self.public(path)):
             return True
         return self.allowed(authorization, method)
 

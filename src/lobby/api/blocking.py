@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from lobby.api._responses import send_plain
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 else:
     ASGIApp = Message = Receive = Scope = Send = Any
+
+
+# GETs that never wait: the stream, and what monitoring and browsers ask
+UNBLOCKED: Final = frozenset({"/v1/events", "/metrics", "/v1/health", "/docs"})
 
 
 def split_list(value: str | None) -> list[str]:
@@ -96,7 +100,7 @@ class Blocking:
         self.feed = feed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] == "/v1/events":
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] in UNBLOCKED:
             await self.app(scope, receive, send)
             return
         registry = self.feed.registry

@@ -22,11 +22,12 @@ import orjson
 from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
 
-from lobby.api.blocking import Blocking, is_watcher, split_list
-from lobby.feed import OVERFLOW, ChangeFeed, Watcher
+from lobby.api.blocking import UNBLOCKED, Blocking, is_watcher, split_list
+from lobby.feed import CLOSED, OVERFLOW, ChangeFeed, Watcher
 from lobby.registry import Change, Registry, View, make_view
 
 __all__ = [
+    "UNBLOCKED",
     "Blocking",
     "add_routes",
     "document_blocking",
@@ -47,7 +48,7 @@ def document_blocking(app: FastAPI) -> None:
         schema = original()
         for path, ops in schema.get("paths", {}).items():
             get = ops.get("get")
-            if get is None or path in ("/v1/events", "/v1/stats"):
+            if get is None or path in UNBLOCKED or path == "/v1/stats":
                 continue
             params = get.setdefault("parameters", [])
             params += [
@@ -138,12 +139,14 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
                     yield event
             seen = max(seen, resume_from or 0)
         yield b": live\n\n"
-        while True:
+        while not feed.closed:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), feed.heartbeat)
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
+            if item is CLOSED:
+                return  # the daemon is stopping: end the stream cleanly
             if item is OVERFLOW:
                 yield b"event: reset\ndata: {}\n\n"
                 seen, events = _snapshot(feed.registry, view)

@@ -20,8 +20,9 @@ is sent chunk by chunk as it is encoded, with chunked transfer encoding.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import parse_qsl
 
 from lobby.answer import Answer, Slices
@@ -50,6 +51,17 @@ _PROMETHEUS: Final = "/v1/prometheus/"
 _VARY: Final = (b"vary", b"Accept-Encoding")
 _GZIP: Final = (b"content-encoding", b"gzip")
 _DENIED_LENGTH: Final = b"%d" % len(DENIED)
+
+
+class HttpMetrics(Protocol):
+    """What the fast path counts its answers with (lobby.metrics.Metrics)."""
+
+    def http_request(self, route: str, code: int, seconds: float) -> None: ...
+
+
+def _template(path: str) -> str:
+    """The route template of a hot path (as FastAPI's routes name them)."""
+    return "/v1/prometheus/{name}" if path.startswith(_PROMETHEUS) else path
 
 
 def accepts_gzip(value: bytes) -> bool:
@@ -97,9 +109,11 @@ class FastApp:
         *,
         node_exporter_port: int = 9100,
         read_token: str = "",
+        metrics: HttpMetrics | None = None,
         slow: Callable[[], ASGIApp],
     ) -> None:
         self.node = node
+        self.metrics = metrics
         self.registry = node.registry
         self.feed = feed
         self.guard = Guard(self._to_slow, token, read_token)
@@ -163,10 +177,28 @@ class FastApp:
         if scope["type"] != "http" or scope["method"] != "GET":
             await self.slow()(scope, receive, send)
             return
-        prepared, gzip, vary = self._check(scope["path"], scope)
+        started = time.perf_counter()
+        path = scope["path"]
+        prepared, gzip, vary = self._check(path, scope)
         if prepared == "slow":
             await self.slow()(scope, receive, send)
             return
+        try:
+            await self._answer(scope, receive, send, prepared, gzip, vary)
+        finally:
+            if self.metrics is not None:
+                status = 403 if prepared == "denied" else 200
+                self.metrics.http_request(_template(path), status, time.perf_counter() - started)
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        prepared: Literal["denied"] | Prepared,
+        gzip: bool,
+        vary: bool,
+    ) -> None:
         if prepared == "denied":
             await send_denied(send)
             return
@@ -198,14 +230,21 @@ class FastApp:
         not a hot route."""
         if self.feed is not None and b"index" in query_string:
             return None
+        started = time.perf_counter()
         prepared, gzip, vary = self._check(path, {"headers": headers, "query_string": query_string})
         if prepared == "slow":
             return None
         if prepared == "denied":
-            return 403, [(b"content-type", _JSON), (b"content-length", _DENIED_LENGTH)], DENIED
-        assert callable(prepared)
-        whole = self._whole(prepared(), gzip, vary)
-        return None if whole is None else (200, *whole)
+            answer = (403, [(b"content-type", _JSON), (b"content-length", _DENIED_LENGTH)], DENIED)
+        else:
+            assert callable(prepared)
+            whole = self._whole(prepared(), gzip, vary)
+            if whole is None:
+                return None
+            answer = (200, *whole)
+        if self.metrics is not None:
+            self.metrics.http_request(_template(path), answer[0], time.perf_counter() - started)
+        return answer
 
     def _headers(self, vary: bool) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", _JSON)]
@@ -284,6 +323,7 @@ def create_fast_app(
     *,
     node_exporter_port: int = 9100,
     read_token: str = "",
+    metrics: Any = None,
     **more: Any,
 ) -> FastApp:
     """The daemon's ASGI app: the fast path, and the FastAPI app behind it built on
@@ -299,6 +339,7 @@ def create_fast_app(
             feed,
             node_exporter_port=node_exporter_port,
             read_token=read_token,
+            metrics=metrics,
             **more,
         )
         return app
@@ -309,5 +350,6 @@ def create_fast_app(
         feed,
         node_exporter_port=node_exporter_port,
         read_token=read_token,
+        metrics=metrics,
         slow=slow,
     )

@@ -185,6 +185,14 @@ class BoundedHttpTools(HttpToolsProtocol):
             content.append(b"connection: close\r\n")
         content += (b"\r\n", body)
         self.transport.write(b"".join(content))
+        if self.access_log:  # as uvicorn logs an answer
+            host, port = self.client or ("", 0)
+            query = parsed.query
+            target = raw_path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
+            version = parser.get_http_version()
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', f"{host}:{port}", "GET", target, version, status
+            )
         self._answered = True
         if keep_alive:
             self.on_response_complete()  # counts it, arms the keep-alive timer

@@ -17,8 +17,21 @@ like any other failure. Two workarounds for nats-py (2.16):
   nothing happens for STALL_AFTER seconds after such a failure, the driver drops
   that client and starts a fresh one.
 - It reports a refused client certificate twice (the connection reset, then the TLS
-  alert): a generic failure is logged only when no TLS or credential failure
+  alert): a connection reset is logged only when no TLS or credential failure
   follows within ERROR_COALESCE seconds, so each attempt gets one clear line.
+
+logging, the link reports and the slow-consumer count the daemon needs, and the
+back-off (SPEC §14.2).
+
+Back-off: nats-py waits a fixed `reconnect_time_wait` before trying a server it
+tried last less than that long ago, for the first connection as for reconnects, and
+reads that option from `Client.options` at each attempt. So after every failed
+attempt (nats-py calls `error_cb` with it) the driver sets the next wait there from
+a `lobby.backoff.Backoff` (0.1 s doubling to 10 s, with jitter), and starts over
+after a success. (nats-py's `reconnect_to_server_handler` would give the delay only
+for reconnects, not for a broker that is down when lobbyd starts.) The failures are
+logged through a `BackoffLog`: each of the first five, then one line per doubling
+interval up to 5 minutes.
 """
 
 from __future__ import annotations
@@ -30,38 +43,28 @@ import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
 
 from lobby._ratelimit import RateLimitedLog
+from lobby.backoff import Backoff, BackoffLog
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
 from lobby.drivers.nats_lean import LeanClient
 from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
+from lobby.urls import redact
 
 log = logging.getLogger("lobby.nats")
 
-# How often a lost connection is retried. nats.go waits 2 s; a discovery daemon
-# wants its peers back quickly, and a connection attempt on loopback or LAN is cheap.
-RECONNECT_WAIT = 1.0
+# The wait before the first retry of a lost connection; later ones back off (Backoff).
+# nats.go waits 2 s each time; a discovery daemon wants its peers back quickly.
+RECONNECT_WAIT = 0.1
 # Up to this many messages may wait for the daemon before the client drops (and we
 # count) them: a few seconds of the largest cluster's traffic (SPEC §11).
 PENDING_MSGS = 200_000
 CONNECT_TIMEOUT = 2.0
 STALL_AFTER = RECONNECT_WAIT + CONNECT_TIMEOUT + 1.0
 ERROR_COALESCE = 0.05
-
-
-def redact(url: str) -> str:
-    """The URL without its password or token, for logs."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps an IPv6 address's brackets
-    # nats://TOKEN@host: nats-py sends a user part without a password as the auth token
-    userinfo = "***" if parts.password is None else f"{parts.username}:***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
 class NatsDriver:
@@ -73,6 +76,7 @@ class NatsDriver:
         ping_interval: int = 5,
         name: str = "lobbyd",
         options: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.servers = servers
         self._options = dict(options or {})
@@ -88,10 +92,13 @@ class NatsDriver:
         self._guard: asyncio.Task[None] | None = None
         self._tls_failed_at: float | None = None
         self._pending_error: str | None = None
+        self._pending_wait = 0.0
         self._old_clients: set[asyncio.Task[None]] = set()
         self._subscribed = False
         self._closing = False
-        self._fail_log = RateLimitedLog(log, burst=5, every=30)
+        self._backoff = backoff if backoff is not None else Backoff(RECONNECT_WAIT)
+        self._fail_log = BackoffLog(log)
+        self._error_log = RateLimitedLog(log, burst=5, every=30)
         self._slow_log = RateLimitedLog(log, burst=1, every=10)
         self._handler_log = RateLimitedLog(log, burst=5, every=30)
 
@@ -153,7 +160,7 @@ class NatsDriver:
                 name=self._name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]
+                reconnect_time_wait=self._backoff.first,  # type: ignore[arg-type]
                 connect_timeout=CONNECT_TIMEOUT,  # type: ignore[arg-type]
                 ping_interval=self._ping_interval,
                 max_outstanding_pings=2,
@@ -174,8 +181,7 @@ class NatsDriver:
             return
         self._subscribed = True
         self._tls_failed_at = None
-        self._fail_log.reset()
-        log.info("connected to NATS %s", self._current())
+        log.info("connected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
     def _deliverer(self, topic: Topic) -> Any:
@@ -222,6 +228,12 @@ class NatsDriver:
             return
         if self._closing:
             return
+        if self._nc.is_connected:  # e.g. a permissions violation: the link stands
+            self._error_log(logging.WARNING, "NATS error: %s: %s", type(exc).__name__, exc)
+            return
+        # a failed connection attempt: wait longer before the next one
+        wait = self._backoff.next()
+        self._nc.options["reconnect_time_wait"] = wait
         text = str(exc)
         lowered = text.lower()
         self._tls_failed_at = time.monotonic() if isinstance(exc, ssl.SSLError) else None
@@ -230,10 +242,10 @@ class NatsDriver:
             self._fail_log(
                 logging.ERROR,
                 "NATS %s refused our credentials (%s): check NATS_TOKEN, NATS_CREDS, "
-                "NATS_NKEY_SEED or the user:password in NATS_URL; retrying every %.0f s",
+                "NATS_NKEY_SEED or the user:password in NATS_URL; retrying in %.1f s",
                 self.address,
                 text.removeprefix("nats: ").strip("'"),
-                RECONNECT_WAIT,
+                wait,
             )
             return
         if isinstance(exc, ssl.SSLError):
@@ -241,25 +253,48 @@ class NatsDriver:
             self._fail_log(
                 logging.ERROR,
                 "TLS with NATS %s failed: %s (check NATS_CA, NATS_CERT and NATS_KEY); "
-                "retrying every %.0f s",
+                "retrying in %.1f s",
                 self.address,
                 exc,
-                RECONNECT_WAIT,
+                wait,
             )
             return
-        self._pending_error = f"{type(exc).__name__}: {exc or 'connection failed'}"
-        asyncio.get_running_loop().call_later(ERROR_COALESCE, self._log_pending_error)
+        error = f"{type(exc).__name__}: {exc or 'connection failed'}"
+        if isinstance(exc, ConnectionResetError):
+            # maybe the first half of a refused client certificate: log it only if no
+            # TLS or credential failure follows at once
+            self._pending_error = error
+            self._pending_wait = wait
+            asyncio.get_running_loop().call_later(ERROR_COALESCE, self._log_pending_error)
+            return
+        self._pending_error = None
+        self._fail_log(
+            logging.WARNING,
+            "cannot connect to NATS %s: %s; retrying in %.1f s",
+            self.address,
+            error,
+            wait,
+        )
 
     def _log_pending_error(self) -> None:
         error, self._pending_error = self._pending_error, None
         if error is not None and not self._closing:
             self._fail_log(
                 logging.WARNING,
-                "NATS %s: %s (retrying every %.0f s)",
+                "cannot connect to NATS %s: %s; retrying in %.1f s",
                 self.address,
                 error,
-                RECONNECT_WAIT,
+                self._pending_wait,
             )
+
+    def _recovered(self) -> str:
+        """Start the back-off over after a success; how long the trouble lasted, if any."""
+        self._backoff.reset()
+        self._nc.options["reconnect_time_wait"] = self._backoff.first
+        failures, took = self._fail_log.success()
+        if not failures:
+            return ""
+        return f" after {failures} failed attempt{'s' if failures > 1 else ''} in {took:.0f} s"
 
     async def _disconnected(self) -> None:
         if not self._closing and self._subscribed:
@@ -268,8 +303,7 @@ class NatsDriver:
 
     async def _reconnected(self) -> None:
         self._tls_failed_at = None
-        self._fail_log.reset()
-        log.info("reconnected to NATS %s", self._current())
+        log.info("reconnected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
     async def _closed(self) -> None:

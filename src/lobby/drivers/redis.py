@@ -13,7 +13,8 @@ Two links to Redis:
   watchdog PINGs every second; three silent seconds (no message, no PONG) mean a
   dead link, since a cut network can leave a TCP connection looking open for minutes.
   Any failure ends the session: we report the link down, log one line, and reconnect
-  with back-off (0.2 s doubling to 2 s) forever.
+  with back-off forever (lobby.backoff: 0.1 s doubling to 10 s with jitter; the
+  failures logged each of the first five, then once per doubling interval).
 - A small pool for PUBLISH, with short timeouts, so an announcement never waits on
   the subscription and never blocks for long when Redis is away.
 
@@ -61,14 +62,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from lobby._ratelimit import RateLimitedLog
+from lobby.backoff import Backoff, BackoffLog
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
 
 log = logging.getLogger("lobby.redis")
 
-# Reconnect back-off: quick for a restart on loopback, capped so an outage costs
-# one connection attempt every 2 s.
+# the Sentinel watch's own back-off between Sentinels (the link's is lobby.backoff)
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 2.0
+
 # Connect, authenticate and subscribe within this.
 CONNECT_TIMEOUT = 2.0
 # A publish gives up after this (socket timeouts are 1 s, one retry on a stale socket).
@@ -122,6 +124,7 @@ class RedisDriver:
         tls: dict[str, Any] | None = None,
         sentinels: Sequence[tuple[str, int]] = (),
         sentinel_master: str = "mymaster",
+        backoff: Backoff | None = None,
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
         `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs."""
@@ -161,7 +164,9 @@ class RedisDriver:
         self._heard = 0  # messages and PONGs read: the watchdog's sign of life
         self._run_id: bytes | None = None  # the server process we last subscribed on
         self._dropped_by_server = False
-        self._fail_log = RateLimitedLog(log, burst=5, every=30)
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._fail_log = BackoffLog(log)
+        self._lost_log = RateLimitedLog(log, burst=5, every=30)  # a link that keeps flapping
         self._handler_log = RateLimitedLog(log, burst=5, every=30)
 
     @property
@@ -195,22 +200,20 @@ class RedisDriver:
             log.exception("Redis link handler failed")
 
     async def _run(self) -> None:
-        delay = BACKOFF_MIN
         while True:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = self._backoff.next()  # reset when the link comes up
                 if self._up:
                     self._up = False
                     self._link(False)
                     self._dropped_by_server = not isinstance(
                         exc, LinkDead | TimeoutError | MasterMoved
                     )
-                    delay = BACKOFF_MIN
-                    self._fail_log.reset()
-                    self._fail_log(
+                    self._lost_log(
                         logging.WARNING,
                         "lost Redis connection %s: %s; reconnecting",
                         self.address,
@@ -221,7 +224,6 @@ class RedisDriver:
             # a failover announced by Sentinel cuts the wait short
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._moved.wait(), delay)
-            delay = min(delay * 2, BACKOFF_MAX)
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
         if isinstance(exc, AuthenticationError) or (
@@ -434,11 +436,14 @@ class RedisDriver:
         self._run_id = run_id
         self._dropped_by_server = False
         self._up = True
-        self._fail_log.reset()
+        self._backoff.reset()
+        failures, took = self._fail_log.success()
+        after = f" after {failures} failed attempts in {took:.0f} s" if failures > 1 else ""
         log.info(
-            "subscribed to Redis %s channels %s",
+            "subscribed to Redis %s channels %s%s",
             self.address,
             ", ".join(self.channels.values()),
+            after,
         )
         self._link(True)
 
