@@ -126,3 +126,16 @@ def test_what_the_protocol_leaves_to_the_app(node):
             assert sock.recv(65536).split(b" ")[1] == status, raw
     socket.create_connection(("127.0.0.1", node.port)).close()
     assert node.running
+
+
+def test_answers_at_once_are_access_logged_like_the_others(nats_server, channel, spawn):
+    a = spawn("a.example", Broker("nats", nats_server, channel).env(ACCESS_LOG="true"))
+    wait_for(lambda: a.hostnames() == ["a.example"], what="a listed")
+    exchange(a.port, get("/v1/resolve?label=x"))  # at once
+    exchange(a.port, get("/v1/resolve?label=x&index=0"))  # through the ASGI app
+    wait_for(lambda: a.output().count('"GET /v1/resolve?label=x') == 2, what="both logged")
+    [fast, slow] = [line for line in a.output().splitlines() if "/v1/resolve?label=x" in line]
+    assert fast.endswith(' - "GET /v1/resolve?label=x HTTP/1.1" 200')
+    assert slow.endswith(' - "GET /v1/resolve?label=x&index=0 HTTP/1.1" 200')
+    for line in (fast, slow):  # same logger, the peer's address
+        assert re.search(r"uvicorn\.access: 127\.0\.0\.1:\d+ - ", line), line
