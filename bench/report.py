@@ -455,22 +455,21 @@ def api_table(results: dict[str, Any]) -> list[str]:
                 if name not in names:
                     names.append(name)
         for name in names:
-            cols, path, size = [], "", None
+            cols, path, size, how = [], "", None, ""
             for b in BROKERS:
                 r = _get(_by_n(_get(results, "brokers", b, "api"), n), "endpoints", name)
                 if r is None:
                     cols += ["-", "-", "-"]
                     continue
                 path, size = r["path"], r["bytes"]
-                if r.get("headers"):
-                    path += "` + gzip`" if "Accept-Encoding" in r["headers"] else ""
+                how = " (gzip)" if "Accept-Encoding" in (r.get("headers") or {}) else ""
                 bad = f" ({r['non_2xx']} non-2xx)" if r.get("non_2xx") else ""
                 cols += [
                     f"{r['rps']:,.0f}{bad}",
                     f"{r.get('p50_ms', 0):.2f} ms",
                     f"{r.get('p99_ms', 0):.2f} ms",
                 ]
-            lines.append(f"| {n:,} | `{path}` | {_size(size)} | " + " | ".join(cols) + " |")
+            lines.append(f"| {n:,} | `{path}`{how} | {_size(size)} | " + " | ".join(cols) + " |")
     return lines if ns else []
 
 

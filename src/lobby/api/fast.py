@@ -90,12 +90,23 @@ def accepts_gzip(value: bytes) -> bool:
     return star
 
 
+_parsed: dict[bytes, dict[str, str]] = {}  # clients repeat their queries: parse once
+_PARSED_MAX: Final = 1024
+_NO_QUERY: Final[dict[str, str]] = {}
+
+
 def _query(scope: Scope) -> dict[str, str]:
-    """Query parameters as Starlette reads them (the last of repeated names wins)."""
+    """Query parameters as Starlette reads them (the last of repeated names wins); the
+    dict is shared: read it, never change it."""
     raw: bytes = scope["query_string"]
     if not raw:
-        return {}
-    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+        return _NO_QUERY
+    query = _parsed.get(raw)
+    if query is None:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        query = _parsed[raw] = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+    return query
 
 
 class FastApp:
