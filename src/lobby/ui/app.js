@@ -140,7 +140,9 @@
   }
 
   function ago(seconds) {
-    if (seconds < 0 || !Number.isFinite(seconds)) return '–';
+    if (!Number.isFinite(seconds)) return '–';
+    // below 0 only by our estimate of the server's clock (its Date header has whole
+    // seconds and is refreshed once a second): heard just now
     if (seconds < 1) return 'now';
     if (seconds < 60) return `${Math.floor(seconds)} s`;
     if (seconds < 3600) return `${Math.floor(seconds / 60)} min`;
