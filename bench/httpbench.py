@@ -21,11 +21,14 @@ from procs import WRK, Broker, Lobbyd, Sim, scope, wait_for
 KEEP_ALIVE = 5
 ENDPOINTS: dict[str, str] = {
     "all": "/v1/discoveries",
+    "gzip": "/v1/discoveries",  # with Accept-Encoding: gzip, as Prometheus's HTTP SD asks
     "labels": "/v1/discoveries?labels=service:web",
     "prefixes": "/v1/discoveries?prefixes=location:",
     "resolve": "/v1/resolve?label=service:db",
     "prometheus": "/v1/prometheus/node",
 }
+
+HEADERS: dict[str, dict[str, str]] = {"gzip": {"Accept-Encoding": "gzip"}}
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -56,8 +59,16 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
-def wrk(url: str, seconds: int, threads: int = 2, connections: int = 16) -> dict[str, Any]:
+def wrk(
+    url: str,
+    seconds: int,
+    threads: int = 2,
+    connections: int = 16,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    for name, value in (headers or {}).items():
+        argv[1:1] = ["-H", f"{name}: {value}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
@@ -89,11 +100,13 @@ def measure(
             index0, t0 = daemon.stats()["index"], time.monotonic()
             entry: dict[str, Any] = {"n": n, "endpoints": {}}
             for name in endpoints:
-                path = ENDPOINTS[name]
-                body = daemon.http.get(path)  # also checks it answers 200
-                result = wrk(f"http://127.0.0.1:{daemon.port}{path}", seconds)
+                path, headers = ENDPOINTS[name], HEADERS.get(name)
+                body = daemon.http.get(path, headers)  # also checks it answers 200
+                result = wrk(f"http://127.0.0.1:{daemon.port}{path}", seconds, headers=headers)
                 result["bytes"] = len(body)
                 result["path"] = path
+                if headers:
+                    result["headers"] = headers
                 entry["endpoints"][name] = result
                 say(
                     f"    N={n:>6,} {path:<38} {result['rps']:>8,.0f} req/s"

@@ -88,14 +88,20 @@ class Http:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
         for attempt in (0, 1):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(
                     "127.0.0.1", self.port, timeout=self.timeout
                 )
             try:
-                self._conn.request(method, path, body=body)
+                self._conn.request(method, path, body=body, headers=headers or {})
                 resp = self._conn.getresponse()
                 return resp.status, resp.read()
             except (OSError, http.client.HTTPException):
@@ -104,8 +110,8 @@ class Http:
                     raise
         raise AssertionError("unreachable")
 
-    def get(self, path: str) -> bytes:
-        status, body = self.request("GET", path)
+    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
+        status, body = self.request("GET", path, headers=headers)
         if status != 200:
             raise http.client.HTTPException(f"GET {path}: {status} {body[:200]!r}")
         return body
@@ -260,6 +266,7 @@ class Lobbyd(Proc):
             "PORT": str(self.port),
             "LABELS_PATH": str(self.labels_path),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT / "src"),  # this tree's code, whatever is installed
             **broker.lobbyd_env(),
             **{k: str(v) for k, v in env.items()},
         }

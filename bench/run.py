@@ -68,8 +68,8 @@ def config(quick: bool) -> dict[str, Any]:
             "load_n": 50_000,
             "memory_ns": [50_000],
             "gets": 3,
-            "api_ns": [10, 10_000],
-            "api_endpoints": ["all", "labels"],
+            "api_ns": [10, 1_000, 10_000],
+            "api_endpoints": ["all", "gzip", "resolve"],
             "wrk_seconds": 3,
             "prop_trials": 50,
             "prop_background": 100,
@@ -280,6 +280,10 @@ def main() -> int:
     )
     parser.add_argument("--keep-alive", type=int, help="KEEP_ALIVE of the join measurement")
     parser.add_argument("--ttl", type=int, help="TTL of the failure-detection measurement")
+    parser.add_argument("--api-ns", help="comma-separated N of the api section, e.g. 10,1000")
+    parser.add_argument(
+        "--endpoints", help=f"comma-separated subset of {','.join(httpbench.ENDPOINTS)}"
+    )
     parser.add_argument("--profile", action="store_true", help="also record a py-spy flame graph")
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
     parser.add_argument(
@@ -307,6 +311,12 @@ def main() -> int:
         cfg["join_keep_alive"] = args.keep_alive
     if args.ttl:
         cfg["fail_ttl"] = args.ttl
+    if args.api_ns:
+        cfg["api_ns"] = [int(n) for n in args.api_ns.split(",")]
+    if args.endpoints:
+        cfg["api_endpoints"] = args.endpoints.split(",")
+        if unknown := set(cfg["api_endpoints"]) - set(httpbench.ENDPOINTS):
+            parser.error(f"unknown endpoint(s): {', '.join(sorted(unknown))}")
     tools = [procs.WRK, procs.NATS_SERVER, procs.REDIS_SERVER]
     if "ui" in only:
         tools += [browser.CHROMIUM, browser.CHROMEDRIVER]

@@ -191,11 +191,11 @@ class Daemon:
         return self.exit_status
 
     def _start_api(self, sock: socket.socket) -> None:
-        from lobby.api import create_app
+        from lobby.api.fast import create_fast_app
         from lobby.api.server import ApiServer
 
         s = self.settings
-        app = create_app(
+        app = create_fast_app(
             self,
             s.token,
             self.feed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -102,11 +102,11 @@ def clean_label(label: str) -> str:
 
 
 # Labels repeat across nodes and across every keep-alive of one node, so a label
-# seen once valid is remembered: the common case costs one dict lookup and also
-# interns the string (SPEC §11). Only labels of packets that passed validation are
-# remembered, and the cache is bounded in count and in characters, so neither garbage
-# nor label churn can grow it without limit (1,500 dropped packets of long labels
-# used to pin ~100 MB).
+# seen once valid is remembered: the common case costs one dict lookup, and this dict
+# is the intern table: every node holding a label holds this one copy (SPEC §11).
+# Only labels of packets that passed validation are remembered, and the cache is
+# bounded in count and in characters, so neither garbage nor label churn can grow it
+# without limit (1,500 dropped packets of long labels used to pin ~100 MB).
 _known_labels: dict[str, str] = {}
 _known_chars = 0
 _KNOWN_LABELS_MAX: Final = 200_000
@@ -145,8 +145,8 @@ def _wire_labels(raw: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
             problem = label_problem(item)
             if problem is not None:
                 raise PacketError("bad_label", problem)
-            label = sys.intern(item)
-            if new is None:
+            label = item  # from now on the one copy every node shares (no sys.intern:
+            if new is None:  # its table would hold each unique label a second time)
                 new = []
             new.append(label)
         out.append(label)
@@ -169,8 +169,28 @@ def _signed_goodbye_labels(raw: object) -> tuple[str, ...]:
     return tuple(sorted(raw))
 
 
+# What decode_packet returns: message, hostname, labels (sorted, unique), the wire's
+# labels sorted by code point, ts, sig (None: unsigned; "": malformed signature
+# fields), relay (as Envelope.relay).
+Packet = tuple[
+    Literal["hi", "goodbye"], str, tuple[str, ...], tuple[str, ...], int, "str | None", "str | None"
+]
+Known = Callable[[str], "tuple[str, ...] | None"]
+
+
 def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     """Parse and validate one message from the broker; raises PacketError."""
+    message, hostname, labels, wire, ts, sig, relay = decode_packet(data)
+    return Envelope(message, Discovery(hostname, labels, 0), ts, sig, wire, relay)
+
+
+def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | None = None) -> Packet:
+    """`decode_envelope` as a tuple, without building objects: the daemon's hot path.
+
+    `known(hostname)` may give the labels the node is known to have: when the packet
+    carries exactly those (a keep-alive), that very tuple is returned and the labels
+    are neither checked again nor interned again.
+    """
     if len(data) > MAX_PACKET_BYTES:
         raise PacketError("too_large", f"{len(data)} bytes")
     try:
@@ -188,31 +208,36 @@ def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     hostname = body.get("hostname")
     if type(hostname) is not str or not hostname:
         raise PacketError("bad_hostname", "hostname is missing or empty")
-    if len(hostname) > MAX_HOSTNAME_BYTES // 4 and len(hostname.encode()) > MAX_HOSTNAME_BYTES:
-        raise PacketError("bad_hostname", "hostname is too long")
-    if _CONTROL.search(hostname) or not hostname.strip():
-        raise PacketError("bad_hostname", "hostname contains a control character or blanks")
+    have = known(hostname) if known is not None else None
+    if have is None:  # a node we know passed these checks with this very hostname
+        if len(hostname) > MAX_HOSTNAME_BYTES // 4 and len(hostname.encode()) > MAX_HOSTNAME_BYTES:
+            raise PacketError("bad_hostname", "hostname is too long")
+        if _CONTROL.search(hostname) or not hostname.strip():
+            raise PacketError("bad_hostname", "hostname contains a control character or blanks")
     last_check = body.get("last_check", 0)
     if type(last_check) is not int:
         raise PacketError("bad_shape", "last_check is not an integer")
     sig = doc.get("sig")
     if message == HI:
-        labels, wire = _wire_labels(body.get("labels"))
+        raw = body.get("labels")
+        if have is not None and type(raw) is list and len(raw) == len(have) and tuple(raw) == have:
+            labels = wire = have
+        else:
+            labels, wire = _wire_labels(raw)
     else:
         labels = ()
         wire = _signed_goodbye_labels(body.get("labels")) if sig is not None else ()
-    discovery = Discovery(sys.intern(hostname), labels, 0)
     relay = None
     if "relay" in doc:
         relay = doc["relay"] if type(doc["relay"]) is str else ""
     if sig is None:
-        return Envelope(message, discovery, relay=relay)
+        return message, hostname, labels, wire, 0, None, relay
     ts = doc.get("ts")
     if type(sig) is not str or type(ts) is not int:
         # malformed signature fields: keep it marked as signed, so that it fails
         # verification instead of passing for an unsigned packet
-        return Envelope(message, discovery, 0, "", wire, relay)
-    return Envelope(message, discovery, ts, sig, wire, relay)
+        return message, hostname, labels, wire, 0, "", relay
+    return message, hostname, labels, wire, ts, sig, relay
 
 
 def encode_envelope(

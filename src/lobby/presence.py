@@ -53,7 +53,7 @@ from lobby.model import (
     Discovery,
     LabelError,
     PacketError,
-    decode_envelope,
+    decode_packet,
     decode_sync,
     encode_envelope,
     encode_sync,
@@ -274,8 +274,11 @@ class Presence:
         link.received += 1
         if self.relay is not None and self.relay.own_copy(data):
             return  # a packet we relayed, back to us: we applied the original on its link
+        registry = self.registry
         try:
-            envelope = decode_envelope(data)
+            message, hostname, labels, wire, ts, sig, relay = decode_packet(
+                data, registry.labels_of
+            )
         except PacketError as exc:
             self.rejected[exc.reason] += 1
             self._garbage_log(
@@ -285,37 +288,26 @@ class Presence:
                 sum(self.rejected.values()),
             )
             return
-        discovery = envelope.discovery
         if self._signing:
-            reason = self.gate.admit(
-                envelope.message,
-                discovery.hostname,
-                envelope.ts,
-                envelope.sig,
-                envelope.wire_labels,
-            )
+            reason = self.gate.admit(message, hostname, ts, sig, wire)
             if reason is not None:
                 self.rejected[reason] += 1
                 if reason != DUPLICATE:
-                    self._refused(reason, envelope.message, discovery.hostname)
-                elif envelope.message == HI and discovery.hostname == self.hostname:
+                    self._refused(reason, message, hostname)
+                elif message == HI and hostname == self.hostname:
                     self._heard_self(link)  # our own packet, back through another way
                 return
         # SPEC §15 relays; keep this after every check a packet must pass (signatures):
         # only valid packets are forwarded, never one a relay forwarded already, never
         # our own (it went out on every link)
-        if (
-            self.relay is not None
-            and envelope.relay is None
-            and discovery.hostname != self.hostname
-        ):
+        if self.relay is not None and relay is None and hostname != self.hostname:
             self.relay.forward(link.index, "discovery", data)
-        if envelope.message == HI:
-            self.registry.update(discovery, link.index)
-            if discovery.hostname == self.hostname:
+        if message == HI:
+            registry.refresh(hostname, labels, link.index)
+            if hostname == self.hostname:
                 self._heard_self(link)
         else:
-            self.registry.remove(discovery.hostname, "goodbye")
+            registry.remove(hostname, "goodbye")
 
     def _heard_self(self, link: Link) -> None:
         link.heard_self = self.clock.monotonic()

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Final
 
+from lobby.answer import Answer, Slices
 from lobby.model import Discovery, pretty
 from lobby.registry import Registry
 
@@ -176,7 +177,13 @@ class PrometheusSD:
         self._warned: dict[str, frozenset[str]] = {}
 
     def answer(self, name: str) -> bytes:
-        return self.registry.cached(("prometheus", name), lambda: self._build(name), timed=False)
+        return self.cached(name).body
+
+    def cached(self, name: str) -> Answer | Slices:
+        """The answer for `name` from the registry's cache (with its gzip copy)."""
+        return self.registry.cached_answer(
+            ("prometheus", name), lambda: self._build(name), timed=False
+        )
 
     def _build(self, name: str) -> bytes:
         found: list[str] = []

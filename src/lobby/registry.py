@@ -21,6 +21,10 @@ Knows nothing of brokers or HTTP. Three ideas carry it:
   a plain keep-alive. Serialized answers are cached per query until it moves; answers
   that show `last_check` are also rebuilt when the wall-clock second changes, so that
   field is never staler than a second.
+
+Lists of discoveries are encoded straight from the records (`listing`), and kept whole
+only while they are small enough (`lobby.answer`): the full list of a big registry is
+encoded slice by slice for every request instead, so it never sits in memory.
 """
 
 from __future__ import annotations
@@ -28,16 +32,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from lobby.model import Discovery, discoveries_json
+from lobby.answer import KEEP_MAX, SLICE, Answer, Row, Slices, encode_list, stream_list
+from lobby.model import Discovery
 
 ChangeKind = Literal["join", "update", "leave"]
 LeaveReason = Literal["", "goodbye", "expired"]
 
-_CACHE_MAX: Final = 1024
+_CACHE_MAX: Final = 1024  # answers
+_CACHE_BYTES_MAX: Final = 32 * 1024 * 1024  # their bodies together
+# What a node costs in the indented full list until a build has measured it (the
+# simulator's nodes: ~300 bytes).
+_BYTES_PER_NODE: Final = 320
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +117,12 @@ class Registry:
         self._records: dict[str, _Record] = self._links[0].queue
         self._index = 1
         self._listeners: list[Listener] = []
-        self._cache: dict[Hashable, bytes] = {}
+        self._cache: dict[Hashable, Answer | Slices] = {}
         self._cache_stamp: tuple[int, int] = (0, 0)
+        self._cache_bytes = 0
         self._sorted: list[str] | None = None
+        self._bytes_per_node = _BYTES_PER_NODE
+        self._last_check = 0
 
     # -- time ---------------------------------------------------------------------
 
@@ -187,13 +199,20 @@ class Registry:
     def update(self, discovery: Discovery, via: int = 0) -> bool:
         """Insert or refresh a node ("hi") heard through link `via`; True when its
         content changed."""
+        return self.refresh(discovery.hostname, discovery.labels, via)
+
+    def refresh(self, hostname: str, labels: tuple[str, ...], via: int = 0) -> bool:
+        """`update` without a Discovery (the daemon's hot path): `labels` sorted, unique."""
         self.expire()
-        hostname = discovery.hostname
         record = self._records.get(hostname)
         link = self._links[via]
         paused_at = link.paused_at  # self._now(link), inlined: this is the hot path
         now = (self._clock() if paused_at is None else paused_at) - link.paused_total
         last_check = int(self._wall())
+        if last_check == self._last_check:
+            last_check = self._last_check  # one int object per second, not one per node
+        else:
+            self._last_check = last_check
         if record is not None:
             record.seen = now
             record.last_check = last_check
@@ -204,16 +223,21 @@ class Registry:
                 link.queue[hostname] = record
                 record.via = via
             old = record.labels
-            if old == discovery.labels:
+            if old is labels or old == labels:
                 return False
-            record.labels = discovery.labels
-            self._changed("update", hostname, discovery.labels, old_labels=old)
+            record.labels = labels
+            self._changed("update", hostname, labels, old_labels=old)
             return True
-        record = _Record(discovery.labels, now, last_check, via)
+        record = _Record(labels, now, last_check, via)
         link.queue[hostname] = record
         self._records[hostname] = record  # the same dict with one link: a no-op store
-        self._changed("join", hostname, discovery.labels)
+        self._changed("join", hostname, labels)
         return True
+
+    def labels_of(self, hostname: str) -> tuple[str, ...] | None:
+        """The labels a node is known to have, expired or not (for decoding only)."""
+        record = self._records.get(hostname)
+        return None if record is None else record.labels
 
     def remove(self, hostname: str, reason: LeaveReason = "goodbye") -> bool:
         """Drop a node ("goodbye"); True when it was there."""
@@ -274,6 +298,7 @@ class Registry:
         return Discovery(hostname, record.labels, record.last_check)
 
     def _hostnames(self) -> list[str]:
+        """Sorted hostnames; the list is replaced on a join or leave, never changed."""
         if self._sorted is None:
             self._sorted = sorted(self._records)
         return self._sorted
@@ -312,7 +337,54 @@ class Registry:
 
     def all_json(self) -> bytes:
         """GET /v1/discoveries (also the callback's input), from the answer cache."""
-        return self.cached("all", lambda: discoveries_json(self.discoveries()))
+        return self.listing().body
+
+    # -- lists of discoveries, as JSON --------------------------------------------
+
+    def _rows(self, hostnames: list[str], pick: View | None) -> list[Row]:
+        """The discoveries among `hostnames` that `pick` keeps (all when None), as the
+        dicts orjson encodes; records gone meanwhile are skipped."""
+        records = self._records
+        rows: list[Row] = []
+        add = rows.append
+        for hostname in hostnames:
+            record = records.get(hostname)
+            if record is None:
+                continue
+            labels = record.labels if pick is None else pick(record.labels)
+            if labels is not None:
+                add({"hostname": hostname, "labels": labels, "last_check": record.last_check})
+        return rows
+
+    def _slices(self, hostnames: list[str], pick: View | None) -> Iterator[list[Row]]:
+        for start in range(0, len(hostnames), SLICE):
+            self.expire()  # a stream may outlive a TTL deadline between slices
+            yield self._rows(hostnames[start : start + SLICE], pick)
+
+    def listing(self, key: Hashable = "all", pick: View | None = None) -> Answer | Slices:
+        """The discoveries `pick` keeps (every one when None), sorted by hostname, as
+        the indented JSON list of GET /v1/discoveries, from the answer cache.
+
+        A list whose body would pass `KEEP_MAX` is not kept: it is a `Slices` that
+        encodes it anew, slice by slice, each time it is sent.
+        """
+
+        def build() -> Answer | Slices:
+            hostnames = self._hostnames()
+            if pick is None:
+                if len(hostnames) * self._bytes_per_node > KEEP_MAX:
+                    return Slices(lambda: stream_list(self._slices(hostnames, None)))
+                body = encode_list(self._rows(hostnames, None))
+                if hostnames:
+                    self._bytes_per_node = max(len(body) // len(hostnames), 1)
+                return Answer(body)
+            rows = self._rows(hostnames, pick)
+            if len(rows) * self._bytes_per_node > KEEP_MAX:
+                del rows
+                return Slices(lambda: stream_list(self._slices(hostnames, pick)))
+            return Answer(encode_list(rows))
+
+        return self._answer(("list", key), build, timed=True)
 
     async def sweep(self, clean_every: float) -> None:
         """Expire records at their exact deadline, forever (CLEAN_EVERY caps the sleep)."""
@@ -329,20 +401,40 @@ class Registry:
         `timed` answers (those that show last_check) are also rebuilt every wall-clock
         second. Key timed and untimed answers differently.
         """
+        return self.cached_answer(key, build, timed=timed).body
+
+    def cached_answer(
+        self, key: Hashable, build: Callable[[], bytes], *, timed: bool = True
+    ) -> Answer | Slices:
+        """As `cached`, as an `Answer` (whose gzip copy is then kept beside it)."""
+        return self._answer(key, lambda: Answer(build()), timed=timed)
+
+    def _answer(
+        self, key: Hashable, build: Callable[[], Answer | Slices], *, timed: bool
+    ) -> Answer | Slices:
         self.expire()
         stamp = (self._index, int(self._wall()))
         cache = self._cache
         if stamp != self._cache_stamp:
             if stamp[0] != self._cache_stamp[0]:
                 cache.clear()
+                self._cache_bytes = 0
             else:  # same index, new second: only the timed answers are stale
                 for k in [k for k in cache if type(k) is tuple and k and k[0] == "t"]:
-                    del cache[k]
+                    self._cache_bytes -= _size(cache.pop(k))
             self._cache_stamp = stamp
         full_key = ("t", key) if timed else ("u", key)
         answer = cache.get(full_key)
         if answer is None:
-            if len(cache) >= _CACHE_MAX:
+            answer = build()
+            size = _size(answer)
+            if len(cache) >= _CACHE_MAX or self._cache_bytes + size > _CACHE_BYTES_MAX:
                 cache.clear()
-            answer = cache[full_key] = build()
+                self._cache_bytes = 0
+            cache[full_key] = answer
+            self._cache_bytes += size
         return answer
+
+
+def _size(answer: Answer | Slices) -> int:
+    return len(answer) if isinstance(answer, Answer) else 0

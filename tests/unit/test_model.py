@@ -15,6 +15,7 @@ from lobby.model import (
     add_relay,
     clean_label,
     decode_envelope,
+    decode_packet,
     encode_envelope,
     encode_sync,
     is_relayed,
@@ -210,3 +211,34 @@ def test_lone_surrogates_are_not_labels():
     # os.environ turns non-UTF-8 bytes into lone surrogates, which cannot go on the wire
     with pytest.raises(LabelError, match="UTF-8"):
         clean_label("loc:\udcff")
+
+
+# -- the hot path: decode_packet with the labels a node is known to have -------------
+
+
+def test_a_keep_alive_reuses_the_known_labels_tuple():
+    known = ("location:prague", "service:web")
+    data = encode_envelope("hi", Discovery("a.example", known))
+    message, hostname, labels, wire, ts, sig, relay = decode_packet(data, {"a.example": known}.get)
+    assert (message, hostname, ts, sig, relay) == ("hi", "a.example", 0, None, None)
+    assert labels is known and wire is known
+
+
+def test_changed_or_unknown_labels_are_checked_as_always():
+    known = {"a.example": ("service:web",)}.get
+    data = encode_envelope("hi", Discovery("a.example", ("service:db",)))
+    assert decode_packet(data, known)[2] == ("service:db",)
+    bad = orjson.dumps({"discovery": {"hostname": "a.example", "labels": ["x\n"]}, "message": "hi"})
+    with pytest.raises(PacketError, match="control character"):
+        decode_packet(bad, known)
+    unsorted = orjson.dumps(
+        {"discovery": {"hostname": "a.example", "labels": ["b", "a", "b"]}, "message": "hi"}
+    )
+    assert decode_packet(unsorted, {"a.example": ("a", "b")}.get)[2] == ("a", "b")
+
+
+def test_an_unknown_hostname_is_checked():
+    bad = orjson.dumps({"discovery": {"hostname": "a\x00b", "labels": []}, "message": "hi"})
+    with pytest.raises(PacketError, match="bad_hostname"):
+        decode_packet(bad, {}.get)
+    assert decode_envelope(encode_envelope("goodbye", Discovery("a", ()))).message == "goodbye"

@@ -1,15 +1,19 @@
 """The few response shapes the HTTP layer builds by hand, written once.
 
 Plain ASGI messages are used where a middleware answers before the framework runs
-(token check, body limit, blocking-query errors); routes use `json_response`.
+(token check, body limit, blocking-query errors) and by the fast path; routes use
+`json_response`. Nothing here imports the framework until a route needs it.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from starlette.responses import Response
-from starlette.types import Message, Send
+if TYPE_CHECKING:
+    from starlette.responses import Response
+    from starlette.types import Message, Send
+else:
+    Message = Send = Any
 
 JSON_TYPE: Final = "application/json; charset=UTF-8"
 TEXT_TYPE: Final = "text/plain; charset=utf-8"
@@ -18,6 +22,8 @@ DENIED: Final = b'{\n "message": "access denied"\n}\n'
 
 
 def json_response(body: bytes, status: int = 200) -> Response:
+    from starlette.responses import Response
+
     return Response(body, status_code=status, media_type=JSON_TYPE)
 
 

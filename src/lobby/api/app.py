@@ -1,6 +1,9 @@
 """HTTP API routes (SPEC §5, §6, §19): read the registry, never the broker.
 
-Hot answers are bytes from the registry's cache, handed to Starlette as they are.
+Hot answers are bytes from the registry's cache, handed to Starlette as they are. In
+the daemon the hot GETs never get here: `lobby.api.fast` answers them first, with the
+same bytes, and builds this app only for what it does not answer. These routes still
+describe them in the OpenAPI document and serve them when this app is used alone.
 Everything the Go daemon answered as plain text stays plain text; JSON is indented
 by two spaces and ends with a newline, like Go's JSONPretty.
 """
@@ -14,19 +17,20 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from lobby import __version__
+from lobby.answer import Slices
 from lobby.api import docs, events, ops, ui
-from lobby.api._responses import json_response
+from lobby.api._responses import JSON_TYPE, json_response
 from lobby.api._schema import CheckModel, DiscoveryModel, TargetGroupModel
 from lobby.api.auth import MAX_BODY, Guard
-from lobby.api.events import split_list
+from lobby.api.fast import Body, discoveries_answer, resolve_answer
 from lobby.feed import ChangeFeed
 from lobby.labels import parse_label_body
-from lobby.model import Discovery, LabelError, discoveries_json, pretty
+from lobby.model import Discovery, LabelError, pretty
 from lobby.prometheus import PrometheusSD
 from lobby.registry import Registry
 
@@ -78,6 +82,13 @@ async def _labels_from(request: Request) -> list[str]:
         return parse_label_body(text)
     except LabelError as exc:
         raise HTTPException(400, str(exc)) from None
+
+
+def _response(answer: Body) -> Response:
+    """The same bytes as the fast path's plain answer (`lobby.api.fast`)."""
+    if isinstance(answer, Slices):
+        return StreamingResponse(answer.chunks(), media_type=JSON_TYPE)
+    return json_response(answer if isinstance(answer, bytes) else answer.body)
 
 
 def _plain_error(request: Request, exc: Exception) -> Response:
@@ -207,19 +218,9 @@ def create_app(
             str | None, Query(description="comma-separated label prefixes; any must match")
         ] = None,
     ) -> Response:
-        wanted = split_list(labels)
-        if wanted:
-            key: Any = ("labels", frozenset(wanted))
-            return json_response(
-                registry.cached(key, lambda: discoveries_json(registry.with_labels(wanted)))
-            )
-        starts = split_list(prefixes)
-        if starts:
-            key = ("prefixes", tuple(sorted(set(starts))))
-            return json_response(
-                registry.cached(key, lambda: discoveries_json(registry.with_prefixes(starts)))
-            )
-        return json_response(registry.all_json())
+        prepared = discoveries_answer(registry, labels, prefixes)
+        assert prepared is not None
+        return _response(prepared())
 
     for path in ("/", "/v1/discoveries"):
         app.add_api_route(
@@ -253,10 +254,9 @@ def create_app(
     ) -> Response:
         if not label:
             raise HTTPException(400, "query parameter label is required")
-        body = registry.cached(
-            ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
-        )
-        return json_response(body)
+        prepared = resolve_answer(registry, label)
+        assert prepared is not None
+        return _response(prepared())
 
     async def change_labels(
         request: Request, apply: Callable[[list[str]], Awaitable[None]]
@@ -321,7 +321,7 @@ def create_app(
     async def prometheus_targets(
         name: Annotated[str, Path(description="the service: labels prometheus:NAME[:...]")],
     ) -> Response:
-        return json_response(prometheus.answer(name))
+        return _response(prometheus.cached(name))
 
     ops.add_routes(app, node.health, metrics)
     docs.add_routes(app)

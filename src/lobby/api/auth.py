@@ -15,17 +15,26 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
-from typing import Final
-
-from starlette.types import ASGIApp, Receive, Scope, Send
+from typing import TYPE_CHECKING, Any, Final
 
 from lobby.api._responses import send_denied, send_plain
-from lobby.api.ui import is_public
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+else:
+    ASGIApp = Receive = Scope = Send = Any
 
 MAX_BODY: Final = 1024 * 1024
+UI_PREFIX: Final = "/ui"
 
 
 READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+def is_public(method: str, path: str) -> bool:
+    """True for the dashboard's own files (lobby.api.ui): they carry no data, so they
+    need no token."""
+    return method in ("GET", "HEAD") and (path == UI_PREFIX or path.startswith(UI_PREFIX + "/"))
 
 
 class Guard:
@@ -50,19 +59,21 @@ class Guard:
         read = bool(self.expected_read) & hmac.compare_digest(given, self.expected_read)
         return full or (read and method in READ_METHODS)
 
+    def permits(self, method: str, path: str, authorization: bytes) -> bool:
+        """Whether a request with this `Authorization` header value may go on (the
+        check every route gets, the fast path's included)."""
+        if not self.protected or is_public(method, path) or (method == "GET" and self.public(path)):
+            return True
+        return self.allowed(authorization, method)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        method, path = scope["method"], scope["path"]
-        if self.protected and not (
-            is_public(method, path) or (method == "GET" and self.public(path))
-        ):
-            given = headers.get(b"authorization", b"")
-            if not self.allowed(given, scope["method"]):
-                await send_denied(send)
-                return
+        if not self.permits(scope["method"], scope["path"], headers.get(b"authorization", b"")):
+            await send_denied(send)
+            return
         length = headers.get(b"content-length")
         if length is not None:
             try:

@@ -1,9 +1,8 @@
 """The change feed's HTTP faces: blocking queries and the event stream.
 
-Blocking queries work as in Consul: every read answer carries `X-Lobby-Index`; a
-request with `?index=N` is held until the index is no longer N or `wait` (default
-5 min, at most 10 min, plus up to 1/16 of jitter so that clients spread out) runs out,
-then answered as usual. It is a middleware, so every GET route gets it.
+Blocking queries (`lobby.api.blocking`, here re-exported) work as in Consul: every
+read answer carries `X-Lobby-Index`; a request with `?index=N` is held until the index
+is no longer N or `wait` runs out, then answered as usual.
 
 `GET /v1/events` is a Server-Sent Events stream: a snapshot of the (filtered) view as
 `join` events, then `join`/`update`/`leave` as they happen, a comment every 15 s so
@@ -16,112 +15,27 @@ stop matching leaves it (reason `unmatched`), one that starts matching joins it.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final
-from urllib.parse import parse_qs
+from typing import Annotated, Any
 
 import orjson
 from fastapi import FastAPI, Header, Query
 from fastapi.responses import StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lobby.api._responses import send_plain
-from lobby.feed import (
-    CLOSED,
-    DEFAULT_WAIT,
-    OVERFLOW,
-    ChangeFeed,
-    Watcher,
-    parse_index,
-    parse_wait,
-)
+from lobby.api.blocking import UNBLOCKED, Blocking, is_watcher, split_list
+from lobby.feed import CLOSED, OVERFLOW, ChangeFeed, Watcher
 from lobby.registry import Change, Registry, View, make_view
 
-# GETs that never wait: the stream, and what monitoring and browsers ask
-UNBLOCKED: Final = frozenset({"/v1/events", "/metrics", "/v1/health", "/docs"})
-
-
-def split_list(value: str | None) -> list[str]:
-    """`a,b,,c` -> ["a", "b", "c"] (query parameters labels= and prefixes=)."""
-    if not value:
-        return []
-    return [item for item in value.split(",") if item]
-
-
-def is_watcher(scope: Scope) -> bool:
-    """A request that may stay open: the event stream, or a GET with `index` (blocking).
-
-    Counted against API_MAX_WATCHERS (lobby.api.limits.WatcherGate) for as long as it
-    is open, whether or not the index has already moved.
-    """
-    if scope["method"] != "GET":
-        return False
-    if scope["path"] == "/v1/events":
-        return True
-    query = scope["query_string"]
-    return b"index" in query and "index" in parse_qs(query.decode("latin-1"))
-
-
-class Blocking:
-    """`?index=N&wait=D` on any GET, and `X-Lobby-Index` on every answer."""
-
-    def __init__(self, app: ASGIApp, feed: ChangeFeed) -> None:
-        self.app = app
-        self.feed = feed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] in UNBLOCKED:
-            await self.app(scope, receive, send)
-            return
-        registry = self.feed.registry
-        query = parse_qs(scope["query_string"].decode("latin-1"))
-        if "index" in query:
-            try:
-                index = parse_index(query["index"][0])
-                wait = parse_wait(query["wait"][0]) if "wait" in query else DEFAULT_WAIT
-            except ValueError as exc:
-                await send_plain(send, 400, str(exc))
-                return
-            if index == registry.index:
-                held = await self._hold(index, wait + random.uniform(0, wait / 16), receive)
-                if held is None:
-                    return  # the client went away while we held it
-                receive = held
-
-        async def send_with_index(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((b"x-lobby-index", str(registry.index).encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_index)
-
-    async def _hold(self, index: int, wait: float, receive: Receive) -> Receive | None:
-        """Wait for a change while watching for the client's disconnect."""
-        first = await receive()  # the (empty) GET body
-        if first["type"] == "http.disconnect":
-            return None
-        waiter = asyncio.ensure_future(self.feed.wait_past(index, wait))
-        gone = asyncio.ensure_future(receive())
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (waiter, gone):
-                task.cancel()
-        if gone.done() and not gone.cancelled():
-            return None
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return first
-            return await receive()
-
-        return replay
+__all__ = [
+    "UNBLOCKED",
+    "Blocking",
+    "add_routes",
+    "document_blocking",
+    "is_watcher",
+    "render",
+    "split_list",
+    "stream",
+]
 
 
 def document_blocking(app: FastAPI) -> None:

@@ -27,16 +27,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
-from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from lobby.api._responses import TEXT_TYPE
 from lobby.listener import ListenerLimits, Slot
 
+if TYPE_CHECKING:  # no framework imported to serve
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
 log = logging.getLogger("lobby")
+
+# A whole answer computed at once from (path, query string, headers): status, headers,
+# body; None when the request must go through the ASGI app (lobby.api.fast.FastApp).
+Instant = Callable[
+    [str, bytes, list[tuple[bytes, bytes]]], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"
+]
 
 _REASONS: Final = {
     400: "Bad Request",
@@ -67,8 +75,12 @@ class _HeadTooLarge(Exception):
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol within a `ListenerLimits` (see the module docstring)."""
 
-    def __init__(self, *args: Any, slot: Slot, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, slot: Slot, instant: Instant | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.instant = instant
+        self._answered = False  # the request whose message completes was answered at once
         self.slot = slot
         self.limits: ListenerLimits = slot.limits
         self._head_timer: asyncio.TimerHandle | None = None
@@ -136,11 +148,58 @@ class BoundedHttpTools(HttpToolsProtocol):
                 raise _HeadTooLarge
         self._head_bytes = 0
         self._in_body = True
+        if self.instant is not None and self._answer_at_once(self.instant):
+            return
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        if self._answered:
+            self._answered = False
+            return
         super().on_message_complete()
+
+    def _answer_at_once(self, instant: Instant) -> bool:
+        """The fast path at the protocol level: a GET that `instant` answers whole is
+        written in one piece right here, without an ASGI task or its messages (as
+        uvicorn would write it: its default headers first). Only when no answer is
+        under way on this connection, so pipelined answers keep their order."""
+        parser = self.parser
+        if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
+            return False
+        if parser.get_method() != b"GET" or parser.should_upgrade():
+            return False
+        parsed = httptools.parse_url(self.url)
+        raw_path: bytes = parsed.path
+        if b"%" in raw_path or self.root_path:
+            return False  # uvicorn's own decoding, then the ASGI app
+        answer = instant(raw_path.decode("ascii"), parsed.query or b"", self.headers)
+        if answer is None:
+            return False
+        status, headers, body = answer
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        content = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers):
+            content += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        self.transport.write(b"".join(content))
+        if self.access_log:  # as uvicorn logs an answer
+            host, port = self.client or ("", 0)
+            query = parsed.query
+            target = raw_path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
+            version = parser.get_http_version()
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', f"{host}:{port}", "GET", target, version, status
+            )
+        self._answered = True
+        if keep_alive:
+            self.on_response_complete()  # counts it, arms the keep-alive timer
+        else:
+            self.server_state.total_requests += 1
+            self.transport.close()
+        return True
 
     # -- internals ----------------------------------------------------------------------
 
@@ -185,13 +244,17 @@ class BoundedHttpTools(HttpToolsProtocol):
 
 
 def protocol_factory(
-    config: Any, server_state: Any, app_state: dict[str, Any]
+    config: Any, server_state: Any, app_state: dict[str, Any], instant: Instant | None = None
 ) -> Callable[[Slot], asyncio.Protocol]:
     """What `lobby.listener.Listener` calls for each admitted connection."""
 
     def make(slot: Slot) -> asyncio.Protocol:
         return BoundedHttpTools(
-            config=config, server_state=server_state, app_state=app_state, slot=slot
+            config=config,
+            server_state=server_state,
+            app_state=app_state,
+            slot=slot,
+            instant=instant,
         )
 
     return make

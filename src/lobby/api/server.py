@@ -26,15 +26,17 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Generator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lobby.api._responses import messages
-from lobby.api.limits import REFUSAL, WatcherGate, protocol_factory
+from lobby.api.limits import REFUSAL, Instant, WatcherGate, protocol_factory
 from lobby.config import Settings
 from lobby.listener import Listener, ListenerLimits, fd_budget_warning, open_file_limit
+
+if TYPE_CHECKING:  # no framework imported to serve
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("lobby")
 
@@ -70,6 +72,7 @@ def api_limits(s: Settings) -> ListenerLimits:
 
 class _Server(uvicorn.Server):
     limits: ListenerLimits
+    instant: Instant | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -84,7 +87,7 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup with our own accept loop (lobby.listener.Listener)."""
         await self.lifespan.startup()
-        make = protocol_factory(self.config, self.server_state, self.lifespan.state)
+        make = protocol_factory(self.config, self.server_state, self.lifespan.state, self.instant)
         ssl = self.config.ssl  # None unless uvicorn was given a certificate
         listeners = [
             Listener(sock, make, self.limits, name="API", refusal=REFUSAL, ssl=ssl)
@@ -145,6 +148,7 @@ class ApiServer:
         self.sock = sock
         self.scheme = "https" if tls_cert else "http"
         self.limits = limits or ListenerLimits()
+        instant = getattr(app, "instant", None)  # the fast path's (lobby.api.fast)
         if is_watcher is not None:
             app = WatcherGate(app, self.limits, is_watcher)
         self._app = _Quiet(app)
@@ -164,11 +168,12 @@ class ApiServer:
         )
         self._server = _Server(cfg)
         self._server.limits = self.limits
+        self._server.instant = instant
         self._done = asyncio.Event()
 
     @classmethod
     def from_settings(cls, s: Settings, app: Any, sock: socket.socket) -> ApiServer:
-        from lobby.api.events import is_watcher
+        from lobby.api.blocking import is_watcher
 
         return cls(
             app,

@@ -18,7 +18,9 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-PREFIX: Final = "/ui"
+from lobby.api.auth import UI_PREFIX
+
+PREFIX: Final = UI_PREFIX
 ASSETS: Final = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
@@ -29,11 +31,6 @@ CSP: Final = (
 )
 _IMMUTABLE: Final = "public, max-age=31536000, immutable"
 _REVALIDATE: Final = "no-cache"
-
-
-def is_public(method: str, path: str) -> bool:
-    """True for the dashboard's own files: they carry no data, so they need no token."""
-    return method in ("GET", "HEAD") and (path == PREFIX or path.startswith(PREFIX + "/"))
 
 
 @dataclass(frozen=True, slots=True)

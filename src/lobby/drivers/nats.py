@@ -2,7 +2,9 @@
 
 nats-py already reconnects forever (max_reconnect_attempts=-1), cycles through every
 URL of a cluster and replays subscriptions after a reconnect; this module adds the
-logging, the link reports and the slow-consumer count the daemon needs.
+logging, the link reports and the slow-consumer count the daemon needs. Messages of
+our two subscriptions skip nats-py's per-message queue and task
+(`lobby.drivers.nats_lean`): they reach the daemon synchronously, in order.
 
 Credentials and TLS (SPEC §13.3) are nats-py's own connect options, passed through
 as `options` (`tls`, `token`, `user_credentials`, `nkeys_seed`); a server that
@@ -42,13 +44,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.backoff import Backoff, BackoffLog
 from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.nats_lean import LeanClient
+from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
 from lobby.urls import redact
 
 log = logging.getLogger("lobby.nats")
@@ -165,9 +168,11 @@ class NatsDriver:
                 **self._options,
             )
             for topic, subject in self.subjects.items():
-                await nc.subscribe(
+                sub = await nc.subscribe(
                     subject, cb=self._handler(topic), pending_msgs_limit=PENDING_MSGS
                 )
+                if isinstance(nc, LeanClient):  # our messages skip nats-py's queue
+                    nc.direct[sub._id] = self._deliverer(topic)
             await nc.flush(timeout=5)
         except asyncio.CancelledError:
             raise
@@ -179,13 +184,24 @@ class NatsDriver:
         log.info("connected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
-    def _handler(self, topic: Topic) -> Any:
-        async def on_msg(msg: Msg) -> None:
+    def _deliverer(self, topic: Topic) -> Any:
+        """The plain function that hands one message of `topic` to the daemon."""
+
+        def deliver(data: bytes) -> None:
             assert self._on_message is not None
             try:
-                self._on_message(topic, msg.data)
+                self._on_message(topic, data)
             except Exception as exc:  # the daemon's bug: not a connection problem
                 self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
+
+        return deliver
+
+    def _handler(self, topic: Topic) -> Any:
+        """nats-py's callback, for a message that took its usual path."""
+        deliver = self._deliverer(topic)
+
+        async def on_msg(msg: Msg) -> None:
+            deliver(msg.data)
 
         return on_msg
 

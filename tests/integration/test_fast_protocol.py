@@ -1,0 +1,141 @@
+"""The fast path at the protocol level (BoundedHttpTools + FastApp.instant), on a real
+lobbyd over raw sockets: the same bytes as the ASGI path, pipelining in order,
+HTTP/1.0 closing, and what it leaves to the ASGI app."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import socket
+
+import pytest
+from support import Broker, wait_for
+
+
+def exchange(port: int, raw: bytes, answers: int = 1, timeout: float = 5.0) -> list[bytes]:
+    """Send `raw` at once, read until `answers` whole answers (or the connection closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(raw)
+        data = b""
+        out: list[bytes] = []
+        while len(out) < answers:
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return out
+                data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            match = re.search(rb"content-length: (\d+)", head, re.I)
+            assert match, head
+            size = int(match.group(1))
+            while len(rest) < size:
+                chunk = sock.recv(65536)
+                assert chunk, "closed mid-answer"
+                rest += chunk
+            out.append(head + b"\r\n\r\n" + rest[:size])
+            data = rest[size:]
+        return out
+
+
+def undated(answer: bytes) -> bytes:
+    return re.sub(rb"date: [^\r]*\r\n", b"", answer)
+
+
+@pytest.fixture
+def node(nats_server, channel, spawn):
+    env = Broker("nats", nats_server, channel).env(LABELS="service:web,location:x")
+    a = spawn("a.example", env)
+    wait_for(lambda: a.hostnames() == ["a.example"], what="a listed")
+    return a
+
+
+def get(path: str, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"GET {path} HTTP/{version}", "Host: x", *headers, "", ""]
+    return "\r\n".join(lines).encode()
+
+
+def test_same_bytes_as_the_asgi_path(node):
+    for path, asgi in [
+        ("/v1/discoveries", "/v1/discoveries?index=0"),  # a blocking query: the ASGI path
+        ("/v1/resolve?label=service:web", "/v1/resolve?label=service:web&index=0"),
+        ("/v1/discovery", "/v1/discovery?index=0"),
+    ]:
+        for _ in range(3):  # the date header may turn over between the two
+            [fast] = exchange(node.port, get(path))
+            [slow] = exchange(node.port, get(asgi))
+            if fast.split(b"date: ")[1][:29] == slow.split(b"date: ")[1][:29]:
+                break
+        assert fast.startswith(b"HTTP/1.1 200 OK\r\ndate: ")
+        assert undated(fast) == undated(slow), path
+
+
+def test_pipelined_requests_are_answered_in_order(node):
+    raw = get("/v1/discovery") + get("/v1/discoveries?index=0") + get("/v1/resolve?label=nope")
+    answers = exchange(node.port, raw, answers=3)
+    assert [a.rsplit(b"\r\n\r\n", 1)[1][:2] for a in answers] == [b"{\n", b"[\n", b"[]"]
+    assert b'"hostname": "a.example"' in answers[0]
+
+
+def test_http_1_0_gets_its_answer_and_the_connection_closes(node):
+    with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+        sock.sendall(get("/v1/discoveries", version="1.0"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert b"connection: close\r\n" in data
+    assert data.endswith(b"\n]\n")
+
+
+def test_gzip_and_token_at_the_protocol_level(nats_server, channel, spawn):
+    env = Broker("nats", nats_server, channel).env(TOKEN="s3cret", READ_TOKEN="r3ad")
+    a = spawn("a.example", env)
+    wait_for(lambda: a.hostnames() == ["a.example"], what="a listed")
+    [denied] = exchange(a.port, get("/v1/discoveries"))
+    assert denied.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert denied.endswith(b'{\n "message": "access denied"\n}\n')
+    [plain] = exchange(a.port, get("/v1/discoveries?index=0", "Authorization: Token r3ad"))
+    # an answer of 1 KiB or more has a gzip copy: make ours that big
+    fillers = "".join(f"filler:{i}{'x' * 100}\n" for i in range(12))
+    assert a.client().post("/v1/labels", content=fillers).status_code == 200
+    wait_for(lambda: b"filler:11" in a.get("/v1/discoveries").content, what="labels applied")
+    [plain] = exchange(a.port, get("/v1/discoveries", "Authorization: Token r3ad"))
+    [packed] = exchange(
+        a.port, get("/v1/discoveries", "Authorization: Token r3ad", "Accept-Encoding: gzip")
+    )
+    assert b"content-encoding: gzip\r\n" in packed and b"vary: Accept-Encoding\r\n" in packed
+    assert gzip.decompress(packed.rsplit(b"\r\n\r\n", 1)[1]) == plain.rsplit(b"\r\n\r\n", 1)[1]
+    # a write with the read token still goes to the framework, and is refused there
+    with socket.create_connection(("127.0.0.1", a.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/labels HTTP/1.1\r\nHost: x\r\nAuthorization: Token r3ad\r\n"
+            b"Content-Length: 4\r\n\r\nx:1\n"
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 403 ")
+
+
+def test_what_the_protocol_leaves_to_the_app(node):
+    for raw, status in [
+        (b"HEAD /v1/discoveries HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
+        (get("/v1/resolve"), b"400"),
+        (get("/v1/discoveries/"), b"307"),
+        (get("/v1/prometheus/a%20b"), b"200"),
+        (get("/nothing"), b"404"),
+    ]:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=5) as sock:
+            sock.sendall(raw)
+            assert sock.recv(65536).split(b" ")[1] == status, raw
+    socket.create_connection(("127.0.0.1", node.port)).close()
+    assert node.running
+
+
+def test_answers_at_once_are_access_logged_like_the_others(nats_server, channel, spawn):
+    a = spawn("a.example", Broker("nats", nats_server, channel).env(ACCESS_LOG="true"))
+    wait_for(lambda: a.hostnames() == ["a.example"], what="a listed")
+    exchange(a.port, get("/v1/resolve?label=x"))  # at once
+    exchange(a.port, get("/v1/resolve?label=x&index=0"))  # through the ASGI app
+    wait_for(lambda: a.output().count('"GET /v1/resolve?label=x') == 2, what="both logged")
+    [fast, slow] = [line for line in a.output().splitlines() if "/v1/resolve?label=x" in line]
+    assert fast.endswith(' - "GET /v1/resolve?label=x HTTP/1.1" 200')
+    assert slow.endswith(' - "GET /v1/resolve?label=x&index=0 HTTP/1.1" 200')
+    for line in (fast, slow):  # same logger, the peer's address
+        assert re.search(r"uvicorn\.access: 127\.0\.0\.1:\d+ - ", line), line
