@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,31 +26,14 @@ from lobby.answer import Slices
 from lobby.api import docs, events, ops, ui
 from lobby.api._responses import JSON_TYPE, json_response
 from lobby.api._schema import CheckModel, DiscoveryModel, TargetGroupModel
+from lobby.api.answers import Body, Node, discoveries_answer, resolve_answer
 from lobby.api.auth import MAX_BODY, Guard
-from lobby.api.fast import Body, discoveries_answer, resolve_answer
 from lobby.feed import ChangeFeed
 from lobby.labels import parse_label_body
-from lobby.model import Discovery, LabelError, pretty
+from lobby.model import LabelError, pretty
 from lobby.prometheus import PrometheusSD
-from lobby.registry import Registry
 
 log = logging.getLogger("lobby.api")
-
-
-class Node(Protocol):
-    """What the API needs from the daemon."""
-
-    registry: Registry
-
-    def own_discovery(self) -> Discovery: ...
-
-    async def add_labels(self, labels: list[str]) -> None: ...
-
-    async def delete_labels(self, labels: list[str]) -> None: ...
-
-    def stats(self) -> dict[str, Any]: ...
-
-    def health(self) -> tuple[bool, dict[str, str]]: ...
 
 
 async def read_limited(request: Request, limit: int = MAX_BODY) -> bytes:

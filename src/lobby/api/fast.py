@@ -27,24 +27,18 @@ from urllib.parse import parse_qsl
 
 from lobby.answer import Answer, Slices
 from lobby.api._responses import DENIED, JSON_TYPE, send_denied
+from lobby.api.answers import Body, Node, Prepared, discoveries_answer, resolve_answer
 from lobby.api.auth import Guard
-from lobby.api.blocking import hold, split_list
+from lobby.api.blocking import hold
 from lobby.feed import ChangeFeed
 from lobby.model import pretty
 from lobby.prometheus import PrometheusSD
-from lobby.registry import Registry, make_view
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from lobby.api.app import Node
 else:
-    ASGIApp = Receive = Scope = Send = Node = Any
-
-Body = Answer | Slices | bytes
-# What a route makes of a request: a function that builds the answer (called after a
-# blocking query was held), or None when the framework must answer (an error).
-Prepared = Callable[[], Body] | None
+    ASGIApp = Receive = Scope = Send = Any
 
 _JSON: Final = JSON_TYPE.encode()
 _PROMETHEUS: Final = "/v1/prometheus/"
@@ -305,26 +299,6 @@ class FastApp:
     def _prometheus_route(self, name: str) -> Callable[[Scope], Prepared]:
         prometheus = self.prometheus
         return lambda scope: lambda: prometheus.cached(name)
-
-
-def discoveries_answer(registry: Registry, labels: str | None, prefixes: str | None) -> Prepared:
-    """GET /v1/discoveries[?labels=|?prefixes=]: labels win over prefixes (SPEC §5)."""
-    wanted = split_list(labels)
-    if wanted:
-        key: Any = ("labels", frozenset(wanted))
-        return lambda: registry.listing(key, make_view(labels=wanted))
-    starts = split_list(prefixes)
-    if starts:
-        key = ("prefixes", tuple(sorted(set(starts))))
-        return lambda: registry.listing(key, make_view(prefixes=starts))
-    return registry.listing
-
-
-def resolve_answer(registry: Registry, label: str) -> Prepared:
-    """GET /v1/resolve?label=L (a non-empty label)."""
-    return lambda: registry.cached_answer(
-        ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
-    )
 
 
 def create_fast_app(

@@ -1,0 +1,55 @@
+"""What the routes answer, shared by the fast path (`fast`) and the FastAPI routes (`app`).
+
+`Node` is what the HTTP layer needs from the daemon. A route turns a request into a
+`Prepared`: a function that builds the answer (called after a blocking query was
+held), or None when the framework must answer (an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from lobby.answer import Answer, Slices
+from lobby.api.blocking import split_list
+from lobby.model import Discovery, pretty
+from lobby.registry import Registry, make_view
+
+Body = Answer | Slices | bytes
+Prepared = Callable[[], Body] | None
+
+
+class Node(Protocol):
+    """What the API needs from the daemon."""
+
+    registry: Registry
+
+    def own_discovery(self) -> Discovery: ...
+
+    async def add_labels(self, labels: list[str]) -> None: ...
+
+    async def delete_labels(self, labels: list[str]) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def health(self) -> tuple[bool, dict[str, str]]: ...
+
+
+def discoveries_answer(registry: Registry, labels: str | None, prefixes: str | None) -> Prepared:
+    """GET /v1/discoveries[?labels=|?prefixes=]: labels win over prefixes (SPEC §5)."""
+    wanted = split_list(labels)
+    if wanted:
+        key: Any = ("labels", frozenset(wanted))
+        return lambda: registry.listing(key, make_view(labels=wanted))
+    starts = split_list(prefixes)
+    if starts:
+        key = ("prefixes", tuple(sorted(set(starts))))
+        return lambda: registry.listing(key, make_view(prefixes=starts))
+    return registry.listing
+
+
+def resolve_answer(registry: Registry, label: str) -> Prepared:
+    """GET /v1/resolve?label=L (a non-empty label)."""
+    return lambda: registry.cached_answer(
+        ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
+    )
