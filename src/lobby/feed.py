@@ -30,22 +30,13 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-def parse_duration(text: str) -> float:
-    """`30s`, `5m`, `1h`, `250ms` or plain seconds, in seconds; raises ValueError."""
+def parse_wait(text: str) -> float:
+    """A blocking query's `wait`: `30s`, `5m`, `1h`, `250ms` or plain seconds, capped at
+    MAX_WAIT. (Settings take Go's syntax too: `lobby.config.parse_duration`.)"""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"invalid duration {text!r}: expected a duration like 30s, 5m or 250ms")
-    return float(match.group(1)) * _UNIT[match.group(2)]
-
-
-def parse_wait(text: str) -> float:
-    """A blocking query's `wait`: a duration, capped at MAX_WAIT."""
-    try:
-        return min(parse_duration(text), MAX_WAIT)
-    except ValueError:
-        raise ValueError(
-            f"invalid wait {text!r}: expected a duration like 30s, 5m or 250ms"
-        ) from None
+        raise ValueError(f"invalid wait {text!r}: expected a duration like 30s, 5m or 250ms")
+    return min(float(match.group(1)) * _UNIT[match.group(2)], MAX_WAIT)
 
 
 def parse_index(text: str) -> int:
