@@ -276,9 +276,7 @@ class Presence:
             return  # a packet we relayed, back to us: we applied the original on its link
         registry = self.registry
         try:
-            message, hostname, labels, wire, ts, sig, relay = decode_packet(
-                data, registry.labels_of
-            )
+            message, hostname, labels, wire, ts, sig, relay = decode_packet(data, registry.records)
         except PacketError as exc:
             self.rejected[exc.reason] += 1
             self._garbage_log(

@@ -30,9 +30,10 @@ encoded slice by slice for every request instead, so it never sits in memory.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -115,6 +116,8 @@ class Registry:
         # every record by hostname; with one link, the same object as its queue, so
         # the hot path (update) costs what it did before links had queues of their own
         self._records: dict[str, _Record] = self._links[0].queue
+        # read-only to others: what `model.decode_packet` is given as `known`
+        self.records: Mapping[str, _Record] = self._records
         self._index = 1
         self._listeners: list[Listener] = []
         self._cache: dict[Hashable, Answer | Slices] = {}
@@ -123,6 +126,11 @@ class Registry:
         self._sorted: list[str] | None = None
         self._bytes_per_node = _BYTES_PER_NODE
         self._last_check = 0
+        # clock time before which `expire` has nothing to do: the oldest record of each
+        # running link cannot be due sooner. Lowered when a record joins a queue, reset
+        # when a link pauses or resumes; between those it may only be too early (then
+        # `expire` scans, finds nothing, and moves it on), never too late.
+        self._expire_due = -math.inf
 
     # -- time ---------------------------------------------------------------------
 
@@ -136,7 +144,9 @@ class Registry:
         self._links.append(_Link())
         if len(self._links) == 2:  # from now on the queues and the lookup differ
             self._records = dict(self._records)
+            self.records = self._records
         self._live = tuple(link for link in self._links if link.paused_at is None)
+        self._expire_due = -math.inf
         return len(self._links) - 1
 
     @property
@@ -161,6 +171,7 @@ class Registry:
             now = self._clock()
             state.paused_at = now if since is None else min(since, now)
             self._live = tuple(x for x in self._links if x.paused_at is None)
+            self._expire_due = -math.inf
 
     def resume(self, link: int = 0) -> None:
         """Restart `link`'s TTL countdown where it stood when the link went down."""
@@ -169,6 +180,7 @@ class Registry:
             state.paused_total += self._clock() - state.paused_at
             state.paused_at = None
             self._live = tuple(x for x in self._links if x.paused_at is None)
+            self._expire_due = -math.inf
 
     # -- changes ------------------------------------------------------------------
 
@@ -203,11 +215,13 @@ class Registry:
 
     def refresh(self, hostname: str, labels: tuple[str, ...], via: int = 0) -> bool:
         """`update` without a Discovery (the daemon's hot path): `labels` sorted, unique."""
-        self.expire()
+        clock = self._clock()
+        if clock >= self._expire_due:
+            self.expire()
         record = self._records.get(hostname)
         link = self._links[via]
         paused_at = link.paused_at  # self._now(link), inlined: this is the hot path
-        now = (self._clock() if paused_at is None else paused_at) - link.paused_total
+        now = (clock if paused_at is None else paused_at) - link.paused_total
         last_check = int(self._wall())
         if last_check == self._last_check:
             last_check = self._last_check  # one int object per second, not one per node
@@ -222,6 +236,7 @@ class Registry:
                 del self._links[record.via].queue[hostname]
                 link.queue[hostname] = record
                 record.via = via
+                self._due_by(clock)
             old = record.labels
             if old is labels or old == labels:
                 return False
@@ -231,13 +246,16 @@ class Registry:
         record = _Record(labels, now, last_check, via)
         link.queue[hostname] = record
         self._records[hostname] = record  # the same dict with one link: a no-op store
+        self._due_by(clock)
         self._changed("join", hostname, labels)
         return True
 
-    def labels_of(self, hostname: str) -> tuple[str, ...] | None:
-        """The labels a node is known to have, expired or not (for decoding only)."""
-        record = self._records.get(hostname)
-        return None if record is None else record.labels
+    def _due_by(self, clock: float) -> None:
+        """A record refreshed at `clock` joined the end of a queue: it is due at
+        clock + TTL (on a running link; a paused link's records wait for `resume`)."""
+        due = clock + self.ttl - 1e-6
+        if due < self._expire_due:
+            self._expire_due = due
 
     def remove(self, hostname: str, reason: LeaveReason = "goodbye") -> bool:
         """Drop a node ("goodbye"); True when it was there."""
@@ -251,22 +269,28 @@ class Registry:
 
     def expire(self) -> int:
         """Drop every record past its TTL; returns how many. O(1) when none is."""
-        records = self._records
-        if not records:
-            return 0
-        dropped = 0
         now = self._clock()
+        if now < self._expire_due:
+            return 0
+        records = self._records
+        dropped = 0
+        due = math.inf
+        ttl = self.ttl
+        self._expire_due = math.inf  # a listener's join below lowers it again
         for link in self._live:  # a paused link's records wait for it
             queue = link.queue
-            deadline = now - link.paused_total - self.ttl
+            deadline = now - link.paused_total - ttl
             while queue:
                 hostname, record = next(iter(queue.items()))
                 if record.seen > deadline:
+                    # a microsecond early rather than a rounding late
+                    due = min(due, record.seen + link.paused_total + ttl - 1e-6)
                     break
                 del queue[hostname]
                 records.pop(hostname, None)  # gone already with one link
                 dropped += 1
                 self._changed("leave", hostname, record.labels, "expired")
+        self._expire_due = min(self._expire_due, due)
         return dropped
 
     def next_expiry(self) -> float | None:
