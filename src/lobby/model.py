@@ -208,6 +208,35 @@ def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | Non
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise PacketError("not_json", str(exc)[:80]) from None
+    if known is not None:
+        # The common case first: a known node's keep-alive, with the labels it is
+        # known to have. Anything else (a join, new labels, a goodbye, a relayed or
+        # malformed packet) takes the full checks below, from the same parse.
+        try:
+            body = doc["discovery"]
+            hostname = body["hostname"]
+            record = known.get(hostname)
+            if (
+                record is not None
+                and doc["message"] == HI
+                and type(raw := body["labels"]) is list
+                and tuple(raw) == (have := record.labels)
+                and type(body.get("last_check", 0)) is int
+                and "relay" not in doc
+            ):
+                sig = doc.get("sig")
+                if sig is None:
+                    return HI, hostname, have, have, 0, None, None
+                ts = doc.get("ts")
+                if type(sig) is str and type(ts) is int:
+                    return HI, hostname, have, have, ts, sig, None
+        except (KeyError, TypeError):  # not the shape of a keep-alive: see below
+            pass
+    return _decode_doc(doc, known)
+
+
+def _decode_doc(doc: object, known: Known | None) -> Packet:
+    """decode_packet's full checks, on the parsed document."""
     if type(doc) is not dict:
         raise PacketError("bad_shape", "envelope is not an object")
     message = doc.get("message")

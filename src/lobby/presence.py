@@ -231,7 +231,11 @@ class Presence:
             assert index == len(self.links) - 1, "the registry had links of its own"
         for link in self.links:  # every link known before the first packet arrives
             driver = link.driver
-            await driver.start(partial(self.on_message, link), partial(self.on_link, link))
+            await driver.start(
+                partial(self.on_message, link),
+                partial(self.on_link, link),
+                partial(self.on_messages, link),
+            )
         if self.relay is not None and len(self.links) < 2:
             log.warning("RELAY=true with a single driver: there is nothing to relay to")
 
@@ -268,44 +272,65 @@ class Presence:
     # -- incoming -----------------------------------------------------------------
 
     def on_message(self, link: Link, topic: Topic, data: bytes) -> None:
+        self.on_messages(link, topic, (data,))
+
+    def on_messages(self, link: Link, topic: Topic, batch: Sequence[bytes]) -> None:
+        """Every message one read of `link` brought on `topic`, in order: the hot path
+        (a batch costs one call; what each packet needs is looked up once per batch)."""
         if topic == "sync":
-            self._on_sync(link, data)
+            for data in batch:
+                self._on_sync(link, data)
             return
-        link.received += 1
-        if self.relay is not None and self.relay.own_copy(data):
-            return  # a packet we relayed, back to us: we applied the original on its link
+        link.received += len(batch)
         registry = self.registry
-        try:
-            message, hostname, labels, wire, ts, sig, relay = decode_packet(data, registry.records)
-        except PacketError as exc:
-            self.rejected[exc.reason] += 1
-            self._garbage_log(
-                logging.WARNING,
-                "dropped invalid packet (%s); %d dropped so far",
-                exc,
-                sum(self.rejected.values()),
-            )
-            return
-        if self._signing:
-            reason = self.gate.admit(message, hostname, ts, sig, wire)
-            if reason is not None:
-                self.rejected[reason] += 1
-                if reason != DUPLICATE:
-                    self._refused(reason, message, hostname)
-                elif message == HI and hostname == self.hostname:
-                    self._heard_self(link)  # our own packet, back through another way
-                return
-        # SPEC §15 relays; keep this after every check a packet must pass (signatures):
-        # only valid packets are forwarded, never one a relay forwarded already, never
-        # our own (it went out on every link)
-        if self.relay is not None and relay is None and hostname != self.hostname:
-            self.relay.forward(link.index, "discovery", data)
-        if message == HI:
-            registry.refresh(hostname, labels, link.index)
-            if hostname == self.hostname:
-                self._heard_self(link)
-        else:
-            registry.remove(hostname, "goodbye")
+        known = registry.records
+        refresh = registry.refresh
+        via = link.index
+        relay = self.relay
+        admit = self.gate.admit if self._signing else None
+        me = self.hostname
+        for data in batch:
+            if relay is not None and relay.own_copy(data):
+                continue  # a packet we relayed, back to us: we applied the original on its link
+            try:
+                message, hostname, labels, wire, ts, sig, relayed_by = decode_packet(data, known)
+            except PacketError as exc:
+                self._invalid(exc)
+                continue
+            if admit is not None:
+                reason = admit(message, hostname, ts, sig, wire)
+                if reason is not None:
+                    self.rejected[reason] += 1
+                    if reason != DUPLICATE:
+                        self._refused(reason, message, hostname)
+                    elif message == HI and hostname == me:
+                        self._heard_self(link)  # our own packet, back through another way
+                    continue
+            # SPEC §15 relays; keep this after every check a packet must pass (signatures):
+            # only valid packets are forwarded, never one a relay forwarded already, never
+            # our own (it went out on every link)
+            if relay is not None and relayed_by is None and hostname != me:
+                relay.forward(via, "discovery", data)
+            try:
+                if message == HI:
+                    refresh(hostname, labels, via)
+                    if hostname == me:
+                        self._heard_self(link)
+                else:
+                    registry.remove(hostname, "goodbye")
+            except Exception as exc:  # a bug (a listener's?): lose this packet, not the batch
+                self._garbage_log(
+                    logging.ERROR, "applying a packet from %r failed: %r", hostname, exc
+                )
+
+    def _invalid(self, exc: PacketError) -> None:
+        self.rejected[exc.reason] += 1
+        self._garbage_log(
+            logging.WARNING,
+            "dropped invalid packet (%s); %d dropped so far",
+            exc,
+            sum(self.rejected.values()),
+        )
 
     def _heard_self(self, link: Link) -> None:
         link.heard_self = self.clock.monotonic()

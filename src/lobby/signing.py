@@ -45,6 +45,7 @@ from typing import Final, Protocol
 KEY_BYTES: Final = 32
 KEYID_CHARS: Final = 8
 MAC_CHARS: Final = 43  # base64 of 32 bytes without its one padding character
+_PREFIX: Final = KEYID_CHARS + 1  # "KEYID."
 
 # rejection reasons (GET /v1/stats, lobby_packets_rejected_total{reason})
 UNSIGNED: Final = "unsigned"
@@ -55,6 +56,8 @@ REPLAY: Final = "replay"
 DUPLICATE: Final = "duplicate"
 
 _URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
+_b2a = binascii.b2a_base64
+_compare = hmac.compare_digest
 _BLOCK: Final = 64  # SHA-256's block size, HMAC's pad length
 _IPAD: Final = bytes(x ^ 0x36 for x in range(256))  # translate tables: XOR every byte
 _OPAD: Final = bytes(x ^ 0x5C for x in range(256))
@@ -163,6 +166,8 @@ class Keyring:
         self.by_id: dict[str, Key] = {}
         for key in keys:
             self.by_id.setdefault(key.id, key)
+        # "KEYID." -> key: one slice and one lookup check both the id and the dot
+        self.by_prefix = {f"{key_id}.": key for key_id, key in self.by_id.items()}
 
     @property
     def ids(self) -> list[str]:
@@ -243,6 +248,8 @@ class Gate:
         self.wall = wall
         self.announcements = ReplayMemory()
         self.syncs = ReplayMemory()
+        self._last_hi = self.announcements.last  # what admit reads and writes
+        self._last_sync = self.syncs.last
         self.signed_hosts: set[str] = set()  # only kept with accept_unsigned
         self._last_ts = 0
         self._next_prune = 0.0
@@ -271,24 +278,23 @@ class Gate:
             if self.accept_unsigned and hostname not in self.signed_hosts:
                 return None
             return UNSIGNED
-        if sig[KEYID_CHARS : KEYID_CHARS + 1] != ".":
-            return BAD_SIGNATURE
-        key = keyring.by_id.get(sig[:KEYID_CHARS])
+        key = keyring.by_prefix.get(sig[:_PREFIX])
         if key is None:
-            return UNKNOWN_KEY
+            return UNKNOWN_KEY if sig[KEYID_CHARS:_PREFIX] == "." else BAD_SIGNATURE
         inner = key.inner.copy()
         inner.update(
             (f"{message}\n{hostname}\n{ts}\n" + "\n".join(labels)).encode("utf-8", "surrogatepass")
         )
         outer = key.outer.copy()
         outer.update(inner.digest())
-        mac = binascii.b2a_base64(outer.digest(), newline=False).translate(_URLSAFE)[:MAC_CHARS]
-        if not hmac.compare_digest(mac, sig[KEYID_CHARS + 1 :].encode("ascii", "replace")):
+        mac = _b2a(outer.digest(), newline=False).translate(_URLSAFE)[:MAC_CHARS]
+        if not _compare(mac, sig[_PREFIX:].encode("ascii", "replace")):
             return BAD_SIGNATURE
-        now_ms = int(self.wall() * 1000)
-        if ts > now_ms + self.ttl_ms or ts < now_ms - self.ttl_ms:
+        ahead = ts - int(self.wall() * 1000)
+        ttl_ms = self.ttl_ms
+        if ahead > ttl_ms or ahead < -ttl_ms:
             return STALE
-        last_of = (self.syncs if message == "sync" else self.announcements).last
+        last_of = self._last_sync if message == "sync" else self._last_hi
         last = last_of.get(hostname)
         if last is not None and ts <= last[0]:
             return DUPLICATE if ts == last[0] and sig == last[1] else REPLAY

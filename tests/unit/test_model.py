@@ -4,7 +4,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lobby.model import (
@@ -251,3 +251,59 @@ def test_an_unknown_hostname_is_checked():
     with pytest.raises(PacketError, match="bad_hostname"):
         decode_packet(bad, {})
     assert decode_envelope(encode_envelope("goodbye", Discovery("a", ()))).message == "goodbye"
+
+
+# A signed or unsigned keep-alive with up to two faults in the fields decode_packet
+# looks at, to hold its keep-alive shortcut to exactly what the full checks decide.
+_LABELS = ["location:prague", "service:web"]
+_FAULTS = {
+    "goodbye": lambda doc, body: doc.update(message="goodbye"),
+    "message": lambda doc, body: doc.update(message="hello"),
+    "message null": lambda doc, body: doc.update(message=None),
+    "hostname int": lambda doc, body: body.update(hostname=7),
+    "hostname list": lambda doc, body: body.update(hostname=["a.example"]),
+    "hostname unknown": lambda doc, body: body.update(hostname="b.example"),
+    "labels unsorted": lambda doc, body: body.update(labels=_LABELS[::-1]),
+    "labels other": lambda doc, body: body.update(labels=["service:other"]),
+    "label int": lambda doc, body: body.update(labels=[*_LABELS, 1]),
+    "labels null": lambda doc, body: body.update(labels=None),
+    "labels str": lambda doc, body: body.update(labels="service:web"),
+    "last_check str": lambda doc, body: body.update(last_check="0"),
+    "last_check float": lambda doc, body: body.update(last_check=0.5),
+    "relay": lambda doc, body: doc.update(relay="r.example"),
+    "relay int": lambda doc, body: doc.update(relay=3),
+    "ts str": lambda doc, body: doc.update(ts="1"),
+    "sig int": lambda doc, body: doc.update(sig=7),
+    "no message": lambda doc, body: doc.pop("message"),
+    "no hostname": lambda doc, body: body.pop("hostname"),
+    "no labels": lambda doc, body: body.pop("labels"),
+    "no last_check": lambda doc, body: body.pop("last_check"),
+    "body list": lambda doc, body: doc.update(discovery=list(body)),
+    "body str": lambda doc, body: doc.update(discovery="body"),
+    "no body": lambda doc, body: doc.pop("discovery"),
+}
+
+
+@settings(max_examples=400)
+@given(
+    faults=st.lists(st.sampled_from(sorted(_FAULTS)), max_size=2, unique=True),
+    signed=st.booleans(),
+)
+def test_the_keep_alive_shortcut_decides_as_the_full_checks(faults, signed):
+    body: dict[str, object] = {"hostname": "a.example", "labels": _LABELS, "last_check": 0}
+    doc: dict[str, object] = {"discovery": body, "message": "hi"}
+    if signed:
+        doc.update(ts=1_700_000_000_000, sig="abcd1234." + "A" * 43)
+    for fault in faults:
+        _FAULTS[fault](doc, body)
+    data = orjson.dumps(doc)
+
+    def outcome(known: object) -> object:
+        try:
+            return decode_packet(data, known)  # type: ignore[arg-type]
+        except PacketError as exc:
+            return exc.reason
+
+    expected = outcome(None)
+    assert outcome({"a.example": Known(tuple(_LABELS))}) == expected
+    assert outcome({"a.example": Known(("service:other",))}) == expected

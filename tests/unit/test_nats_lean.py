@@ -16,8 +16,8 @@ from lobby.drivers.nats_lean import LeanClient
 def client() -> tuple[LeanClient, list[Any]]:
     nc = LeanClient()
     seen: list[Any] = []
-    nc.direct[1] = lambda data: seen.append(("main", data))
-    nc.direct[2] = lambda data: seen.append(("sync", data))
+    nc.direct[1] = lambda batch: seen.extend(("main", data) for data in batch)
+    nc.direct[2] = lambda batch: seen.extend(("sync", data) for data in batch)
 
     async def ping() -> None:
         seen.append("PING")

@@ -221,3 +221,28 @@ async def test_accept_unsigned_lists_go_peers_but_never_a_signed_name_unsigned(t
     assert p.rejected == {"unsigned": 2}
     stats = p.stats()["signing"]
     assert (stats["signed_nodes"], stats["unsigned_nodes"]) == (1, 1)
+
+
+async def test_a_batch_is_applied_in_order_and_a_failing_packet_loses_only_itself(
+    tmp_path, fake, caplog
+):
+    p = make(tmp_path, fake)
+    await p.start([("memory", MemoryBroker().driver())])
+    await settle()
+    link = p.links[0]
+
+    def listener(change):
+        if change.hostname == "boom.example":
+            raise ValueError("listener bug")
+
+    p.registry.add_listener(listener)
+    batch = [
+        encode_envelope("hi", Discovery(host, ("service:web",)))
+        for host in ("a.example", "boom.example", "c.example")
+    ]
+    batch.insert(1, b"not json")
+    batch.append(encode_envelope("goodbye", Discovery("a.example", ())))
+    p.on_messages(link, "discovery", batch)
+    assert "c.example" in p.registry and "a.example" not in p.registry
+    assert link.received == 5 and p.rejected["not_json"] == 1
+    assert any("listener bug" in r.getMessage() for r in caplog.records)

@@ -235,6 +235,36 @@ def test_cache_dropped_on_expiry(reg, clock):
     assert reg.cached("k", lambda: b"empty", timed=False) == b"empty" != before
 
 
+def test_expiry_stays_exact_while_nothing_is_due(reg, clock):
+    # expire() skips its scan until the oldest record can be due; whatever moved in
+    # between (an empty registry, joins, refreshes, a join from a listener) never
+    # makes it late
+    reg.update(d("a"))
+    clock.tick(31)
+    assert len(reg) == 0  # nothing left: nothing is due until the next join
+    reg.update(d("b"))
+    clock.tick(10)
+    reg.update(d("c"))
+    clock.tick(5)
+    reg.update(d("b"))  # b now the youngest, c the oldest
+    clock.tick(24.999)
+    assert names(reg) == ["b", "c"]
+    clock.tick(0.001)
+    assert names(reg) == ["b"]
+
+    def rejoin(change: Change) -> None:
+        if change.kind == "leave" and change.hostname == "b":
+            reg.update(d("late"))  # joins during an expiry pass
+
+    reg.add_listener(rejoin)
+    clock.tick(5)
+    assert names(reg) == ["late"]
+    clock.tick(29.999)
+    assert names(reg) == ["late"]
+    clock.tick(0.001)
+    assert names(reg) == []
+
+
 def test_ttl_must_be_positive():
     with pytest.raises(ValueError):
         Registry(0)

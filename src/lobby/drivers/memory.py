@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
 
 if TYPE_CHECKING:
     from lobby.drivers.base import Driver
@@ -65,7 +65,12 @@ class MemoryDriver:
     def connected(self) -> bool:
         return self._linked and self.broker.up
 
-    async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
+    async def start(
+        self,
+        on_message: MessageHandler,
+        on_link: LinkHandler,
+        on_batch: BatchHandler | None = None,  # one message at a time here
+    ) -> None:
         self._on_message = on_message
         self._on_link = on_link
         self.broker.drivers.append(self)

@@ -49,8 +49,8 @@ from nats.errors import SlowConsumerError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.backoff import Backoff, BackoffLog
-from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
-from lobby.drivers.nats_lean import LeanClient
+from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.nats_lean import Deliver, LeanClient
 from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
 from lobby.urls import redact
 
@@ -87,6 +87,7 @@ class NatsDriver:
         self._name = name
         self._nc = Client()
         self._on_message: MessageHandler | None = None
+        self._on_batch: BatchHandler | None = None
         self._on_link: LinkHandler | None = None
         self._task: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
@@ -106,8 +107,14 @@ class NatsDriver:
     def connected(self) -> bool:
         return self._subscribed and self._nc.is_connected
 
-    async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
+    async def start(
+        self,
+        on_message: MessageHandler,
+        on_link: LinkHandler,
+        on_batch: BatchHandler | None = None,
+    ) -> None:
         self._on_message = on_message
+        self._on_batch = on_batch
         self._on_link = on_link
         self._task = asyncio.create_task(self._connect(self._nc), name="nats-connect")
         self._guard = asyncio.create_task(self._stall_guard(), name="nats-stall-guard")
@@ -184,15 +191,25 @@ class NatsDriver:
         log.info("connected to NATS %s%s", self._current(), self._recovered())
         self._link(True)
 
-    def _deliverer(self, topic: Topic) -> Any:
-        """The plain function that hands one message of `topic` to the daemon."""
+    def _deliverer(self, topic: Topic) -> Deliver:
+        """The plain function that hands messages of `topic` (those one read brought)
+        to the daemon: to its batch handler when it has one."""
+        on_message = self._on_message
+        on_batch = self._on_batch
+        assert on_message is not None
 
-        def deliver(data: bytes) -> None:
-            assert self._on_message is not None
-            try:
-                self._on_message(topic, data)
-            except Exception as exc:  # the daemon's bug: not a connection problem
-                self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
+        def deliver(batch: list[bytes]) -> None:
+            if on_batch is not None:
+                try:
+                    on_batch(topic, batch)
+                except Exception as exc:  # the daemon's bug: not a connection problem
+                    self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
+                return
+            for data in batch:  # a failure loses only that message
+                try:
+                    on_message(topic, data)
+                except Exception as exc:
+                    self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
 
         return deliver
 
@@ -201,7 +218,7 @@ class NatsDriver:
         deliver = self._deliverer(topic)
 
         async def on_msg(msg: Msg) -> None:
-            deliver(msg.data)
+            deliver([msg.data])
 
         return on_msg
 

@@ -63,7 +63,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.backoff import Backoff, BackoffLog
-from lobby.drivers.base import DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
 
 log = logging.getLogger("lobby.redis")
 
@@ -173,7 +173,12 @@ class RedisDriver:
     def connected(self) -> bool:
         return self._up
 
-    async def start(self, on_message: MessageHandler, on_link: LinkHandler) -> None:
+    async def start(
+        self,
+        on_message: MessageHandler,
+        on_link: LinkHandler,
+        on_batch: BatchHandler | None = None,  # one message at a time here
+    ) -> None:
         self._on_message = on_message
         self._on_link = on_link
         self._task = asyncio.create_task(self._run(), name="redis-link")
