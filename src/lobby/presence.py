@@ -284,11 +284,11 @@ class Presence:
         link.received += len(batch)
         registry = self.registry
         known = registry.records
-        refresh = registry.refresh
         via = link.index
         relay = self.relay
         admit = self.gate.admit if self._signing else None
         me = self.hostname
+        heard: list[tuple[str, tuple[str, ...]]] = []  # "hi"s, applied together
         for data in batch:
             if relay is not None and relay.own_copy(data):
                 continue  # a packet we relayed, back to us: we applied the original on its link
@@ -304,6 +304,7 @@ class Presence:
                     if reason != DUPLICATE:
                         self._refused(reason, message, hostname)
                     elif message == HI and hostname == me:
+                        self._apply(link, heard)
                         self._heard_self(link)  # our own packet, back through another way
                     continue
             # SPEC §15 relays; keep this after every check a packet must pass (signatures):
@@ -311,17 +312,38 @@ class Presence:
             # our own (it went out on every link)
             if relay is not None and relayed_by is None and hostname != me:
                 relay.forward(via, "discovery", data)
+            if message == HI and hostname != me:
+                heard.append((hostname, labels))
+                continue
+            self._apply(link, heard)  # what came before, first
             try:
-                if message == HI:
-                    refresh(hostname, labels, via)
-                    if hostname == me:
-                        self._heard_self(link)
+                if message == HI:  # our own
+                    registry.refresh(hostname, labels, via)
+                    self._heard_self(link)
                 else:
                     registry.remove(hostname, "goodbye")
             except Exception as exc:  # a bug (a listener's?): lose this packet, not the batch
                 self._garbage_log(
                     logging.ERROR, "applying a packet from %r failed: %r", hostname, exc
                 )
+        self._apply(link, heard)
+
+    def _apply(self, link: Link, heard: list[tuple[str, tuple[str, ...]]]) -> None:
+        """Refresh the nodes in `heard` (and empty it); a failure loses only its node."""
+        if not heard:
+            return
+        try:
+            self.registry.refresh_many(heard, link.index)
+        except Exception as exc:  # a bug (a listener's?): apply the rest one by one
+            self._garbage_log(logging.ERROR, "applying packets failed: %r", exc)
+            for hostname, labels in heard:
+                try:
+                    self.registry.refresh(hostname, labels, link.index)
+                except Exception as exc:
+                    self._garbage_log(
+                        logging.ERROR, "applying a packet from %r failed: %r", hostname, exc
+                    )
+        heard.clear()
 
     def _invalid(self, exc: PacketError) -> None:
         self.rejected[exc.reason] += 1

@@ -33,7 +33,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -249,6 +249,35 @@ class Registry:
         self._due_by(clock)
         self._changed("join", hostname, labels)
         return True
+
+    def refresh_many(self, nodes: Sequence[tuple[str, tuple[str, ...]]], via: int = 0) -> None:
+        """`refresh` for several (hostname, labels) heard at once through `via`, in
+        order: the clocks are read and the link looked up once for all of them."""
+        clock = self._clock()
+        if clock >= self._expire_due:
+            self.expire()
+        link = self._links[via]
+        paused_at = link.paused_at
+        now = (clock if paused_at is None else paused_at) - link.paused_total
+        last_check = int(self._wall())
+        if last_check == self._last_check:
+            last_check = self._last_check
+        else:
+            self._last_check = last_check
+        records = self._records
+        to_end = link.queue.move_to_end
+        for hostname, labels in nodes:
+            record = records.get(hostname)
+            if record is None or record.via != via:  # a join, or a move between links
+                self.refresh(hostname, labels, via)
+                continue
+            record.seen = now
+            record.last_check = last_check
+            to_end(hostname)
+            old = record.labels
+            if old is not labels and old != labels:
+                record.labels = labels
+                self._changed("update", hostname, labels, old_labels=old)
 
     def _due_by(self, clock: float) -> None:
         """A record refreshed at `clock` joined the end of a queue: it is due at

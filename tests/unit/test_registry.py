@@ -396,3 +396,31 @@ def test_a_link_added_later_keeps_the_records_already_there(reg, clock):
     reg.pause(1)
     clock.tick(30)
     assert names(reg) == ["b"]
+
+
+def test_refresh_many_is_refresh_in_a_loop(clock):
+    def run(batched: bool) -> tuple[list[Discovery], list[tuple[str, str, tuple[str, ...]]]]:
+        reg = Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
+        reg.add_link()
+        changes: list[tuple[str, str, tuple[str, ...]]] = []
+        reg.add_listener(lambda c: changes.append((c.kind, c.hostname, c.labels)))
+        steps = [
+            (NATS, [("a", ("x",)), ("b", ()), ("a", ("x",)), ("c", ("y",))]),
+            (REDIS, [("b", ()), ("a", ("z",)), ("d", ())]),  # b and a move to REDIS
+            (NATS, [("c", ("y", "z")), ("a", ("z",)), ("c", ("y", "z"))]),
+        ]
+        for via, nodes in steps:
+            clock.tick(10)
+            if batched:
+                reg.refresh_many(nodes, via)
+            else:
+                for hostname, labels in nodes:
+                    reg.refresh(hostname, labels, via)
+        clock.tick(25)  # b and d (last heard at +20) expire; a, c (+30) do not
+        return reg.discoveries(), changes
+
+    start = (clock.mono, clock.wall)
+    one_by_one = run(False)
+    clock.mono, clock.wall = start
+    assert run(True) == one_by_one
+    assert [x.hostname for x in one_by_one[0]] == ["a", "c"]
