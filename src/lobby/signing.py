@@ -287,7 +287,9 @@ class Gate:
         )
         outer = key.outer.copy()
         outer.update(inner.digest())
-        mac = _b2a(outer.digest()).translate(_URLSAFE)[:MAC_CHARS]  # drops "=\\n"
+        mac = _b2a(outer.digest()).translate(_URLSAFE)[
+            :MAC_CHARS
+        ]  # the slice drops "=" and the newline
         if not _compare(mac, sig[_PREFIX:].encode("ascii", "replace")):
             return BAD_SIGNATURE
         ahead = ts - int(self.wall() * 1000)
