@@ -1,0 +1,69 @@
+"""lobby._packages.defer_init: a package's submodules without its __init__, and the
+__init__ after all when a name only it binds is asked for."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lobby._packages import defer_init
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    name = f"deferred_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / name
+    root.mkdir()
+    (root / "__init__.py").write_text(
+        "import builtins\n"
+        "builtins.INIT_RUNS = getattr(builtins, 'INIT_RUNS', 0) + 1\n"
+        f"from {name}.heavy import WEIGHT\n"
+        f"from {name}.light import Thing\n"
+        "def run():\n    return 'ran'\n"
+    )
+    (root / "heavy.py").write_text("WEIGHT = 1\n")
+    (root / "light.py").write_text("class Thing:\n    pass\n")
+    (root / "user.py").write_text(f"from {name} import Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import builtins
+
+    monkeypatch.setattr(builtins, "INIT_RUNS", 0, raising=False)
+    yield name
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+def test_submodules_import_without_the_init_and_the_init_runs_when_needed(package) -> None:
+    import builtins
+    import importlib
+
+    defer_init(package, Thing=f"{package}.light")
+    light = importlib.import_module(f"{package}.light")
+    user = importlib.import_module(f"{package}.user")  # asks the package for Thing
+    assert user.Thing is light.Thing
+    assert builtins.INIT_RUNS == 0
+    assert f"{package}.heavy" not in sys.modules
+    pkg = sys.modules[package]
+    assert pkg.light is light
+    assert pkg.run() == "ran"  # only the __init__ binds it: the __init__ runs now
+    assert builtins.INIT_RUNS == 1
+    assert f"{package}.heavy" in sys.modules and pkg.WEIGHT == 1
+    with pytest.raises(AttributeError):
+        pkg.missing  # noqa: B018
+    assert builtins.INIT_RUNS == 1  # once
+
+
+def test_a_package_already_imported_and_a_plain_module_are_left_alone(package) -> None:
+    import builtins
+    import importlib
+
+    first = importlib.import_module(package)
+    defer_init(package)
+    assert sys.modules[package] is first and builtins.INIT_RUNS == 1
+    plain = Path(first.__file__).parent.parent / f"{package}_plain.py"
+    plain.write_text("X = 1\n")
+    defer_init(plain.stem)  # not a package: imports as usual, when imported
+    assert plain.stem not in sys.modules
