@@ -1,5 +1,5 @@
 """lobby._packages.defer_init: a package's submodules without its __init__, and the
-__init__ after all when a name only it binds is asked for."""
+__init__ after all when a name only it binds is asked for; a module run on first use."""
 
 from __future__ import annotations
 
@@ -60,12 +60,21 @@ def test_submodules_import_without_the_init_and_the_init_runs_when_needed(packag
     assert runs(package) == 1  # once
 
 
-def test_a_package_already_imported_and_a_plain_module_are_left_alone(package) -> None:
-
+def test_a_package_already_imported_is_left_alone(package) -> None:
     first = importlib.import_module(package)
     defer_init(package)
     assert sys.modules[package] is first and runs(package) == 1
-    plain = Path(str(first.__file__)).parent.parent / f"{package}_plain.py"
-    plain.write_text("X = 1\n")
-    defer_init(plain.stem)  # not a package: imports as usual, when imported
-    assert plain.stem not in sys.modules
+
+
+def test_a_module_runs_when_a_name_of_it_is_first_read(package) -> None:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None
+    plain = Path(str(spec.origin)).parent.parent / f"{package}_m.py"
+    plain.write_text(f"open({str(plain.parent / 'ran')!r}, 'a').write('x')\nX = 1\n")
+    defer_init(plain.stem)
+    module = importlib.import_module(plain.stem)  # as `import logging.config` in uvicorn
+    assert not (plain.parent / "ran").exists()
+    assert module.X == 1 and (plain.parent / "ran").read_text() == "x"
+    assert importlib.import_module(plain.stem).X == 1
+    assert (plain.parent / "ran").read_text() == "x"  # once
+    del sys.modules[plain.stem]
