@@ -55,6 +55,7 @@ NOT_AT_IDLE = (
     "logging.handlers",
     "lobby.checks",
     "watchfiles",
+    "encodings.idna",
     "fastapi",
     "pydantic",
 )
