@@ -1,7 +1,7 @@
 """What a started lobbyd with default settings leaves unimported (issue 19, the idle RSS):
 prometheus_client until the first GET /metrics, uvicorn's command line (click) and
 reloaders, nats-py's JetStream, redis-py's cluster and Sentinel clients, logging.config,
-lobby.checks without CHECKS, watchfiles while there is no label directory.
+lobby.checks without CHECKS, watchfiles while there is no label directory, the idna codec.
 
 Asserted on the modules the running daemon holds, never on RSS (bench/memory.py measures
 that). A module deferred by lobby._packages sits in sys.modules before its code runs, so
