@@ -15,16 +15,18 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lobby import __version__, observe
-from lobby.checks import Checks
 from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 from lobby.feed import ChangeFeed
 from lobby.presence import Presence
 from lobby.registry import Registry
+
+if TYPE_CHECKING:
+    from lobby.checks import Checks
 
 log = logging.getLogger("lobby")
 
@@ -42,7 +44,11 @@ class Daemon:
         self.settings = settings
         self.clock = clock
         self.registry = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
-        self.checks = Checks.from_settings(settings, clock)  # None without CHECKS(_FILE)
+        self.checks: Checks | None = None  # lobby.checks is imported only with CHECKS(_FILE)
+        if settings.checks.strip() or settings.checks_file:
+            from lobby.checks import Checks
+
+            self.checks = Checks.from_settings(settings, clock)
         self.presence = Presence(
             settings,
             self.registry,

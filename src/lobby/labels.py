@@ -322,8 +322,6 @@ async def watch_label_dir(
     cannot start (EMFILE: no descriptor for inotify) is retried with back-off, 0.5 s
     doubling to 10 s, with one rate-limited warning.
     """
-    from watchfiles import awatch
-
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
     fail_log = RateLimitedLog(log, burst=1, every=300)
     delay = 0.5
@@ -335,6 +333,8 @@ async def watch_label_dir(
                 changed()
             continue
         started = loop.time()
+        from watchfiles import awatch  # only once there is a directory to watch (1.2 MiB)
+
         try:
             async for _ in awatch(path, debounce=50, step=25, recursive=False, stop_event=stopping):
                 changed()

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from lobby import __version__, config, logs
-from lobby.checks import CheckError, load_specs
 from lobby.config import Settings
 from lobby.daemon import Daemon
 from lobby.labels import parse_env_labels
@@ -50,14 +49,17 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     problem = label_problem(settings.hostname) if settings.hostname else None
     if problem is not None:
         _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
-    try:
-        load_specs(settings, strict=True)
-    except CheckError as exc:
-        _usage_error(str(exc))
-    except OSError as exc:
-        _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc.strerror or exc}")
-    except ValueError as exc:
-        _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc}")
+    if settings.checks.strip() or settings.checks_file:  # lobby.checks only when used
+        from lobby.checks import CheckError, load_specs
+
+        try:
+            load_specs(settings, strict=True)
+        except CheckError as exc:
+            _usage_error(str(exc))
+        except OSError as exc:
+            _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc.strerror or exc}")
+        except ValueError as exc:
+            _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc}")
     return settings
 
 

@@ -1,19 +1,25 @@
-"""GET /metrics: every metric of SPEC §14.1, made by prometheus_client.
+"""GET /metrics: every metric of SPEC §14.1, in prometheus_client's exposition.
 
 One `Metrics` per daemon, with its own CollectorRegistry (never the process-global
 one, so several daemons in one test process keep apart), the standard `process_*`
 and `python_*` collectors, and the lobby metrics. It imports nothing of lobby: the
 daemon wires it to the parts it watches through a few hooks.
 
+prometheus_client is imported on the first scrape, not before (1.9 MiB of an idle
+daemon's RSS, bench/README.md): until then every lobby metric is plain Python state
+here, and the first scrape builds the registry, which reads that state at each
+scrape. Its answer is the one prometheus_client's own Counter, Gauge and Histogram
+would give: the same families in the same order, the same samples (`_created` is
+when the series started counting, as theirs).
+
 Everything is counted where it happens, never recomputed at a scrape:
 
-- rare events are prometheus_client counters and histograms that their hooks
-  increment: node events (a registry listener, `node_event`), callback runs
-  (`callback_run`), HTTP requests (`http_request`, from lobby.api.ops);
+- rare events are counters and histograms that their hooks increment: node events
+  (a registry listener, `node_event`), callback runs (`callback_run`), HTTP requests
+  (`http_request`, from lobby.api.ops and the fast path);
 - the per-packet counts are plain integers that presence and the drivers keep
-  anyway for GET /v1/stats, one `+= 1` each on the hot path (a prometheus_client
-  counter costs seven times as much, under its lock); `LinkCollector` reads them as
-  they stand at the scrape, so /metrics and /v1/stats never disagree;
+  anyway for GET /v1/stats, one `+= 1` each on the hot path; the scrape reads them
+  as they stand, so /metrics and /v1/stats never disagree;
 - gauges (`lobby_nodes`, `lobby_registry_index`, `lobby_watchers`, ...) read the
   current state through callables.
 
@@ -23,15 +29,14 @@ several drivers at once (SPEC §15), each link has its own series.
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 NODE_EVENTS: Final = ("join", "update", "leave", "expire")
 CALLBACK_RESULTS: Final = ("ok", "failed", "timeout")
@@ -76,6 +81,38 @@ class LinkCounts(Protocol):
     def healthy(self) -> bool: ...
 
 
+class _Count:
+    """One counter series: its count and when it started counting (`_created`)."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+
+class _Histogram:
+    """One histogram series: a count per bucket (not cumulative), the sum, `_created`."""
+
+    __slots__ = ("bounds", "buckets", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds  # the last one is +Inf
+        self.buckets = [0] * len(bounds)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        i = bisect_left(self.bounds, amount)  # the first bound >= amount
+        if i < len(self.bounds) and amount <= self.bounds[i]:  # never NaN
+            self.buckets[i] += 1
+
+
+def _zero() -> float:
+    return 0.0
+
+
 class LinkCollector:
     """The per-packet counters, read as presence and the drivers keep them."""
 
@@ -84,6 +121,8 @@ class LinkCollector:
         self.rejected: Callable[[], Mapping[str, int]] = dict
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         links = list(self.links())
 
         def per_link(
@@ -139,66 +178,25 @@ class LinkCollector:
 
 
 class Metrics:
-    """The metrics of one daemon, in a registry of its own."""
+    """The metrics of one daemon; their registry (prometheus_client's) is built on the
+    first scrape."""
 
     def __init__(self, version: str = "") -> None:
-        self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        Gauge(
-            "lobby_build_info", "lobbyd's version, as a label", ["version"], registry=registry
-        ).labels(version).set(1)
-        self.nodes = Gauge("lobby_nodes", "live nodes in this daemon's view", registry=registry)
-        self.index = Gauge(
-            "lobby_registry_index",
-            "the registry's change index (X-Lobby-Index)",
-            registry=registry,
-        )
-        self.expiry_paused = Gauge(
-            "lobby_expiry_paused",
-            "1 while expiry stands still because our own broker link is down",
-            registry=registry,
-        )
-        events = Counter(
-            "lobby_node_events",
-            "peers joining, changing labels, leaving (goodbye) and expiring",
-            ["event"],
-            registry=registry,
-        )
-        self._events = {event: events.labels(event) for event in NODE_EVENTS}
-        runs = Counter(
-            "lobby_callback_runs", "CALLBACK runs by result", ["result"], registry=registry
-        )
-        self._callback_runs = {result: runs.labels(result) for result in CALLBACK_RESULTS}
-        self._callback_duration = Histogram(
-            "lobby_callback_duration_seconds",
-            "how long CALLBACK runs took",
-            buckets=CALLBACK_BUCKETS,
-            registry=registry,
-        )
-        self._http_requests = Counter(
-            "lobby_http_requests",
-            "HTTP requests answered, by route template and status code",
-            ["route", "code"],
-            registry=registry,
-        )
-        self._http_duration = Histogram(
-            "lobby_http_request_duration_seconds",
-            "HTTP request durations by route template",
-            ["route"],
-            buckets=HTTP_BUCKETS,
-            registry=registry,
-        )
-        self._http_children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
-        self.watchers = Gauge(
-            "lobby_watchers",
-            "open event streams and held blocking queries",
-            ["kind"],
-            registry=registry,
-        )
+        self.version = version
+        self._nodes: Callable[[], float] = _zero
+        self._index: Callable[[], float] = _zero
+        self._paused: Callable[[], float] = _zero
+        self._watchers: dict[str, Callable[[], float]] = {}  # by kind, once tracked
+        self._events = {event: _Count() for event in NODE_EVENTS}
+        self._callback_runs = {result: _Count() for result in CALLBACK_RESULTS}
+        self._callback_bounds = (*CALLBACK_BUCKETS, float("inf"))
+        self._callback_duration = _Histogram(self._callback_bounds)
+        self._http_bounds = (*HTTP_BUCKETS, float("inf"))
+        self._http_requests: dict[tuple[str, str], _Count] = {}  # (route, code)
+        self._http_durations: dict[str, _Histogram] = {}  # by route
+        self._http_children: dict[tuple[str, int], tuple[_Count, _Histogram]] = {}
         self._links = LinkCollector()
-        registry.register(self._links)
+        self._registry: CollectorRegistry | None = None
 
     # -- wiring (the daemon) ----------------------------------------------------------
 
@@ -214,11 +212,10 @@ class Metrics:
         blocking: Callable[[], float],
     ) -> None:
         """Read the state and the per-packet counters from these callables at a scrape."""
-        self.nodes.set_function(nodes)
-        self.index.set_function(index)
-        self.expiry_paused.set_function(paused)
-        self.watchers.labels("stream").set_function(streams)
-        self.watchers.labels("blocking").set_function(blocking)
+        self._nodes = nodes
+        self._index = index
+        self._paused = paused
+        self._watchers = {"stream": streams, "blocking": blocking}
         self._links.links = links
         self._links.rejected = rejected
 
@@ -229,26 +226,141 @@ class Metrics:
         event = "expire" if kind == "leave" and reason == "expired" else kind
         counter = self._events.get(event)
         if counter is not None:
-            counter.inc()
+            counter.value += 1
 
     def callback_run(self, result: str, seconds: float) -> None:
         """A CALLBACK run ended: ok, failed or timeout, after `seconds`."""
-        self._callback_runs[result].inc()
+        self._callback_runs[result].value += 1
         self._callback_duration.observe(seconds)
 
     def http_request(self, route: str, code: int, seconds: float) -> None:
         children = self._http_children.get((route, code))
-        if children is None:  # labels() costs more than the counting: once per pair
-            children = self._http_children[(route, code)] = (
-                self._http_requests.labels(route, str(code)),
-                self._http_duration.labels(route),
-            )
-        children[0].inc()
+        if children is None:
+            count = self._http_requests.get((route, str(code)))
+            if count is None:
+                count = self._http_requests[(route, str(code))] = _Count()
+            duration = self._http_durations.get(route)
+            if duration is None:
+                duration = self._http_durations[route] = _Histogram(self._http_bounds)
+            children = self._http_children[(route, code)] = (count, duration)
+        children[0].value += 1
         children[1].observe(seconds)
 
     # -- exposition ----------------------------------------------------------------------
 
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus_client's registry of this daemon: the standard collectors and ours."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.gc_collector import GCCollector
+            from prometheus_client.platform_collector import PlatformCollector
+            from prometheus_client.process_collector import ProcessCollector
+
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+            registry.register(self)
+            registry.register(self._links)
+            self._registry = registry
+        return self._registry
+
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition (the text format, or OpenMetrics when asked) and its type."""
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected at every scrape: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        """The lobby metrics as prometheus_client's Gauge, Counter and Histogram give them."""
+        from prometheus_client import metrics as wrappers
+        from prometheus_client.core import Metric
+        from prometheus_client.utils import floatToGoString
+
+        go_float: Callable[[float], str] = floatToGoString  # untyped in prometheus_client
+
+        created = bool(getattr(wrappers, "_use_created", True))  # PROMETHEUS_DISABLE_CREATED_SERIES
+
+        def gauge(name: str, doc: str, series: Iterable[tuple[dict[str, str], float]]) -> Metric:
+            metric = Metric(name, doc, "gauge")
+            for labels, value in series:
+                metric.add_sample(name, labels, float(value))
+            return metric
+
+        def counter(name: str, doc: str, series: Iterable[tuple[dict[str, str], _Count]]) -> Metric:
+            metric = Metric(name, doc, "counter")
+            for labels, count in series:
+                metric.add_sample(name + "_total", labels, float(count.value))
+                if created:
+                    metric.add_sample(name + "_created", dict(labels), count.created)
+            return metric
+
+        def histogram(
+            name: str, doc: str, series: Iterable[tuple[dict[str, str], _Histogram]]
+        ) -> Metric:
+            metric = Metric(name, doc, "histogram")
+            for labels, one in series:
+                acc = 0.0
+                for bound, count in zip(one.bounds, one.buckets, strict=True):
+                    acc += count
+                    le = {**labels, "le": go_float(bound)}
+                    metric.add_sample(name + "_bucket", le, acc)
+                metric.add_sample(name + "_count", dict(labels), acc)
+                if one.bounds[0] >= 0:
+                    metric.add_sample(name + "_sum", dict(labels), one.sum)
+                if created:
+                    metric.add_sample(name + "_created", dict(labels), one.created)
+            return metric
+
+        yield gauge(
+            "lobby_build_info", "lobbyd's version, as a label", [({"version": self.version}, 1)]
+        )
+        yield gauge("lobby_nodes", "live nodes in this daemon's view", [({}, self._nodes())])
+        yield gauge(
+            "lobby_registry_index",
+            "the registry's change index (X-Lobby-Index)",
+            [({}, self._index())],
+        )
+        yield gauge(
+            "lobby_expiry_paused",
+            "1 while expiry stands still because our own broker link is down",
+            [({}, self._paused())],
+        )
+        yield counter(
+            "lobby_node_events",
+            "peers joining, changing labels, leaving (goodbye) and expiring",
+            [({"event": event}, count) for event, count in self._events.items()],
+        )
+        yield counter(
+            "lobby_callback_runs",
+            "CALLBACK runs by result",
+            [({"result": result}, count) for result, count in self._callback_runs.items()],
+        )
+        yield histogram(
+            "lobby_callback_duration_seconds",
+            "how long CALLBACK runs took",
+            [({}, self._callback_duration)],
+        )
+        yield counter(
+            "lobby_http_requests",
+            "HTTP requests answered, by route template and status code",
+            [
+                ({"route": route, "code": code}, count)
+                for (route, code), count in self._http_requests.items()
+            ],
+        )
+        yield histogram(
+            "lobby_http_request_duration_seconds",
+            "HTTP request durations by route template",
+            [({"route": route}, one) for route, one in self._http_durations.items()],
+        )
+        yield gauge(
+            "lobby_watchers",
+            "open event streams and held blocking queries",
+            [({"kind": kind}, read()) for kind, read in self._watchers.items()],
+        )

@@ -2,8 +2,8 @@
 the metrics, each hooked onto the registry, presence and the change feed.
 
 Kept out of the daemon (wiring and lifecycle only) and out of lobby.metrics (which
-imports nothing of lobby). prometheus_client is imported only when the API, which
-serves /metrics, is on.
+imports nothing of lobby). The metrics exist only when the API, which serves /metrics,
+is on; prometheus_client itself is imported on the first scrape.
 """
 
 from __future__ import annotations

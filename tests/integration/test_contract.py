@@ -4,8 +4,10 @@ Each test runs once on NATS and once on Redis (the `broker` fixture). Timings ar
 never asserted: we poll for the expected state with generous limits.
 """
 
+import re
 import signal
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -160,6 +162,24 @@ def test_embedded_default_starts_and_a_second_node_joins(spawn, tmp_path):
     assert "joining the NATS server already listening" in b.output()
     a.stop()
     assert "stopped embedded nats-server" in a.output()
+
+
+def test_the_embedded_server_dies_with_its_lobbyd_even_by_sigkill(spawn):
+    a = spawn("a.example", {"EMBEDDED_NATS_PORT": str(free_port())})
+    found = re.search(r"started embedded nats-server \(pid (\d+)\)", a.output())
+    assert found is not None, a.output()
+    server = Path(f"/proc/{found[1]}")
+    assert "nats-server" in (server / "cmdline").read_text()  # setpriv exec'd it
+
+    def gone() -> bool:  # exited, or a zombie nobody reaps in this container
+        try:
+            return "\nState:\tZ" in (server / "status").read_text()
+        except FileNotFoundError:
+            return True
+
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    wait_for(gone, 10, what="nats-server to get SIGTERM from PR_SET_PDEATHSIG")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -74,6 +74,8 @@ PATHS = [
     "/v1/prometheus/none",
     "/v1/prometheus/",
     "/v1/discoveries/",
+    "/v1/health",
+    "/v1/health?x=1",
     "/nothing",
 ]
 
@@ -113,7 +115,7 @@ async def test_same_answers_as_the_framework(registry, n, feed):
         for path in PATHS:
             a, b = await f.get(path), await s.get(path)
             assert compared(a) == compared(b), path
-            if a.status_code == 200 and feed:
+            if a.status_code == 200 and feed and not path.startswith("/v1/health"):
                 assert int(a.headers["x-lobby-index"]) == registry.index
 
 
@@ -252,9 +254,22 @@ async def test_the_framework_is_built_only_when_needed(registry):
     async with client(fast) as f:
         for path in ("/", "/v1/discoveries?labels=service:web", "/v1/stats", "/v1/prometheus/x"):
             assert (await f.get(path)).status_code == 200
+        assert (await f.get("/v1/health")).status_code == 200  # a load balancer's probe
         assert not fast.slow_loaded
         assert (await f.get("/openapi.json")).status_code == 200
         assert fast.slow_loaded
+
+
+async def test_a_degraded_health_is_the_same_503(registry):
+    node = FakeNode(registry)
+    node.health = lambda: (False, {"NATS": "down", "Redis": "up"})  # type: ignore[method-assign]
+    fast = create_fast_app(node, "s3cret", ChangeFeed(registry))
+    slow = create_app(node, "s3cret", ChangeFeed(registry))
+    async with client(fast) as f, client(slow) as s:
+        a, b = await f.get("/v1/health"), await s.get("/v1/health")
+        assert a.status_code == 503 and compared(a) == compared(b)
+        assert a.json() == {"status": "degraded", "brokers": {"NATS": "down", "Redis": "up"}}
+    assert not fast.slow_loaded
 
 
 def test_the_daemon_imports_no_framework_to_serve_reads():

@@ -6,6 +6,8 @@ answers the hot reads itself: `GET /`, `/v1/discoveries` (with `labels=` or
 `prefixes=`), `/v1/resolve?label=`, `/v1/prometheus/{name}`, `/v1/discovery` and
 `/v1/stats`. What stands in front of every route is applied in the same order: the
 token check (`Guard.permits`), the blocking query (`blocking.hold`), `X-Lobby-Index`.
+`GET /v1/health` (public, 200 or 503) is answered here too, unless it is a blocking
+query: a load balancer's probe must not build the framework (+17 MiB of RSS).
 
 Everything else goes to the FastAPI app, which is built on the first request that
 needs it: another method or path, a request with a body, HEAD, an invalid request
@@ -42,6 +44,7 @@ else:
 
 _JSON: Final = JSON_TYPE.encode()
 _PROMETHEUS: Final = "/v1/prometheus/"
+_HEALTH: Final = "/v1/health"
 _VARY: Final = (b"vary", b"Accept-Encoding")
 _GZIP: Final = (b"content-encoding", b"gzip")
 _DENIED_LENGTH: Final = b"%d" % len(DENIED)
@@ -184,6 +187,15 @@ class FastApp:
             return
         started = time.perf_counter()
         path = scope["path"]
+        if path == _HEALTH:
+            health = self._health(scope["query_string"], scope["headers"], started)
+            if health is None:
+                await self.slow()(scope, receive, send)
+                return
+            status, headers, body = health
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         prepared, gzip, vary = self._check(path, scope)
         if prepared == "slow":
             await self.slow()(scope, receive, send)
@@ -236,6 +248,8 @@ class FastApp:
         if self.feed is not None and b"index" in query_string:
             return None
         started = time.perf_counter()
+        if path == _HEALTH:
+            return self._health(query_string, headers, started)
         prepared, gzip, vary = self._check(path, {"headers": headers, "query_string": query_string})
         if prepared == "slow":
             return None
@@ -250,6 +264,23 @@ class FastApp:
         if self.metrics is not None:
             self.metrics.http_request(_template(path), answer[0], time.perf_counter() - started)
         return answer
+
+    def _health(
+        self, query_string: bytes, headers: list[tuple[bytes, bytes]], started: float
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """GET /v1/health as lobby.api.ops answers it (no token, no X-Lobby-Index); None
+        for the framework: a blocking query, a request with a body."""
+        if self.feed is not None and b"index" in query_string:
+            return None
+        for key, _ in headers:
+            if key == b"content-length" or key == b"transfer-encoding":
+                return None
+        ok, brokers = self.node.health()
+        body = pretty({"status": "ok" if ok else "degraded", "brokers": brokers})
+        status = 200 if ok else 503
+        if self.metrics is not None:
+            self.metrics.http_request(_HEALTH, status, time.perf_counter() - started)
+        return status, [(b"content-length", b"%d" % len(body)), (b"content-type", _JSON)], body
 
     def _headers(self, vary: bool) -> list[tuple[bytes, bytes]]:
         headers = [(b"content-type", _JSON)]

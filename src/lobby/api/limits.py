@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from lobby.api._responses import TEXT_TYPE
+from lobby.api._uvicorn import STATUS_LINE, HttpToolsProtocol
 from lobby.listener import ListenerLimits, Slot
 
 if TYPE_CHECKING:  # no framework imported to serve
