@@ -75,6 +75,9 @@ def test_an_idle_daemon_imports_only_what_it_uses(broker, spawn, tmp_path) -> No
     wait_for(lambda: node.hostnames() == ["idle"], 15, what="lobbyd to list itself")
     for path in ("/v1/discoveries", "/v1/stats", "/v1/health"):
         assert node.get(path).status_code == 200
+    with node.client() as client:  # a monitor's HEAD or OPTIONS probe: refused at once
+        for method in ("HEAD", "OPTIONS"):
+            assert client.request(method, "/v1/health").status_code == 405
     loaded = modules(out)
     assert "lobby.daemon" in loaded and "uvicorn.server" in loaded  # the list is real
     driver = "nats.aio.client" if broker.kind == "nats" else "redis.asyncio.client"

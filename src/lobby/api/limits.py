@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httptools
 
@@ -40,11 +40,28 @@ if TYPE_CHECKING:  # no framework imported to serve
 
 log = logging.getLogger("lobby")
 
-# A whole answer computed at once from (path, query string, headers): status, headers,
-# body; None when the request must go through the ASGI app (lobby.api.fast.FastApp).
-Instant = Callable[
-    [str, bytes, list[tuple[bytes, bytes]]], "tuple[int, list[tuple[bytes, bytes]], bytes] | None"
-]
+# A whole answer: status, headers, body.
+Whole = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class Instant(Protocol):
+    """What answers a request whole, at once, from its path, query string and headers
+    (lobby.api.fast.FastApp); None: the request must go through the ASGI app."""
+
+    def instant(
+        self, path: str, query_string: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Whole | None:
+        """A GET."""
+        ...
+
+    def not_allowed(
+        self, method: str, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> Whole | None:
+        """A HEAD or an OPTIONS."""
+        ...
+
+
+_AT_ONCE: Final = (b"GET", b"HEAD", b"OPTIONS")  # the methods an Instant may answer
 
 _REASONS: Final = {
     400: "Bad Request",
@@ -160,23 +177,31 @@ class BoundedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def _answer_at_once(self, instant: Instant) -> bool:
-        """The fast path at the protocol level: a GET that `instant` answers whole is
-        written in one piece right here, without an ASGI task or its messages (as
-        uvicorn would write it: its default headers first). Only when no answer is
-        under way on this connection, so pipelined answers keep their order."""
+        """The fast path at the protocol level: a GET (or a HEAD or OPTIONS refused)
+        that `instant` answers whole is written in one piece right here, without an
+        ASGI task or its messages (as uvicorn would write it: its default headers
+        first). Only when no answer is under way on this connection, so pipelined
+        answers keep their order."""
         parser = self.parser
         if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
             return False
-        if parser.get_method() != b"GET" or parser.should_upgrade():
+        method = parser.get_method()
+        if method not in _AT_ONCE or parser.should_upgrade():
             return False
         parsed = httptools.parse_url(self.url)
         raw_path: bytes = parsed.path
         if b"%" in raw_path or self.root_path:
             return False  # uvicorn's own decoding, then the ASGI app
-        answer = instant(raw_path.decode("ascii"), parsed.query or b"", self.headers)
+        path = raw_path.decode("ascii")
+        if method == b"GET":
+            answer = instant.instant(path, parsed.query or b"", self.headers)
+        else:
+            answer = instant.not_allowed(method.decode(), path, self.headers)
         if answer is None:
             return False
         status, headers, body = answer
+        if method == b"HEAD":
+            body = b""  # its headers say what a GET would get
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         content = [STATUS_LINE[status]]
         for name, value in (*self.server_state.default_headers, *headers):
@@ -191,7 +216,12 @@ class BoundedHttpTools(HttpToolsProtocol):
             target = raw_path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
             version = parser.get_http_version()
             self.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d', f"{host}:{port}", "GET", target, version, status
+                '%s - "%s %s HTTP/%s" %d',
+                f"{host}:{port}",
+                method.decode(),
+                target,
+                version,
+                status,
             )
         self._answered = True
         if keep_alive:

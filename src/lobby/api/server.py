@@ -150,7 +150,7 @@ class ApiServer:
         self.sock = sock
         self.scheme = "https" if tls_cert else "http"
         self.limits = limits or ListenerLimits()
-        instant = getattr(app, "instant", None)  # the fast path's (lobby.api.fast)
+        instant = app if hasattr(app, "not_allowed") else None  # lobby.api.fast.FastApp
         if is_watcher is not None:
             app = WatcherGate(app, self.limits, is_watcher)
         self._app = _Quiet(app)
