@@ -10,15 +10,19 @@ sees a temporary file mid-write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import LabelError, clean_label, label_problem
+
+if TYPE_CHECKING:
+    from lobby.inotify import DirWatch
 
 log = logging.getLogger("lobby.labels")
 
@@ -316,28 +320,28 @@ async def watch_label_dir(
 ) -> None:
     """Call `changed()` whenever the label directory may have changed, until `stopping`.
 
-    watchfiles debounces a burst of edits into one call (50 ms); a directory that does
-    not exist yet is polled every 0.5 s until it appears. The announcer also checks
-    every KEEP_ALIVE, so a missed event costs at most one keep-alive. A watch that
-    cannot start (EMFILE: no descriptor for inotify) is retried with back-off, 0.5 s
+    Its inotify events (`lobby.inotify`) are read by the event loop; a burst of edits
+    within 50 ms is one call. A directory that does not exist yet (or any more) is
+    polled every 0.5 s until it appears. The announcer also checks every KEEP_ALIVE,
+    so a missed event costs at most one keep-alive. A watch that cannot start (EMFILE
+    or ENOSPC: no inotify instance or watch left) is retried with back-off, 0.5 s
     doubling to 10 s, with one rate-limited warning.
     """
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
     fail_log = RateLimitedLog(log, burst=1, every=300)
     delay = 0.5
     loop = asyncio.get_running_loop()
-    while True:
+    while not stopping.is_set():
         if not is_dir():
-            await asyncio.sleep(0.5)
+            await _sleep_unless(stopping, 0.5)
             if is_dir():
                 changed()
             continue
         started = loop.time()
-        from watchfiles import awatch  # only once there is a directory to watch (1.2 MiB)
+        from lobby.inotify import DirWatch  # only once there is a directory to watch
 
         try:
-            async for _ in awatch(path, debounce=50, step=25, recursive=False, stop_event=stopping):
-                changed()
+            watch = DirWatch(path)
         except OSError as exc:
             if is_dir():
                 fail_log(
@@ -347,10 +351,46 @@ async def watch_label_dir(
                     path,
                     exc.strerror or exc,
                 )
-        except RuntimeError as exc:
-            log.debug("label directory watch ended: %s", exc)
-        if stopping.is_set():
-            return
-        delay = 0.5 if loop.time() - started > 10 else min(delay * 2, 10.0)
+        else:
+            with watch:
+                await _follow(watch, changed, stopping)
+            if stopping.is_set():
+                return
+            delay = 0.5 if loop.time() - started > 10 else min(delay * 2, 10.0)
+            changed()  # the directory went: what it held went with it
+            continue
+        delay = min(delay * 2, 10.0)
         changed()
-        await asyncio.sleep(delay)
+        await _sleep_unless(stopping, delay)
+
+
+async def _follow(watch: DirWatch, changed: Callable[[], object], stopping: asyncio.Event) -> None:
+    """Call `changed()` after each burst of events, until the directory goes or `stopping`."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    loop.add_reader(watch.fd, ready.set)
+    stopper = asyncio.ensure_future(stopping.wait())
+    stopper.add_done_callback(lambda _: ready.set())
+    try:
+        while True:
+            await ready.wait()
+            if stopping.is_set():
+                return
+            ready.clear()
+            _, gone = watch.drain()
+            if not gone:
+                await asyncio.sleep(0.05)  # the rest of the burst: one call for it
+                ready.clear()
+                gone = watch.drain()[1]
+            if gone:
+                return
+            changed()
+    finally:
+        loop.remove_reader(watch.fd)
+        stopper.cancel()
+
+
+async def _sleep_unless(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stopping.wait()

@@ -81,7 +81,7 @@ def setup(
     root.setLevel(getattr(logging, level))
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught  # a crash, too, is one line (a JSON object) with `exc`
-    for noisy in ("watchfiles", "httpx", "httpcore"):  # httpx: a line per http check run
+    for noisy in ("httpx", "httpcore"):  # httpx: a line per http check run
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn's start-up chatter repeats what lobbyd says itself; its warnings stay
     quiet = max(logging.WARNING, root.level)
