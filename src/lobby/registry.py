@@ -33,7 +33,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -214,70 +214,53 @@ class Registry:
         return self.refresh(discovery.hostname, discovery.labels, via)
 
     def refresh(self, hostname: str, labels: tuple[str, ...], via: int = 0) -> bool:
-        """`update` without a Discovery (the daemon's hot path): `labels` sorted, unique."""
+        """`update` without a Discovery: `labels` sorted, unique."""
+        return self.refresh_many(((hostname, labels),), via) > 0
+
+    def refresh_many(self, nodes: Iterable[tuple[str, tuple[str, ...]]], via: int = 0) -> int:
+        """Insert or refresh each (hostname, labels) heard at once through link `via`, in
+        order (the daemon's hot path: the clocks are read and the link looked up once
+        for all of them); how many joined or changed their labels."""
         clock = self._clock()
         if clock >= self._expire_due:
             self.expire()
-        record = self._records.get(hostname)
         link = self._links[via]
-        paused_at = link.paused_at  # self._now(link), inlined: this is the hot path
+        paused_at = link.paused_at  # self._now(link), inlined
         now = (clock if paused_at is None else paused_at) - link.paused_total
         last_check = int(self._wall())
         if last_check == self._last_check:
             last_check = self._last_check  # one int object per second, not one per node
         else:
             self._last_check = last_check
-        if record is not None:
-            record.seen = now
-            record.last_check = last_check
-            if record.via == via:
-                link.queue.move_to_end(hostname)
-            else:  # now refreshed through another link: it ages on that link's clock
-                del self._links[record.via].queue[hostname]
-                link.queue[hostname] = record
-                record.via = via
-                self._due_by(clock)
-            old = record.labels
-            if old is labels or old == labels:
-                return False
-            record.labels = labels
-            self._changed("update", hostname, labels, old_labels=old)
-            return True
-        record = _Record(labels, now, last_check, via)
-        link.queue[hostname] = record
-        self._records[hostname] = record  # the same dict with one link: a no-op store
-        self._due_by(clock)
-        self._changed("join", hostname, labels)
-        return True
-
-    def refresh_many(self, nodes: Sequence[tuple[str, tuple[str, ...]]], via: int = 0) -> None:
-        """`refresh` for several (hostname, labels) heard at once through `via`, in
-        order: the clocks are read and the link looked up once for all of them."""
-        clock = self._clock()
-        if clock >= self._expire_due:
-            self.expire()
-        link = self._links[via]
-        paused_at = link.paused_at
-        now = (clock if paused_at is None else paused_at) - link.paused_total
-        last_check = int(self._wall())
-        if last_check == self._last_check:
-            last_check = self._last_check
-        else:
-            self._last_check = last_check
         records = self._records
-        to_end = link.queue.move_to_end
+        queue = link.queue
+        to_end = queue.move_to_end
+        changed = 0
         for hostname, labels in nodes:
             record = records.get(hostname)
-            if record is None or record.via != via:  # a join, or a move between links
-                self.refresh(hostname, labels, via)
+            if record is None:
+                record = _Record(labels, now, last_check, via)
+                queue[hostname] = record
+                records[hostname] = record  # the same dict with one link: a no-op store
+                self._due_by(clock)
+                self._changed("join", hostname, labels)
+                changed += 1
                 continue
             record.seen = now
             record.last_check = last_check
-            to_end(hostname)
+            if record.via == via:
+                to_end(hostname)
+            else:  # now refreshed through another link: it ages on that link's clock
+                del self._links[record.via].queue[hostname]
+                queue[hostname] = record
+                record.via = via
+                self._due_by(clock)
             old = record.labels
             if old is not labels and old != labels:
                 record.labels = labels
                 self._changed("update", hostname, labels, old_labels=old)
+                changed += 1
+        return changed
 
     def _due_by(self, clock: float) -> None:
         """A record refreshed at `clock` joined the end of a queue: it is due at
