@@ -41,6 +41,37 @@ BatchHandler = Callable[[Topic, Sequence[bytes]], None]
 LinkHandler = Callable[[bool], None]
 
 
+def deliverer(
+    topic: Topic,
+    on_message: MessageHandler,
+    on_batch: BatchHandler | None,
+    failed: Callable[[Exception], None],
+) -> Callable[[Sequence[bytes]], None]:
+    """What a driver calls with the messages of `topic` that one read brought: the
+    batch handler when the daemon gave one (if it raises, the rest of that batch is
+    lost), else the message handler once per message (if it raises, only that message
+    is). `failed` is told of the exception: the daemon's bug, not a connection problem."""
+    if on_batch is not None:
+        batch_handler = on_batch  # bound here: mypy does not narrow into the closure
+
+        def deliver_batch(batch: Sequence[bytes]) -> None:
+            try:
+                batch_handler(topic, batch)
+            except Exception as exc:
+                failed(exc)
+
+        return deliver_batch
+
+    def deliver_each(batch: Sequence[bytes]) -> None:
+        for data in batch:
+            try:
+                on_message(topic, data)
+            except Exception as exc:
+                failed(exc)
+
+    return deliver_each
+
+
 class DriverError(Exception):
     """A publish could not be handed to the broker."""
 

@@ -49,7 +49,14 @@ from nats.errors import SlowConsumerError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.backoff import Backoff, BackoffLog
-from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.base import (
+    BatchHandler,
+    DriverError,
+    LinkHandler,
+    MessageHandler,
+    Topic,
+    deliverer,
+)
 from lobby.drivers.nats_lean import Deliver, LeanClient
 from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
 from lobby.urls import redact
@@ -193,25 +200,12 @@ class NatsDriver:
 
     def _deliverer(self, topic: Topic) -> Deliver:
         """The plain function that hands messages of `topic` (those one read brought)
-        to the daemon: to its batch handler when it has one."""
-        on_message = self._on_message
-        on_batch = self._on_batch
-        assert on_message is not None
+        to the daemon (`lobby.drivers.base.deliverer`)."""
+        assert self._on_message is not None
+        return deliverer(topic, self._on_message, self._on_batch, self._handler_failed)
 
-        def deliver(batch: list[bytes]) -> None:
-            if on_batch is not None:
-                try:
-                    on_batch(topic, batch)
-                except Exception as exc:  # the daemon's bug: not a connection problem
-                    self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
-                return
-            for data in batch:  # a failure loses only that message
-                try:
-                    on_message(topic, data)
-                except Exception as exc:
-                    self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
-
-        return deliver
+    def _handler_failed(self, exc: Exception) -> None:
+        self._handler_log(logging.ERROR, "NATS message handler failed: %r", exc)
 
     def _handler(self, topic: Topic) -> Any:
         """nats-py's callback, for a message that took its usual path."""

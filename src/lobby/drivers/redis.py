@@ -52,7 +52,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio.client import Redis
@@ -64,7 +64,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.backoff import Backoff, BackoffLog
-from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.base import (
+    BatchHandler,
+    DriverError,
+    LinkHandler,
+    MessageHandler,
+    Topic,
+    deliverer,
+)
 
 log = logging.getLogger("lobby.redis")
 
@@ -458,54 +465,47 @@ class RedisDriver:
     async def _read(self, conn: Connection) -> None:
         # The hot path: hiredis parses replies out of each socket read, and
         # read_response() returns without suspending while replies are buffered.
-        # With a batch handler, the replies one read brought are taken from hiredis
-        # at once (its `gets()`, which read_response calls too) and handed over
-        # together, one call per topic run instead of one per message.
+        # The replies one read brought are taken from hiredis at once (its `gets()`,
+        # which read_response calls too) and handed over together: one call of the
+        # daemon's batch handler per topic run instead of one per message.
         read = conn.read_response
-        topic_of = self._topic_of
         on_message = self._on_message
         assert on_message is not None
-        on_batch = self._on_batch
-        gets, nothing = _parsed_replies(conn) if on_batch is not None else (None, None)
+        deliver_of = {  # channel -> what hands its messages to the daemon
+            channel: deliverer(topic, on_message, self._on_batch, self._handler_failed)
+            for channel, topic in self._topic_of.items()
+        }
+        gets, nothing = _parsed_replies(conn)
         while True:
             reply = await read(disconnect_on_error=False)
             self._heard += 1
-            if gets is None or on_batch is None:
-                if reply[0] == b"message":
-                    try:
-                        on_message(topic_of[reply[1]], reply[2])
-                    except Exception as exc:
-                        self._handler_log(logging.ERROR, "Redis message handler failed: %r", exc)
-                continue
             batch: list[bytes] = []
-            batch_topic: Topic | None = None
+            batch_for: Callable[[Sequence[bytes]], None] | None = None
             while True:
                 if reply[0] == b"message":
-                    topic = topic_of[reply[1]]
-                    if topic != batch_topic and batch_topic is not None:
-                        self._deliver(on_batch, batch_topic, batch)
+                    deliver = deliver_of[reply[1]]
+                    if deliver is not batch_for and batch_for is not None:
+                        batch_for(batch)
                         batch = []
-                    batch_topic = topic
+                    batch_for = deliver
                     batch.append(reply[2])
+                if gets is None:
+                    break
                 more = gets()
                 if more is nothing:  # nothing more parsed: the next read awaits the socket
                     break
                 failed = _failure(more)
                 if failed is not None:  # raised as read_response raises it
-                    if batch_topic is not None:
-                        self._deliver(on_batch, batch_topic, batch)
+                    if batch_for is not None:
+                        batch_for(batch)
                     raise failed
                 self._heard += 1
                 reply = more
-            if batch_topic is not None:
-                self._deliver(on_batch, batch_topic, batch)
+            if batch_for is not None:
+                batch_for(batch)
 
-    def _deliver(self, on_batch: BatchHandler, topic: Topic, batch: list[bytes]) -> None:
-        """Hand a batch over; the daemon's bug is logged, not a connection problem."""
-        try:
-            on_batch(topic, batch)
-        except Exception as exc:
-            self._handler_log(logging.ERROR, "Redis message handler failed: %r", exc)
+    def _handler_failed(self, exc: Exception) -> None:
+        self._handler_log(logging.ERROR, "Redis message handler failed: %r", exc)
 
     async def _watchdog(self, conn: Connection) -> None:
         last = self._heard
