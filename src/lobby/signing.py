@@ -181,12 +181,10 @@ class Keyring:
         self, message: str, hostname: str, ts: int, sig: str, labels: Iterable[str]
     ) -> str | None:
         """None when `sig` is a valid signature by one of our keys, else the reason."""
-        if sig[KEYID_CHARS : KEYID_CHARS + 1] != ".":
-            return BAD_SIGNATURE  # not KEYID.MAC at all
-        key = self.by_id.get(sig[:KEYID_CHARS])
-        if key is None:
-            return UNKNOWN_KEY
-        given = sig[KEYID_CHARS + 1 :].encode("ascii", "replace")
+        key = self.by_prefix.get(sig[:_PREFIX])  # as Gate.admit looks it up
+        if key is None:  # not KEYID.MAC at all, or not one of our keys
+            return UNKNOWN_KEY if sig[KEYID_CHARS:_PREFIX] == "." else BAD_SIGNATURE
+        given = sig[_PREFIX:].encode("ascii", "replace")
         if not hmac.compare_digest(key.mac(canonical(message, hostname, ts, labels)), given):
             return BAD_SIGNATURE
         return None
@@ -287,9 +285,8 @@ class Gate:
         )
         outer = key.outer.copy()
         outer.update(inner.digest())
-        mac = _b2a(outer.digest()).translate(_URLSAFE)[
-            :MAC_CHARS
-        ]  # the slice drops "=" and the newline
+        # b2a_base64 without arguments: the slice drops its "=" and its newline
+        mac = _b2a(outer.digest()).translate(_URLSAFE)[:MAC_CHARS]
         if not _compare(mac, sig[_PREFIX:].encode("ascii", "replace")):
             return BAD_SIGNATURE
         ahead = ts - int(self.wall() * 1000)
