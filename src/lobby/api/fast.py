@@ -67,6 +67,18 @@ def _template(path: str) -> str:
     return "/v1/prometheus/{name}" if path.startswith(_PROMETHEUS) else path
 
 
+def _authorization(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The `Authorization` header's value (empty without one); None for a request with
+    a body, which the framework answers (`_check` reads the same headers in its loop)."""
+    authorization = b""
+    for key, value in headers:
+        if key == b"authorization":
+            authorization = value
+        elif key == b"content-length" or key == b"transfer-encoding":
+            return None
+    return authorization
+
+
 def accepts_gzip(value: bytes) -> bool:
     """Whether an `Accept-Encoding` header value accepts gzip (RFC 9110 §12.5.3)."""
     value = value.lower()
@@ -280,12 +292,9 @@ class FastApp:
         if path != _HEALTH and self._route(path) is None:
             return None
         started = time.perf_counter()
-        authorization = b""
-        for key, value in headers:
-            if key == b"authorization":
-                authorization = value
-            elif key == b"content-length" or key == b"transfer-encoding":
-                return None  # a body: the guard's checks first, in the framework
+        authorization = _authorization(headers)
+        if authorization is None:
+            return None  # a body: the guard's checks first, in the framework
         if self.guard.permits(method, path, authorization):
             answer = (405, _NOT_ALLOWED_HEADERS, _NOT_ALLOWED)
         else:
@@ -301,9 +310,8 @@ class FastApp:
         for the framework: a blocking query, a request with a body."""
         if self.feed is not None and b"index" in query_string:
             return None
-        for key, _ in headers:
-            if key == b"content-length" or key == b"transfer-encoding":
-                return None
+        if _authorization(headers) is None:  # a body
+            return None
         ok, brokers = self.node.health()
         body = pretty({"status": "ok" if ok else "degraded", "brokers": brokers})
         status = 200 if ok else 503

@@ -213,7 +213,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self.access_log:  # as uvicorn logs an answer
             host, port = self.client or ("", 0)
             query = parsed.query
-            target = raw_path.decode("ascii") + ("?" + query.decode("ascii") if query else "")
+            target = path + ("?" + query.decode("ascii") if query else "")
             version = parser.get_http_version()
             self.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d',
