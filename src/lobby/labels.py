@@ -330,14 +330,12 @@ async def watch_label_dir(
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
     fail_log = RateLimitedLog(log, burst=1, every=300)
     delay = 0.5
-    loop = asyncio.get_running_loop()
     while not stopping.is_set():
         if not is_dir():
             await _sleep_unless(stopping, 0.5)
             if is_dir():
                 changed()
             continue
-        started = loop.time()
         from lobby.inotify import DirWatch  # only once there is a directory to watch
 
         try:
@@ -356,7 +354,7 @@ async def watch_label_dir(
                 await _follow(watch, changed, stopping)
             if stopping.is_set():
                 return
-            delay = 0.5 if loop.time() - started > 10 else min(delay * 2, 10.0)
+            delay = 0.5  # the back-off is for watches that cannot start, one after another
             changed()  # the directory went: what it held went with it
             continue
         delay = min(delay * 2, 10.0)
