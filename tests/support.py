@@ -695,6 +695,20 @@ class SentinelSet:
             self.master_port()
         )
 
+    def explain(self, server: RedisServer) -> str:
+        """What `server` and the Sentinels say of replication, for a failure message."""
+        import redis
+
+        client = redis.Redis(port=server.port, socket_timeout=2)
+        try:
+            info = client.info("replication")
+        except redis.RedisError as exc:
+            info = {"error": repr(exc)}
+        finally:
+            client.close()
+        logs = "\n".join(s.output()[-1500:] for s in self.sentinels)
+        return f"replica {server.port}: {info}\nSentinel logs (tails):\n{logs}"
+
     def master_port(self) -> int:
         """The master's port, as the first Sentinel tells it."""
         return int(self.sentinels[0].master()["port"])
