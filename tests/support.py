@@ -695,6 +695,30 @@ class SentinelSet:
             self.master_port()
         )
 
+    def follow(self, replica: RedisServer, timeout: float) -> None:
+        """Wait until `replica` replicates the current master.
+
+        The Sentinels reconfigure the other replicas after a failover; under load that
+        once took over 30 s in CI (Redis's replication, not lobbyd's). Past `timeout`
+        the replica is told REPLICAOF directly, as an operator would, and what Redis
+        said is printed; if it still does not follow, the test fails with that."""
+        try:
+            wait_for(lambda: self.synced(replica), timeout, what="the replica follows")
+            return
+        except AssertionError:
+            print(f"\nSentinels did not move the replica in {timeout} s:\n{self.explain(replica)}")
+        import redis
+
+        client = redis.Redis(port=replica.port, socket_timeout=5)
+        try:
+            client.execute_command("REPLICAOF", "127.0.0.1", str(self.master_port()))
+        finally:
+            client.close()
+        try:
+            wait_for(lambda: self.synced(replica), timeout, what="the replica follows")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.explain(replica)}") from None
+
     def explain(self, server: RedisServer) -> str:
         """What `server` and the Sentinels say of replication, for a failure message."""
         import redis
