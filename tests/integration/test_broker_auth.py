@@ -8,13 +8,17 @@ serving its API, without a traceback and without printing a secret.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import nkeys  # type: ignore[import-untyped]
 import pytest
 from certs import Pki, nats_operator, nkey_pair
-from support import NatsServer, RedisServer, wait_for
+from support import NatsServer, RedisServer, free_port, wait_for
 
 SECRETS = ("s3cret-token", "wrong-token", "lobby-pw", "wrong-pw")
 
@@ -75,6 +79,85 @@ def test_nats_mutual_tls(spawn, make_nats, channel, tmp_path, pki):
     good = {"NATS_CERT": str(pki.client_cert), "NATS_KEY": str(pki.client_key)}
     wrong = {"NATS_CERT": str(pki.other_cert), "NATS_KEY": str(pki.other_key)}
     good_and_wrong(spawn, env, good, wrong, "TLS with NATS")
+
+
+class PlainNats:
+    """A listener that answers like a nats-server without TLS (INFO, auth required)
+    and keeps every byte each connection sends, to show what a client gave away."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        info = b'INFO {"server_id":"fake","version":"2.10.0","proto":1,"max_payload":1048576,'
+        info += b'"auth_required":true}\r\n'
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed: the test is over
+                return
+            with conn:
+                conn.settimeout(2)
+                conn.sendall(info)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while chunk := conn.recv(4096):
+                        data += chunk
+                self.received.append(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "extra"),
+    [("tls", {}), ("nats", {"NATS_CA": "ca"})],
+    ids=["tls-url", "nats-url-with-a-ca"],
+)
+def test_nats_tls_never_falls_back_to_plaintext(spawn, channel, pki, scheme, extra):
+    """Asked for TLS, a node refuses a server that offers none, before it sends a byte:
+    nats-py alone would send CONNECT, token included, in the clear."""
+    fake = PlainNats()
+    try:
+        env = {
+            "NATS_URL": f"{scheme}://127.0.0.1:{fake.port}",
+            "NATS_DISCOVERY_CHANNEL": channel,
+            "NATS_TOKEN": "s3cret-token",
+            **{k: str(pki.ca) for k in extra},
+        }
+        node = spawn("careful", env)
+        says = "does not offer TLS"
+        wait_for(lambda: node.output().count(says) >= 2, 15, what=f"two lines with {says!r}")
+        wait_for(lambda: len(fake.received) >= 2, 5, what="two attempts over")
+        assert fake.received[:2] == [b"", b""]  # not even CONNECT
+        assert node.running and node.stats()["broker"]["connected"] is False
+        log = node.output()
+        assert "Traceback" not in log and "s3cret-token" not in log, log
+        assert f"NATS {scheme}://127.0.0.1:{fake.port} does not offer TLS" in log
+    finally:
+        fake.close()
+
+
+def test_nats_tls_where_the_server_also_allows_plaintext(spawn, make_nats, channel, tmp_path, pki):
+    """A server with `allow_non_tls` says `tls_available`, not `tls_required`: a node
+    asked for TLS upgrades, one that was not stays plain; the server's connz tells."""
+    monitor = free_port()
+    config = f'allow_non_tls: true\nhttp: "127.0.0.1:{monitor}"\n'
+    server = nats_with(make_nats, tmp_path, tls_block(pki) + config)
+    env = {"NATS_DISCOVERY_CHANNEL": channel, "KEEP_ALIVE": "1"}
+    secure = spawn(
+        "secure", {**env, "NATS_URL": f"tls://127.0.0.1:{server.port}", "NATS_CA": str(pki.ca)}
+    )
+    plain = spawn("plain", {**env, "NATS_URL": server.url})
+    for node in (secure, plain):
+        wait_for(lambda n=node: n.hostnames() == ["plain", "secure"], 15, what="both listed")
+    conns = httpx.get(f"http://127.0.0.1:{monitor}/connz", timeout=5).json()["connections"]
+    tls = {c["name"]: c.get("tls_version", "") for c in conns}
+    assert tls["lobbyd secure"].startswith("1.") and tls["lobbyd plain"] == "", tls
 
 
 def test_nats_nkey_user(spawn, make_nats, channel, tmp_path):

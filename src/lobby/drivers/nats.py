@@ -9,7 +9,11 @@ our two subscriptions skip nats-py's per-message queue and task
 Credentials and TLS (SPEC §13.3) are nats-py's own connect options, passed through
 as `options` (`tls`, `token`, `user_credentials`, `nkeys_seed`); a server that
 refuses them is logged as such, one line per attempt (rate-limited), and retried
-like any other failure. Two workarounds for nats-py (2.16):
+like any other failure. Three workarounds for nats-py (2.16):
+
+- Asked for TLS, it would speak plaintext (credentials included) to a server that
+  offers none; `LeanClient` refuses such a server (`TlsNotOffered`, one ERROR line
+  per attempt, retried), and upgrades where the server says `tls_available`.
 
 - After a failed TLS handshake (e.g. the server's certificate is not trusted) it
   waits forever for the socket to close (asyncio never tells a stream whose TLS
@@ -57,7 +61,7 @@ from lobby.drivers.base import (
     Topic,
     deliverer,
 )
-from lobby.drivers.nats_lean import Deliver, LeanClient
+from lobby.drivers.nats_lean import Deliver, LeanClient, TlsNotOffered
 from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
 from lobby.urls import redact
 
@@ -216,6 +220,11 @@ class NatsDriver:
 
         return on_msg
 
+    def _attempted(self) -> str:
+        """The server of the attempt that just failed (or every configured one)."""
+        server = self._nc._current_server
+        return redact(server.uri.geturl()) if server is not None else self.address
+
     def _current(self) -> str:
         url = self._nc.connected_url
         return redact(url.geturl()) if url is not None else self.address
@@ -256,6 +265,16 @@ class NatsDriver:
                 "NATS_NKEY_SEED or the user:password in NATS_URL; retrying in %.1f s",
                 self.address,
                 text.removeprefix("nats: ").strip("'"),
+                wait,
+            )
+            return
+        if isinstance(exc, TlsNotOffered):
+            self._pending_error = None
+            self._fail_log(
+                logging.ERROR,
+                "NATS %s does not offer TLS, which NATS_URL (tls://) or NATS_CA/NATS_CERT "
+                "ask for: not connecting in plaintext; retrying in %.1f s",
+                self._attempted(),
                 wait,
             )
             return

@@ -15,6 +15,12 @@ subscriptions registered in `direct` (sid -> plain function of the payload):
   nats-py's own parser, and `_process_msg` still calls the function directly for
   our sids, so the order holds whichever parser read the message.
 
+It also closes a hole of nats-py's (2.16): given a `tls://` URL or a TLS context, it
+still speaks plaintext to a server whose INFO does not say `tls_required`, CONNECT
+and credentials included. Like nats.go, `LeanClient` then upgrades to TLS when the
+server says `tls_available` and otherwise refuses the server (`TlsNotOffered`)
+before a byte of ours is written.
+
 The function must not raise (the driver catches and logs). A message for any other
 subscription takes nats-py's usual path. Falling behind no longer fills a client-side
 queue (nothing is dropped in this process): the socket backs up and, past its limit,
@@ -27,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import ProtocolError
+from nats.errors import Error, ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 Deliver = Callable[[list[bytes]], None]  # the payloads of one sid, in order
@@ -96,6 +102,13 @@ class _LeanParser(Parser):
             await super().parse()  # PING, INFO, -ERR, HMSG, ...: nats-py's own parser
 
 
+class TlsNotOffered(Error):
+    """TLS is wanted, and the server offers none: nothing is sent to it."""
+
+    def __str__(self) -> str:
+        return "the server does not offer TLS"
+
+
 class LeanClient(Client):
     """A nats-py Client that hands our subscriptions' messages straight to `direct`."""
 
@@ -114,3 +127,18 @@ class LeanClient(Client):
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
         deliver([data])
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        # nats-py upgrades to TLS only on `tls_required`, after this call, reading the same
+        # dict: a server's first INFO is where TLS is insisted on (see the module's text)
+        if initial_connection and not info.get("tls_required") and self._wants_tls():
+            if not info.get("tls_available"):
+                raise TlsNotOffered
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
+
+    def _wants_tls(self) -> bool:
+        """A `tls://` server, or a TLS context with `nats://` (websockets do their own)."""
+        server = self._current_server
+        scheme = server.uri.scheme if server is not None else "nats"
+        return scheme == "tls" or (scheme == "nats" and "tls" in self.options)
