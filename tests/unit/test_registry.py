@@ -424,3 +424,28 @@ def test_refresh_many_is_refresh_in_a_loop(clock):
     clock.mono, clock.wall = start
     assert run(True) == one_by_one
     assert [x.hostname for x in one_by_one[0]] == ["a", "c"]
+
+
+def test_lists_are_built_without_the_collector_which_is_left_as_found(reg):
+    import gc
+
+    reg.update(d("a", "x"))
+    seen = []
+
+    def pick(labels):
+        seen.append(gc.isenabled())
+        if len(seen) == 2:
+            raise RuntimeError("a broken view")
+        return labels
+
+    assert reg.view(pick) == [Discovery("a", ("x",), 1_764_000_000)]
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError):
+        reg.view(pick)
+    assert gc.isenabled()  # back on after a failure too
+    gc.disable()
+    try:
+        reg.discoveries()
+        assert not gc.isenabled()  # paused by someone else: not turned on under them
+    finally:
+        gc.enable()
