@@ -89,7 +89,7 @@ def test_broker_killed_keeps_last_view_and_recovers(own_broker, spawn):
     assert (a.pid, b.pid) == pids and a.running and b.running  # no lobbyd restart
     # traffic flows again both ways
     a.request("POST", "/v1/labels", content="after:restart\n")
-    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:restart"}).json(), 5)
+    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:restart"}).json(), 15)
 
 
 def test_nats_cluster_failover_loses_no_peer(tmp_path, procs, spawn):
@@ -127,7 +127,7 @@ def test_nats_cluster_failover_loses_no_peer(tmp_path, procs, spawn):
     new = re.search(r"reconnected to NATS (\S+)", log)
     assert new is not None and new.group(1) != cluster.servers[victim].url
     a.request("POST", "/v1/labels", content="after:failover\n")
-    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:failover"}).json(), 5)
+    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:failover"}).json(), 15)
 
 
 def test_frozen_broker_pauses_expiry_and_heals(own_broker, spawn):

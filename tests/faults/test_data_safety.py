@@ -70,7 +70,7 @@ async def test_200_concurrent_writes_end_in_exactly_the_expected_set(nats_server
     runtime = sorted(["keep:1", "shared:1", *added])
     assert runtime_lines(node.labels_path / "_runtime") == runtime
     assert node.get("/v1/discovery").json()["labels"] == sorted([*runtime, "env:1"])
-    wait_for(lambda: own_announced(node) == sorted([*runtime, "env:1"]), 5, what="announced")
+    wait_for(lambda: own_announced(node) == sorted([*runtime, "env:1"]), 15, what="announced")
     leftovers = [p.name for p in node.labels_path.iterdir() if p.name != "_runtime"]
     assert leftovers == []
 
@@ -134,7 +134,7 @@ def test_sigkill_during_label_writes_loses_nothing_acknowledged(
         assert not any(p.exists() for p in stale), "a restart leaves stale temporary files"
         # the restarted node announces exactly what was persisted
         want = sorted(state)
-        wait_for(lambda n=node, w=want: own_announced(n) == w, 5, what="persisted labels")
+        wait_for(lambda n=node, w=want: own_announced(n) == w, 15, what="persisted labels")
         assert node.get("/v1/discovery").json()["labels"] == want
 
         acked_per_writer = [
@@ -171,7 +171,7 @@ def test_sigkill_during_label_writes_loses_nothing_acknowledged(
         f"{stale_seen} temporary file(s) left by kills (removed at the next start)"
     )
     node = spawn("k.example", env)
-    wait_for(lambda: own_announced(node) == sorted(state), 5, what="persisted labels, last round")
+    wait_for(lambda: own_announced(node) == sorted(state), 15, what="persisted labels, last round")
     # a restart removes what interrupted writes left behind
     assert sorted(p.name for p in labels_path.iterdir()) == ["_runtime"]
 
@@ -186,7 +186,7 @@ def test_missing_labels_path_is_created_on_post(nats_server, channel, tmp_path, 
     assert runtime.read_text() == "made:it\n"
     assert stat.S_IMODE(runtime.stat().st_mode) == 0o644
     assert node.get("/v1/discovery").json()["labels"] == ["made:it"]
-    wait_for(lambda: own_announced(node) == ["made:it"], 5, what="announced")
+    wait_for(lambda: own_announced(node) == ["made:it"], 15, what="announced")
 
 
 @pytest.mark.parametrize("where", ["under-a-regular-file", "under-proc"])
@@ -215,8 +215,8 @@ def test_unwritable_labels_path_answers_500_and_the_daemon_goes_on(
     assert (r.status_code, r.text) == (200, "OK")
     # ...and goes on: answers, announces, keeps its other labels
     assert node.get("/v1/discovery").json()["labels"] == ["env:1"]
-    wait_for(lambda: node.get("/v1/stats").json()["announcements"]["sent"] >= sent + 2, 5)
-    wait_for(lambda: own_announced(node) == ["env:1"], 5)
+    wait_for(lambda: node.get("/v1/stats").json()["announcements"]["sent"] >= sent + 2, 15)
+    wait_for(lambda: own_announced(node) == ["env:1"], 15)
     assert node.running
 
 

@@ -14,7 +14,7 @@ import dns.rcode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import free_port
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.fault
 
@@ -69,6 +69,8 @@ def test_random_and_mutated_packets_never_stop_valid_answers(nats_server, channe
             "LOG_LEVEL": "INFO",
         },
     )
+    # DNS answers from the registry: its own record is there once its announcement is back
+    wait_for(lambda: node.hostnames() == ["fuzz.example"], 15, what="fuzz.example listed")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", port))
     sock.settimeout(5)

@@ -131,7 +131,7 @@ def test_sentinel_failover_without_restart(tmp_path, procs, spawn, channel):
     )
     # announcements go to the new master: a label change crosses it
     a.request("POST", "/v1/labels", content="after:failover\n")
-    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:failover"}).json(), 5)
+    wait_for(lambda: b.get("/v1/resolve", params={"label": "after:failover"}).json(), 15)
 
     # a manual failover while both servers live: the old master, now a replica, would
     # still feed our subscription, so only Sentinel's +switch-master moves us
@@ -142,4 +142,4 @@ def test_sentinel_failover_without_restart(tmp_path, procs, spawn, channel):
     wait_for(lambda: sentinels.master_port() == other.port, 30, what="manual failover")
     on_master(other.port, switched_wall)
     a.request("DELETE", "/v1/labels", content="after:failover\n")
-    wait_for(lambda: not b.get("/v1/resolve", params={"label": "after:failover"}).json(), 5)
+    wait_for(lambda: not b.get("/v1/resolve", params={"label": "after:failover"}).json(), 15)

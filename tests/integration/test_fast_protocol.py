@@ -61,10 +61,10 @@ def test_same_bytes_as_the_asgi_path(node):
         ("/v1/resolve?label=service:web", "/v1/resolve?label=service:web&index=0"),
         ("/v1/discovery", "/v1/discovery?index=0"),
     ]:
-        for _ in range(3):  # the date header may turn over between the two
+        for _ in range(5):  # the date, or a keep-alive's last_check, may turn over between
             [fast] = exchange(node.port, get(path))
             [slow] = exchange(node.port, get(asgi))
-            if fast.split(b"date: ")[1][:29] == slow.split(b"date: ")[1][:29]:
+            if undated(fast) == undated(slow):
                 break
         assert fast.startswith(b"HTTP/1.1 200 OK\r\ndate: ")
         assert undated(fast) == undated(slow), path

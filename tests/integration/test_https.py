@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 from certs import Pki
-from support import Lobbyd
+from support import Lobbyd, wait_for
 
 from lobby import Lobby, LobbyException
 
@@ -83,6 +83,8 @@ def test_https_with_a_private_ca_and_the_read_token(spawn, nats_server, channel,
             assert answer.status_code == 403 and answer.json() == {"message": "access denied"}
         assert client.post("/v1/labels", content=b"x:1\n", headers=full).text == "OK"
         assert client.get("/v1/discovery", headers=read).json()["labels"] == ["x:1"]
+        # the registry has x:1 once its announcement is back through the broker
+        wait_for(lambda: client.get("/v1/resolve?label=x:1", headers=read).json() == ["tls"])
         assert (
             client.get("/v1/discovery", headers={"Authorization": "Token nope"}).status_code == 403
         )

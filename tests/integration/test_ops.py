@@ -53,6 +53,8 @@ def test_metrics_health_and_the_json_log_of_a_node(nats_server, channel, spawn, 
     c.signal(signal.SIGTERM)  # a goodbye
     wait_for(lambda: a.hostnames() == ["a.example"], 20, what="b expired and c gone")
     assert a.request("POST", "/v1/labels", content="role:x\n").status_code == 200
+    # the update event comes with its own announcement back; a is alone after it
+    wait_for(lambda: a.get("/v1/discoveries?labels=role:x").json(), what="role:x echoed")
 
     # health: no token, nothing about other nodes
     health = httpx.get(f"{a.url}/v1/health", timeout=5)
@@ -151,7 +153,8 @@ def test_health_and_metrics_follow_the_broker_link(own_broker, spawn):
         r = httpx.get(f"{a.url}/v1/health", timeout=5)
         return r.status_code, r.json()
 
-    assert health() == (200, {"status": "ok", "brokers": {driver: "up"}})
+    up = (200, {"status": "ok", "brokers": {driver: "up"}})
+    wait_for(lambda: health() == up, 15, what="linked")  # the link comes up after the API
     own_broker.server.kill()
     wait_for(lambda: health() == (503, {"status": "degraded", "brokers": {driver: "down"}}), 15)
     got = samples(a.get("/metrics").text)

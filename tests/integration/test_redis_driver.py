@@ -323,7 +323,7 @@ def test_two_lobbyd_nodes_list_each_other_and_survive_a_redis_restart(
     server.kill()
     wait_for(lambda: not connected(a) and not connected(b), what="both see the link down")
     server.restart()
-    wait_for(lambda: connected(a) and connected(b), what="both reconnected")
+    wait_for(lambda: connected(a) and connected(b), 30, what="both reconnected")
     # the link really carries announcements again: a label change travels
     r = a.request("POST", "/v1/labels", content="service:after-restart\n")
     assert r.status_code < 300, r.text

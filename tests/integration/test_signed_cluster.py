@@ -43,7 +43,8 @@ def no_tracebacks(*nodes: Lobbyd) -> None:
 
 
 def test_forged_and_replayed_packets_change_nothing(spawn, broker: Broker):
-    env = broker.env(SIGNING_KEYS=K1, KEEP_ALIVE="1", LABELS="role:web")
+    # TTL 120: the replayed packet must still be fresh enough to count as a replay, not stale
+    env = broker.env(SIGNING_KEYS=K1, KEEP_ALIVE="1", LABELS="role:web", TTL="120")
     a = spawn("a", env)
     b = spawn("b", env)
     wait_for(lambda: hostnames(a) == ["a", "b"] == hostnames(b), 15, what="a and b see each other")

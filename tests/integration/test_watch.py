@@ -26,7 +26,7 @@ def test_fresh_node_lists_50_live_nodes_long_before_keep_alive(broker, spawn, pr
     time.sleep(1)  # let their first announcements pass: the fresh node must ask
     fresh = spawn("fresh.example", env)
     names = wait_for(
-        lambda: len(fresh.hostnames()) == 51 and fresh.hostnames(), timeout=10, what="51 nodes"
+        lambda: len(fresh.hostnames()) == 51 and fresh.hostnames(), timeout=20, what="51 nodes"
     )
     assert names[0] == "fresh.example" and names[-1] == "peer049"
     # KEEP_ALIVE is 30 s: without the sync they would trickle in over 30 s
@@ -52,8 +52,8 @@ def test_blocking_query(broker, spawn):
 
     t = threading.Thread(target=block)
     t.start()
-    time.sleep(0.3)
-    assert t.is_alive() and a.get("/v1/stats").json()["watchers"]["blocking"] == 1
+    wait_for(lambda: a.get("/v1/stats").json()["watchers"]["blocking"] == 1, what="query held")
+    assert t.is_alive()
     a.request("POST", "/v1/labels", content="new:label\n")
     t.join(10)
     assert not t.is_alive()

@@ -77,9 +77,9 @@ async def test_label_change_is_announced_at_once(make):
     await until(lambda: hosts(b) == ["a", "b"])
     await a.add_labels(["service:new"])
     assert a.own_discovery().labels == ("service:new",)
-    await until(lambda: b.registry.get("a").labels == ("service:new",), timeout=1)
+    await until(lambda: b.registry.get("a").labels == ("service:new",), timeout=10)
     await a.delete_labels(["service:new"])
-    await until(lambda: b.registry.get("a").labels == (), timeout=1)
+    await until(lambda: b.registry.get("a").labels == (), timeout=10)
 
 
 async def test_labels_from_a_new_file_are_announced(make, tmp_path):
