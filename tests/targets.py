@@ -1,7 +1,9 @@
 """What a health check can point at, owned by the test: real sockets on 127.0.0.1.
 
 - `Listener`: a TCP port that accepts (and at once closes) every connection, closed and
-  reopened on the same port at will.
+  reopened on the same port at will. With a `greeting` it plays a server that speaks
+  first (a NATS server's INFO, say): it sends the greeting, keeps what the client sends
+  until it closes (or 2 s pass) in `received`, one entry per connection, then closes.
 - `Httpd`: a stdlib HTTP server whose answer the test switches: a status code, or
   "hang" (it reads the request and answers nothing until the test ends).
 
@@ -20,8 +22,10 @@ from support import free_port
 
 
 class Listener:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, greeting: bytes | None = None) -> None:
         self.port = port or free_port()
+        self.greeting = greeting
+        self.received: list[bytes] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -40,7 +44,19 @@ class Listener:
                 conn, _ = sock.accept()
             except OSError:  # closed
                 return
-            conn.close()
+            with conn:
+                if self.greeting is not None:
+                    self.received.append(self._converse(conn, self.greeting))
+
+    @staticmethod
+    def _converse(conn: socket.socket, greeting: bytes) -> bytes:
+        conn.settimeout(2)
+        data = b""
+        with contextlib.suppress(OSError):
+            conn.sendall(greeting)
+            while chunk := conn.recv(4096):
+                data += chunk
+        return data
 
     def close(self) -> None:
         if self._sock is None:

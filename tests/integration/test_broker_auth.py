@@ -8,9 +8,6 @@ serving its API, without a traceback and without printing a secret.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import nkeys  # type: ignore[import-untyped]
 import pytest
 from certs import Pki, nats_operator, nkey_pair
 from support import NatsServer, RedisServer, free_port, wait_for
+from targets import Listener
 
 SECRETS = ("s3cret-token", "wrong-token", "lobby-pw", "wrong-pw")
 
@@ -81,53 +79,30 @@ def test_nats_mutual_tls(spawn, make_nats, channel, tmp_path, pki):
     good_and_wrong(spawn, env, good, wrong, "TLS with NATS")
 
 
-class PlainNats:
-    """A listener that answers like a nats-server without TLS (INFO, auth required)
-    and keeps every byte each connection sends, to show what a client gave away."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.received: list[bytes] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        info = b'INFO {"server_id":"fake","version":"2.10.0","proto":1,"max_payload":1048576,'
-        info += b'"auth_required":true}\r\n'
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed: the test is over
-                return
-            with conn:
-                conn.settimeout(2)
-                conn.sendall(info)
-                data = b""
-                with contextlib.suppress(OSError):
-                    while chunk := conn.recv(4096):
-                        data += chunk
-                self.received.append(data)
-
-    def close(self) -> None:
-        self.sock.close()
+# a nats-server without TLS, as its first line says it (auth required: a client with a
+# token would send it in its CONNECT)
+PLAIN_INFO = (
+    b'INFO {"server_id":"fake","version":"2.10.0","proto":1,"max_payload":1048576,'
+    b'"auth_required":true}\r\n'
+)
 
 
 @pytest.mark.parametrize(
-    ("scheme", "extra"),
-    [("tls", {}), ("nats", {"NATS_CA": "ca"})],
+    ("scheme", "with_ca"),
+    [("tls", False), ("nats", True)],
     ids=["tls-url", "nats-url-with-a-ca"],
 )
-def test_nats_tls_never_falls_back_to_plaintext(spawn, channel, pki, scheme, extra):
+def test_nats_tls_never_falls_back_to_plaintext(spawn, channel, pki, scheme, with_ca):
     """Asked for TLS, a node refuses a server that offers none, before it sends a byte:
     nats-py alone would send CONNECT, token included, in the clear."""
-    fake = PlainNats()
+    fake = Listener(greeting=PLAIN_INFO)
+    fake.open()
     try:
         env = {
             "NATS_URL": f"{scheme}://127.0.0.1:{fake.port}",
             "NATS_DISCOVERY_CHANNEL": channel,
             "NATS_TOKEN": "s3cret-token",
-            **{k: str(pki.ca) for k in extra},
+            **({"NATS_CA": str(pki.ca)} if with_ca else {}),
         }
         node = spawn("careful", env)
         says = "does not offer TLS"
