@@ -605,11 +605,27 @@ class NatsCluster:
 
 
 class RedisSentinel(Proc):
-    """One redis-sentinel watching `master` with short timeouts, config in `workdir`."""
+    """One redis-sentinel watching `master` with short timeouts, config in `workdir`.
 
-    def __init__(self, workdir: Path, master_port: int, name: str = "mymaster") -> None:
+    With `password` it requires it (requirepass; Sentinels use it among themselves too).
+    With `tls` (redis TLS options as config lines, without tls-port) it also serves TLS
+    on `tls_port`; `port` stays plain, for the test's own questions."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        master_port: int,
+        name: str = "mymaster",
+        password: str | None = None,
+        tls: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
+        self.password = password
+        self.tls_port = free_port() if tls else None
         conf = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: a file of its own
+        extra = [f"requirepass {password}"] if password else []
+        if tls:
+            extra += [f"tls-port {self.tls_port}", *tls]
         conf.write_text(
             f"port {self.port}\n"
             "bind 127.0.0.1\n"
@@ -617,7 +633,7 @@ class RedisSentinel(Proc):
             f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
             f"sentinel down-after-milliseconds {name} 1000\n"
             f"sentinel failover-timeout {name} 5000\n"
-            f"sentinel parallel-syncs {name} 1\n"
+            f"sentinel parallel-syncs {name} 1\n" + "".join(f"{line}\n" for line in extra)
         )
         super().__init__([REDIS_SENTINEL, str(conf)], workdir / f"sentinel-{self.port}.log")
 
@@ -630,7 +646,7 @@ class RedisSentinel(Proc):
         """SENTINEL FAILOVER: promote a replica although the master is fine."""
         import redis
 
-        client = redis.Redis(port=self.port, socket_timeout=5)
+        client = redis.Redis(port=self.port, socket_timeout=5, password=self.password)
         try:
             client.execute_command("SENTINEL", "FAILOVER", name)
         finally:
@@ -639,7 +655,9 @@ class RedisSentinel(Proc):
     def master(self, name: str = "mymaster") -> dict[str, Any]:
         import redis
 
-        client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
+        client = redis.Redis(
+            port=self.port, decode_responses=True, socket_timeout=2, password=self.password
+        )
         try:
             master = client.sentinel_master(name)
         finally:
@@ -651,18 +669,31 @@ class RedisSentinel(Proc):
 class SentinelSet:
     """A Redis master, replicas and three Sentinels on loopback (all in `procs`)."""
 
-    def __init__(self, workdir: Path, procs: list[Proc], replicas: int = 1) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        procs: list[Proc],
+        replicas: int = 1,
+        password: str | None = None,
+        tls: list[str] | None = None,
+    ) -> None:
         self.master = RedisServer(workdir)
         self.replicas = [
             RedisServer(workdir, extra=["--replicaof", "127.0.0.1", str(self.master.port)])
             for _ in range(replicas)
         ]
-        self.sentinels = [RedisSentinel(workdir, self.master.port) for _ in range(3)]
+        self.sentinels = [
+            RedisSentinel(workdir, self.master.port, password=password, tls=tls) for _ in range(3)
+        ]
         procs += [self.master, *self.replicas, *self.sentinels]
 
     @property
     def addresses(self) -> str:
         return ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    @property
+    def tls_addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{s.tls_port}" for s in self.sentinels)
 
     def start(self) -> None:
         self.master.start()

@@ -92,9 +92,10 @@ def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
     )
 
 
-def redis_tls(s: Settings) -> dict[str, Any] | None:
-    """redis-py SSL options, or None for plain TCP."""
-    if not s.redis_tls:
+def redis_tls(s: Settings, wanted: bool) -> dict[str, Any] | None:
+    """redis-py SSL options when `wanted` (REDIS_TLS for the server, REDIS_SENTINEL_TLS
+    for the Sentinels), or None for plain TCP."""
+    if not wanted:
         return None
     options: dict[str, Any] = {}
     if s.redis_ca:
@@ -119,9 +120,11 @@ def redis_driver(s: Settings) -> Driver:
         username=s.redis_username,
         password=s.redis_password,
         channel=s.redis_channel,
-        tls=redis_tls(s),
+        tls=redis_tls(s, s.redis_tls),
         sentinels=s.sentinels,
         sentinel_master=s.redis_sentinel_master,
+        sentinel_password=s.redis_sentinel_password or None,
+        sentinel_tls=redis_tls(s, s.redis_sentinel_tls),
         backoff=reconnect_backoff(s.ttl),
     )
 

@@ -594,10 +594,19 @@ class Settings:
             ("REDIS_CA", self.redis_ca),
             ("REDIS_CERT", self.redis_cert),
         ):
-            if value and not self.redis_tls:
+            if value and not (self.redis_tls or self.redis_sentinel_tls):
                 raise ConfigError(
-                    name, value, "REDIS_TLS=true beside it (it is used only over TLS)"
+                    name,
+                    value,
+                    "REDIS_TLS=true or REDIS_SENTINEL_TLS=true beside it (used only over TLS)",
                 )
+        for name, set_ in (
+            ("REDIS_SENTINEL_TLS", self.redis_sentinel_tls),
+            ("REDIS_SENTINEL_PASSWORD", bool(self.redis_sentinel_password)),
+        ):
+            if set_ and not self.redis_sentinels:
+                shown = None if name.endswith("PASSWORD") else "true"
+                raise ConfigError(name, shown, "REDIS_SENTINELS beside it (it is for them)")
 
     relay: bool = setting(
         False,
@@ -613,6 +622,15 @@ class Settings:
     )
     redis_sentinel_master: str = setting(
         "mymaster", "name of the master the REDIS_SENTINELS monitor"
+    )
+    redis_sentinel_password: str = setting(
+        "",
+        "password of the REDIS_SENTINELS (their requirepass); REDIS_PASSWORD is the master's",
+        secret=True,
+    )
+    redis_sentinel_tls: bool = setting(
+        False,
+        "connect to the REDIS_SENTINELS over TLS (with REDIS_CA, REDIS_CERT and REDIS_KEY)",
     )
 
     @property

@@ -15,10 +15,10 @@ import httpx
 import nkeys  # type: ignore[import-untyped]
 import pytest
 from certs import Pki, nats_operator, nkey_pair
-from support import NatsServer, RedisServer, free_port, wait_for
+from support import NatsServer, RedisServer, SentinelSet, free_port, wait_for
 from targets import Listener
 
-SECRETS = ("s3cret-token", "wrong-token", "lobby-pw", "wrong-pw")
+SECRETS = ("s3cret-token", "wrong-token", "lobby-pw", "wrong-pw", "sentinel-pw")
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +251,40 @@ def test_redis_tls_with_a_client_certificate(spawn, procs, channel, tmp_path, pk
         "TLS with Redis",
     )
     assert "rediss://" in ok.stats()["broker"]["address"]
+
+
+def test_redis_sentinels_with_a_password_over_tls(spawn, procs, channel, tmp_path, pki):
+    """Sentinels that require a password and are asked over TLS (their tls-port); the
+    master itself is plain. A wrong password, or the wrong CA, is one clear line naming
+    the setting to check, and the node keeps retrying."""
+    tls = [
+        f"tls-cert-file {pki.server_cert}",
+        f"tls-key-file {pki.server_key}",
+        f"tls-ca-cert-file {pki.ca}",
+        "tls-auth-clients no",
+    ]
+    sentinels = SentinelSet(tmp_path, procs, password="sentinel-pw", tls=tls)
+    sentinels.start()
+    env = {
+        "DRIVER": "Redis",
+        "REDIS_SENTINELS": sentinels.tls_addresses,
+        "REDIS_SENTINEL_MASTER": "mymaster",
+        "REDIS_SENTINEL_TLS": "true",
+        "REDIS_CA": str(pki.ca),
+        "REDIS_CHANNEL": channel,
+    }
+    ok, _ = good_and_wrong(
+        spawn,
+        env,
+        {"REDIS_SENTINEL_PASSWORD": "sentinel-pw"},
+        {"REDIS_SENTINEL_PASSWORD": "wrong-pw"},
+        "check REDIS_SENTINEL_PASSWORD",
+    )
+    assert ok.stats()["broker"]["address"] == f"redis://127.0.0.1:{sentinels.master.port}/0"
+    stranger = spawn(
+        "stranger",
+        {**env, "REDIS_SENTINEL_PASSWORD": "sentinel-pw", "REDIS_CA": str(pki.other_ca)},
+    )
+    says = "check REDIS_SENTINEL_TLS"
+    wait_for(lambda: stranger.output().count(says) >= 2, 15, what=f"two lines with {says!r}")
+    assert stranger.running and "Traceback" not in stranger.output()

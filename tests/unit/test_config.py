@@ -326,6 +326,7 @@ def test_variable_kinds_follow_the_annotations():
         "SIGNING_KEYS",
         "READ_TOKEN",
         "NATS_TOKEN",
+        "REDIS_SENTINEL_PASSWORD",
     }
 
 
@@ -534,6 +535,24 @@ def test_certificates_need_their_matching_key(pki):
         with pytest.raises(ConfigError) as info:
             load({k: str(v) for k, v in env.items()})
         assert info.value.name == name and why in str(info.value), str(info.value)
+
+
+def test_sentinel_password_and_tls_are_for_sentinels(pki):
+    sentinels = {"REDIS_SENTINELS": "127.0.0.1:26379"}
+    both = load({**sentinels, "REDIS_SENTINEL_PASSWORD": "pw", "REDIS_SENTINEL_TLS": "true"})
+    assert (both.redis_sentinel_password, both.redis_sentinel_tls) == ("pw", True)
+    assert "pw" not in repr(both)
+    # REDIS_CA serves TLS to the Sentinels alone too
+    assert load({**sentinels, "REDIS_SENTINEL_TLS": "1", "REDIS_CA": str(pki.ca)}).redis_ca
+    for env, name in (
+        ({"REDIS_SENTINEL_TLS": "true"}, "REDIS_SENTINEL_TLS"),
+        ({"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load(env)
+        line = str(info.value)
+        assert info.value.name == name and "REDIS_SENTINELS beside it" in line, line
+        assert "pw" not in line
 
 
 def test_nats_credential_files_are_recognised(tmp_path):

@@ -91,6 +91,13 @@ PING_EVERY = 1.0
 DEAD_AFTER = 3
 
 
+def _auth_failure(exc: BaseException) -> bool:
+    """The server refused our credentials."""
+    return isinstance(exc, AuthenticationError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
+    )
+
+
 def _tls_failure(exc: BaseException) -> bool:
     """A TLS failure, possibly wrapped by redis-py in a ConnectionError."""
     seen: BaseException | None = exc
@@ -132,10 +139,13 @@ class RedisDriver:
         tls: dict[str, Any] | None = None,
         sentinels: Sequence[tuple[str, int]] = (),
         sentinel_master: str = "mymaster",
+        sentinel_password: str | None = None,
+        sentinel_tls: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
-        `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs."""
+        `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs. `sentinel_tls`
+        is the same for the Sentinels, and `sentinel_password` their requirepass."""
         self.channels: dict[Topic, str] = {"discovery": channel, "sync": f"{channel}:sync"}
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
@@ -155,6 +165,14 @@ class RedisDriver:
         self._connection_class: type[Connection] = Connection if tls is None else SSLConnection
         self._sentinels = list(sentinels)
         self._master_name = sentinel_master
+        # Sentinels have no database, and not the master's user and password
+        self._sentinel_args: dict[str, Any] = {
+            "password": sentinel_password,
+            **(sentinel_tls or {}),
+        }
+        self._sentinel_class: type[Connection] = (
+            Connection if sentinel_tls is None else SSLConnection
+        )
         self._master: tuple[str, int] | None = None if sentinels else (host, port)
         self._moved = asyncio.Event()  # Sentinel switched the master away from _master
         self._sentinel_task: asyncio.Task[None] | None = None
@@ -241,10 +259,7 @@ class RedisDriver:
                 await asyncio.wait_for(self._moved.wait(), delay)
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
-        if isinstance(exc, AuthenticationError) or (
-            isinstance(exc, ResponseError)
-            and str(exc).startswith(("WRONGPASS", "NOAUTH", "NOPERM"))
-        ):
+        if _auth_failure(exc):
             self._fail_log(
                 logging.ERROR,
                 "Redis %s refused our credentials: %s (check REDIS_USERNAME and "
@@ -347,14 +362,14 @@ class RedisDriver:
             )
 
     def _sentinel_connection(self, host: str, port: int) -> Connection:
-        # Sentinels have no database and not the master's password
-        return Connection(
+        return self._sentinel_class(
             host=host,
             port=port,
             protocol=2,
             socket_timeout=None,
             socket_connect_timeout=SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 0),
+            **self._sentinel_args,
         )
 
     async def _ask_sentinels(self) -> tuple[str, int]:
@@ -368,7 +383,7 @@ class RedisDriver:
                     await conn.send_command(*ask)
                     reply = await conn.read_response(disconnect_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:
-                problems.append(f"Sentinel {_host_port(host, port)}: {describe(exc)}")
+                problems.append(f"Sentinel {_host_port(host, port)}: {_sentinel_problem(exc)}")
                 continue
             finally:
                 await conn.disconnect(nowait=True)
@@ -560,6 +575,16 @@ class RedisDriver:
             await asyncio.wait(tasks, timeout=0.3)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
+
+
+def _sentinel_problem(exc: BaseException) -> str:
+    """What a Sentinel's refusal means, with the setting to check."""
+    text = describe(exc)
+    if _auth_failure(exc):
+        return f"{text} (check REDIS_SENTINEL_PASSWORD)"
+    if _tls_failure(exc):
+        return f"{text} (check REDIS_SENTINEL_TLS, REDIS_CA, REDIS_CERT and REDIS_KEY)"
+    return text
 
 
 def _host_port(host: str, port: int) -> str:
