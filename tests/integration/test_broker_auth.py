@@ -35,7 +35,10 @@ def good_and_wrong(
     wait_for(lambda: ok.hostnames() == ["good"], 15, what="the good node hears itself")
     assert ok.stats()["broker"]["connected"] is True
     # one line per attempt (rate-limited to 5 in a burst): two lines mean it retried
-    wait_for(lambda: refused.output().count(says) >= 2, 15, what=f"two lines with {says!r}")
+    try:
+        wait_for(lambda: refused.output().count(says) >= 2, 15, what=f"two lines with {says!r}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{refused.output()[-3000:]}") from None
     assert refused.running and refused.stats()["broker"]["connected"] is False
     assert refused.hostnames() == []  # its API still answers
     for node in (ok, refused):

@@ -352,6 +352,24 @@ async def test_credential_and_tls_failures_get_one_clear_line_each(
     await driver.close()
 
 
+async def test_a_lone_reset_over_tls_is_a_tls_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """Under load the TLS alert of a refused client certificate can be lost to the reset
+    after it: over TLS the reset alone gets the TLS line; over plain TCP it does not."""
+    for servers, line in (
+        (["tls://127.0.0.1:4222"], "TLS with NATS tls://127.0.0.1:4222 failed: "),
+        (["nats://127.0.0.1:4222"], "cannot connect to NATS nats://127.0.0.1:4222: "),
+    ):
+        driver, fake, _ = await started(servers)
+        await fake.lose_link()
+        caplog.clear()
+        await fake.error(ConnectionResetError("Connection lost"))
+        await asyncio.sleep(nats_driver.ERROR_COALESCE * 3)
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and lines[0].startswith(line), lines
+        assert ("NATS_CERT" in lines[0]) == servers[0].startswith("tls")
+        await driver.close()
+
+
 async def test_a_client_stuck_after_a_failed_tls_handshake_is_replaced(monkeypatch) -> None:
     import ssl
 

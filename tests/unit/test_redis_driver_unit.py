@@ -99,3 +99,26 @@ async def test_reconnects_wait_as_the_backoff_says_and_failures_are_logged_with_
     assert "retrying in 0.3 s" in caplog.text
     # each of the first five failures, then one line per doubling interval (10 s first)
     assert caplog.text.count("cannot connect to Redis") == 5
+
+
+def test_a_reset_while_connecting_over_tls_is_reported_as_tls(caplog) -> None:
+    """A refused client certificate can show as a reset (the server's alert lost to its
+    RST): over TLS that is the TLS line with what to check; over plain TCP it is not."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    def reset() -> RedisConnectionError:
+        try:
+            try:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            except ConnectionResetError as exc:
+                raise RedisConnectionError("Error while reading from 127.0.0.1:6380") from exc
+        except RedisConnectionError as wrapped:
+            return wrapped
+
+    caplog.set_level("WARNING", logger="lobby.redis")
+    RedisDriver(port=6380, tls={})._report_failure(reset(), 0.1)
+    RedisDriver(port=6380)._report_failure(reset(), 0.1)
+    tls, plain = (r.getMessage() for r in caplog.records)
+    assert tls.startswith("TLS with Redis rediss://127.0.0.1:6380/0 failed:"), tls
+    assert "check REDIS_CA, REDIS_CERT and REDIS_KEY" in tls
+    assert plain.startswith("cannot connect to Redis redis://127.0.0.1:6380/0:"), plain

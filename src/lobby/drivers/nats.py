@@ -91,6 +91,7 @@ class NatsDriver:
     ) -> None:
         self.servers = servers
         self._options = dict(options or {})
+        self._tls = "tls" in self._options or any(s.startswith("tls://") for s in servers)
         self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
         self.address = ",".join(redact(s) for s in servers)
         self.dropped = 0
@@ -308,7 +309,18 @@ class NatsDriver:
 
     def _log_pending_error(self) -> None:
         error, self._pending_error = self._pending_error, None
-        if error is not None and not self._closing:
+        if error is None or self._closing:
+            return
+        if self._tls:  # the TLS alert may be lost to the reset that follows it (under load)
+            self._fail_log(
+                logging.ERROR,
+                "TLS with NATS %s failed: %s (check NATS_CA, NATS_CERT and NATS_KEY); "
+                "retrying in %.1f s",
+                self.address,
+                error,
+                self._pending_wait,
+            )
+        else:
             self._fail_log(
                 logging.WARNING,
                 "cannot connect to NATS %s: %s; retrying in %.1f s",

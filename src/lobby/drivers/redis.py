@@ -98,11 +98,18 @@ def _auth_failure(exc: BaseException) -> bool:
     )
 
 
-def _tls_failure(exc: BaseException) -> bool:
-    """A TLS failure, possibly wrapped by redis-py in a ConnectionError."""
+def _tls_failure(exc: BaseException, over_tls: bool) -> bool:
+    """A TLS failure, possibly wrapped by redis-py in a ConnectionError.
+
+    Over TLS, a connection reset while connecting counts too: a server that refuses
+    our client certificate (or its absence) sends an alert and closes, and when our
+    first command is still unread there, its kernel resets the connection, so the
+    alert may be lost to the reset (seen under load)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLError) or "[SSL" in str(seen):
+            return True
+        if over_tls and isinstance(seen, ConnectionResetError):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -268,7 +275,7 @@ class RedisDriver:
                 describe(exc),
                 delay,
             )
-        elif _tls_failure(exc):
+        elif _tls_failure(exc, self._tls):
             self._fail_log(
                 logging.ERROR,
                 "TLS with Redis %s failed: %s (check REDIS_CA, REDIS_CERT and REDIS_KEY); "
@@ -374,6 +381,7 @@ class RedisDriver:
 
     async def _ask_sentinels(self) -> tuple[str, int]:
         problems = []
+        over_tls = self._sentinel_class is SSLConnection
         for host, port in self._sentinels:
             conn = self._sentinel_connection(host, port)
             try:
@@ -383,7 +391,9 @@ class RedisDriver:
                     await conn.send_command(*ask)
                     reply = await conn.read_response(disconnect_on_error=False)
             except (RedisError, OSError, TimeoutError) as exc:
-                problems.append(f"Sentinel {_host_port(host, port)}: {_sentinel_problem(exc)}")
+                problems.append(
+                    f"Sentinel {_host_port(host, port)}: {_sentinel_problem(exc, over_tls)}"
+                )
                 continue
             finally:
                 await conn.disconnect(nowait=True)
@@ -577,12 +587,12 @@ class RedisDriver:
             await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
 
 
-def _sentinel_problem(exc: BaseException) -> str:
+def _sentinel_problem(exc: BaseException, over_tls: bool) -> str:
     """What a Sentinel's refusal means, with the setting to check."""
     text = describe(exc)
     if _auth_failure(exc):
         return f"{text} (check REDIS_SENTINEL_PASSWORD)"
-    if _tls_failure(exc):
+    if _tls_failure(exc, over_tls):
         return f"{text} (check REDIS_SENTINEL_TLS, REDIS_CA, REDIS_CERT and REDIS_KEY)"
     return text
 
