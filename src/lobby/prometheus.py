@@ -33,8 +33,10 @@ from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Final
 
-from lobby.answer import Answer, Slices
-from lobby.model import Discovery, pretty
+import orjson
+
+from lobby.answer import EMPTY_LIST, Answer, Slices
+from lobby.model import Discovery
 from lobby.registry import Registry
 
 log = logging.getLogger("lobby.prometheus")
@@ -46,6 +48,7 @@ _BAD_HOST_CHAR: Final = re.compile(r"[\s/]")  # never in a scrapeable address
 # unrelated registry change does not log the same problems again.
 _WARNED_MAX: Final = 1000
 _WARN_LINES: Final = 20  # per build: a bad label copied to 10k nodes is not 10k lines
+_PARTS_MAX: Final = 32  # services whose members' parts are kept between builds
 
 Warn = Callable[[str], None]
 
@@ -164,8 +167,19 @@ def target_groups(
     return groups
 
 
+# A member node's part of one service's answer: its labels when it was made, its
+# group encoded as the inner lines of the indented list, and the problems found.
+_Part = tuple[tuple[str, ...], bytes, tuple[str, ...]]
+
+
 class PrometheusSD:
     """GET /v1/prometheus/{name}'s answers, cached per name until the registry changes.
+
+    A rebuild re-makes only the groups of nodes whose labels changed: each member's
+    group is kept encoded (`_Part`, ~210 bytes) for the `_PARTS_MAX` names asked for
+    last, and the answer is those parts joined, byte for byte what `pretty()` of
+    `target_groups` gives. At 10,000 members a rebuild after one change takes
+    4 ms instead of 40 on the loop (bench/README.md, "Prometheus SD").
 
     Warnings are logged when a build finds a problem the previous build of that name
     did not have.
@@ -175,6 +189,7 @@ class PrometheusSD:
         self.registry = registry
         self.default_port = default_port
         self._warned: dict[str, frozenset[str]] = {}
+        self._parts: dict[str, dict[str, _Part]] = {}  # name -> hostname -> part
 
     def answer(self, name: str) -> bytes:
         return self.cached(name).body
@@ -187,7 +202,7 @@ class PrometheusSD:
 
     def _build(self, name: str) -> bytes:
         found: list[str] = []
-        groups = target_groups(self.registry.discoveries(), name, self.default_port, found.append)
+        body = self._assemble(name, found)
         warned = self._warned
         before = warned.pop(name, frozenset())
         new = [m for m in dict.fromkeys(found) if m not in before]
@@ -199,4 +214,32 @@ class PrometheusSD:
             if len(warned) >= _WARNED_MAX:
                 warned.clear()
             warned[name] = frozenset(found)
-        return pretty(groups)
+        return body
+
+    def _assemble(self, name: str, found: list[str]) -> bytes:
+        """The answer for `name` from each member's part, re-made where labels moved."""
+        old = self._parts.pop(name, {})
+        parts: dict[str, _Part] = {}
+        bare = f"prometheus:{name}"
+        for hostname, labels in self.registry.labelled():
+            part = old.get(hostname)
+            if part is None or part[0] != labels:
+                i = bisect_left(labels, bare)  # sorted: its labels would start here
+                if i == len(labels) or not labels[i].startswith(bare):
+                    continue  # not a member, the common case of a small service
+                problems: list[str] = []
+                node = (Discovery(hostname, labels),)
+                groups = target_groups(node, name, self.default_port, problems.append)
+                if not groups:  # not a member (a member with only bad hosts has a group)
+                    continue
+                inner = orjson.dumps(groups, option=orjson.OPT_INDENT_2)[2:-2]
+                part = (labels, inner, tuple(problems))
+            parts[hostname] = part
+            found += part[2]
+        if parts:
+            if len(self._parts) >= _PARTS_MAX:  # forget the name asked for longest ago
+                del self._parts[next(iter(self._parts))]
+            self._parts[name] = parts
+        if not parts:
+            return EMPTY_LIST
+        return b"[\n" + b",\n".join([part[1] for part in parts.values()]) + b"\n]\n"

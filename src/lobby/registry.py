@@ -348,6 +348,16 @@ class Registry:
         with _no_gc():
             return [Discovery(h, (r := records[h]).labels, r.last_check) for h in self._hostnames()]
 
+    def labelled(self) -> Iterator[tuple[str, tuple[str, ...]]]:
+        """(hostname, labels) of every live node, sorted by hostname, without making a
+        Discovery of each: for a reader that keeps its own per-node state and looks at
+        the labels of most nodes only to see they did not change (lobby.prometheus).
+        Walk it to the end before the next await."""
+        self.expire()
+        records = self._records
+        for hostname in self._hostnames():
+            yield hostname, records[hostname].labels
+
     def view(self, pick: View) -> list[Discovery]:
         """The nodes `pick` keeps, each carrying the labels it picked (sorted by hostname)."""
         self.expire()

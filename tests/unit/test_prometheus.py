@@ -611,3 +611,34 @@ async def test_route_is_documented(client):
 async def test_route_wrong_method(client):
     r = await client.post("/v1/prometheus/node")
     assert r.status_code == 405
+
+
+_HOSTS = ["a.example", "b", "2a03::5", "x:1", "m.example"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.lists(st.one_of(_node(), st.sampled_from(_HOSTS)), max_size=4), min_size=1, max_size=6
+    )
+)
+def test_rebuilds_from_kept_parts_equal_a_build_from_scratch(rounds):
+    """Rounds of joins, label changes and leaves (a bare hostname: it leaves); after each,
+    every service's answer and warnings are exactly those of target_groups on the whole
+    registry, though only changed members' groups were made again."""
+    from lobby.prometheus import PrometheusSD
+
+    registry = Registry(30)
+    sd = PrometheusSD(registry, 9100)
+    for changes in rounds:
+        for change in changes:
+            if isinstance(change, str):
+                registry.remove(change)
+            else:
+                registry.update(change)
+        for name in ("node", "nodex", "no"):
+            expected: list[str] = []
+            groups = target_groups(registry.discoveries(), name, 9100, expected.append)
+            found: list[str] = []
+            assert sd._assemble(name, found) == pretty(groups)
+            assert found == expected

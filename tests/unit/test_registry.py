@@ -449,3 +449,13 @@ def test_lists_are_built_without_the_collector_which_is_left_as_found(reg):
         assert not gc.isenabled()  # paused by someone else: not turned on under them
     finally:
         gc.enable()
+
+
+def test_labelled_walks_live_nodes_like_discoveries(reg, clock):
+    reg.update(d("b", "y"))
+    clock.tick(20)
+    reg.update(d("a", "x", "z"))
+    assert list(reg.labelled()) == [(x.hostname, x.labels) for x in reg.discoveries()]
+    assert list(reg.labelled()) == [("a", ("x", "z")), ("b", ("y",))]
+    clock.tick(15)  # b is past its TTL: expired before the walk
+    assert list(reg.labelled()) == [("a", ("x", "z"))]
