@@ -642,13 +642,23 @@ class RedisSentinel(Proc):
         wait_for(lambda: port_open(self.port) or not self.running, 10, what="redis-sentinel")
         assert self.running, self.output()
 
-    def failover(self, name: str = "mymaster") -> None:
-        """SENTINEL FAILOVER: promote a replica although the master is fine."""
+    def failover(self, name: str = "mymaster", timeout: float = 30.0) -> None:
+        """SENTINEL FAILOVER: promote a replica although the master is fine. While an
+        earlier failover is still finishing (reconfiguring replicas, up to the
+        failover-timeout) Sentinel answers INPROG: asked again until it takes it."""
         import redis
 
         client = redis.Redis(port=self.port, socket_timeout=5, password=self.password)
+        deadline = time.monotonic() + timeout
         try:
-            client.execute_command("SENTINEL", "FAILOVER", name)
+            while True:
+                try:
+                    client.execute_command("SENTINEL", "FAILOVER", name)
+                    return
+                except redis.ResponseError as exc:
+                    if not str(exc).startswith("INPROG") or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.2)
         finally:
             client.close()
 
