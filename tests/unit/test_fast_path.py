@@ -260,6 +260,18 @@ async def test_the_framework_is_built_only_when_needed(registry):
         assert fast.slow_loaded
 
 
+async def test_both_paths_keep_one_set_of_prometheus_parts(registry):
+    fill(registry, 4)
+    fast = create_fast_app(FakeNode(registry), "", ChangeFeed(registry))
+    assert isinstance(fast, FastApp)
+    async with client(fast) as f:
+        # a GET with a body goes to the framework's route
+        answer = await f.get("/v1/prometheus/node", headers={"content-length": "0"})
+        assert answer.status_code == 200 and len(answer.json()) == 2
+        assert fast.slow_loaded
+    assert list(fast.prometheus._parts) == ["node"]  # built by the framework's route
+
+
 async def test_a_degraded_health_is_the_same_503(registry):
     node = FakeNode(registry)
     node.health = lambda: (False, {"NATS": "down", "Redis": "up"})  # type: ignore[method-assign]

@@ -175,12 +175,14 @@ def create_app(
     read_token: str = "",
     checks: Callable[[], list[dict[str, Any]]] | None = None,
     metrics: ops.Metrics | None = None,
+    prometheus: PrometheusSD | None = None,
 ) -> Any:
     """The ASGI app: FastAPI routes behind the token guard.
 
     With a change `feed`, every GET supports blocking queries and `/v1/events` streams
     changes. `checks` reports the health checks (`lobby.checks.Checks.report`); with
-    `metrics`, /metrics serves them and every request is counted.
+    `metrics`, /metrics serves them and every request is counted. `prometheus`: the
+    fast path's Prometheus SD answers, shared so that their kept parts are kept once.
     """
     app = FastAPI(
         title="lobbyd",
@@ -293,7 +295,7 @@ def create_app(
     async def health_checks() -> Response:
         return json_response(pretty(checks() if checks is not None else []))
 
-    prometheus = PrometheusSD(registry, node_exporter_port)
+    sd = prometheus if prometheus is not None else PrometheusSD(registry, node_exporter_port)
     ui.add_routes(app)
 
     @app.get(
@@ -304,7 +306,7 @@ def create_app(
     async def prometheus_targets(
         name: Annotated[str, Path(description="the service: labels prometheus:NAME[:...]")],
     ) -> Response:
-        return _response(prometheus.cached(name))
+        return _response(sd.cached(name))
 
     ops.add_routes(app, node.health, metrics)
     docs.add_routes(app)

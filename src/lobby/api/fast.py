@@ -393,11 +393,12 @@ def create_fast_app(
             node_exporter_port=node_exporter_port,
             read_token=read_token,
             metrics=metrics,
+            prometheus=fast.prometheus,  # one set of kept parts for both paths
             **more,
         )
         return app
 
-    return FastApp(
+    fast = FastApp(
         node,
         token,
         feed,
@@ -406,3 +407,4 @@ def create_fast_app(
         metrics=metrics,
         slow=slow,
     )
+    return fast
