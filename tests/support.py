@@ -607,7 +607,8 @@ class NatsCluster:
 class RedisSentinel(Proc):
     """One redis-sentinel watching `master` with short timeouts, config in `workdir`.
 
-    With `password` it requires it (requirepass; Sentinels use it among themselves too).
+    With `password` it requires it (requirepass; Sentinels use it among themselves too);
+    with a `username` too, that ACL user is the only one (also among the Sentinels).
     With `tls` (redis TLS options as config lines, without tls-port) it also serves TLS
     on `tls_port`; `port` stays plain, for the test's own questions."""
 
@@ -618,12 +619,22 @@ class RedisSentinel(Proc):
         name: str = "mymaster",
         password: str | None = None,
         tls: list[str] | None = None,
+        username: str | None = None,
     ) -> None:
         self.port = free_port()
+        self.username = username
         self.password = password
         self.tls_port = free_port() if tls else None
         conf = workdir / f"sentinel-{self.port}.conf"  # Sentinel rewrites it: a file of its own
-        extra = [f"requirepass {password}"] if password else []
+        if username:
+            extra = [
+                "user default off",
+                f"user {username} on >{password} allcommands allchannels",
+                f"sentinel sentinel-user {username}",
+                f"sentinel sentinel-pass {password}",
+            ]
+        else:
+            extra = [f"requirepass {password}"] if password else []
         if tls:
             extra += [f"tls-port {self.tls_port}", *tls]
         conf.write_text(
@@ -648,7 +659,9 @@ class RedisSentinel(Proc):
         failover-timeout) Sentinel answers INPROG: asked again until it takes it."""
         import redis
 
-        client = redis.Redis(port=self.port, socket_timeout=5, password=self.password)
+        client = redis.Redis(
+            port=self.port, socket_timeout=5, username=self.username, password=self.password
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -666,7 +679,11 @@ class RedisSentinel(Proc):
         import redis
 
         client = redis.Redis(
-            port=self.port, decode_responses=True, socket_timeout=2, password=self.password
+            port=self.port,
+            decode_responses=True,
+            socket_timeout=2,
+            username=self.username,
+            password=self.password,
         )
         try:
             master = client.sentinel_master(name)
@@ -686,6 +703,7 @@ class SentinelSet:
         replicas: int = 1,
         password: str | None = None,
         tls: list[str] | None = None,
+        username: str | None = None,
     ) -> None:
         self.master = RedisServer(workdir)
         self.replicas = [
@@ -693,7 +711,8 @@ class SentinelSet:
             for _ in range(replicas)
         ]
         self.sentinels = [
-            RedisSentinel(workdir, self.master.port, password=password, tls=tls) for _ in range(3)
+            RedisSentinel(workdir, self.master.port, password=password, tls=tls, username=username)
+            for _ in range(3)
         ]
         procs += [self.master, *self.replicas, *self.sentinels]
 

@@ -123,6 +123,7 @@ def redis_driver(s: Settings) -> Driver:
         tls=redis_tls(s, s.redis_tls),
         sentinels=s.sentinels,
         sentinel_master=s.redis_sentinel_master,
+        sentinel_username=s.redis_sentinel_username or None,
         sentinel_password=s.redis_sentinel_password or None,
         sentinel_tls=redis_tls(s, s.redis_sentinel_tls),
         backoff=reconnect_backoff(s.ttl),

@@ -602,6 +602,7 @@ class Settings:
                 )
         for name, set_ in (
             ("REDIS_SENTINEL_TLS", self.redis_sentinel_tls),
+            ("REDIS_SENTINEL_USERNAME", bool(self.redis_sentinel_username)),
             ("REDIS_SENTINEL_PASSWORD", bool(self.redis_sentinel_password)),
         ):
             if set_ and not self.redis_sentinels:
@@ -623,9 +624,13 @@ class Settings:
     redis_sentinel_master: str = setting(
         "mymaster", "name of the master the REDIS_SENTINELS monitor"
     )
+    redis_sentinel_username: str = setting(
+        "", "ACL user name on the REDIS_SENTINELS (with REDIS_SENTINEL_PASSWORD)"
+    )
     redis_sentinel_password: str = setting(
         "",
-        "password of the REDIS_SENTINELS (their requirepass); REDIS_PASSWORD is the master's",
+        "password of the REDIS_SENTINELS (their requirepass, or their ACL user's);"
+        " REDIS_PASSWORD is the master's",
         secret=True,
     )
     redis_sentinel_tls: bool = setting(

@@ -256,17 +256,19 @@ def test_redis_tls_with_a_client_certificate(spawn, procs, channel, tmp_path, pk
     assert "rediss://" in ok.stats()["broker"]["address"]
 
 
-def test_redis_sentinels_with_a_password_over_tls(spawn, procs, channel, tmp_path, pki):
-    """Sentinels that require a password and are asked over TLS (their tls-port); the
-    master itself is plain. A wrong password, or the wrong CA, is one clear line naming
-    the setting to check, and the node keeps retrying."""
+@pytest.mark.parametrize("username", [None, "lobby"], ids=["requirepass", "acl-user"])
+def test_redis_sentinels_with_a_password_over_tls(spawn, procs, channel, tmp_path, pki, username):
+    """Sentinels that require a password (requirepass, or an ACL user's) and are asked
+    over TLS (their tls-port); the master itself is plain. A wrong password, or the
+    wrong CA, is one clear line naming the setting to check, and the node keeps
+    retrying."""
     tls = [
         f"tls-cert-file {pki.server_cert}",
         f"tls-key-file {pki.server_key}",
         f"tls-ca-cert-file {pki.ca}",
         "tls-auth-clients no",
     ]
-    sentinels = SentinelSet(tmp_path, procs, password="sentinel-pw", tls=tls)
+    sentinels = SentinelSet(tmp_path, procs, password="sentinel-pw", tls=tls, username=username)
     sentinels.start()
     env = {
         "DRIVER": "Redis",
@@ -275,13 +277,14 @@ def test_redis_sentinels_with_a_password_over_tls(spawn, procs, channel, tmp_pat
         "REDIS_SENTINEL_TLS": "true",
         "REDIS_CA": str(pki.ca),
         "REDIS_CHANNEL": channel,
+        **({"REDIS_SENTINEL_USERNAME": username} if username else {}),
     }
     ok, _ = good_and_wrong(
         spawn,
         env,
         {"REDIS_SENTINEL_PASSWORD": "sentinel-pw"},
         {"REDIS_SENTINEL_PASSWORD": "wrong-pw"},
-        "check REDIS_SENTINEL_PASSWORD",
+        "REDIS_SENTINEL_PASSWORD)",
     )
     assert ok.stats()["broker"]["address"] == f"redis://127.0.0.1:{sentinels.master.port}/0"
     stranger = spawn(

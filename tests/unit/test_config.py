@@ -547,6 +547,7 @@ def test_sentinel_password_and_tls_are_for_sentinels(pki):
     for env, name in (
         ({"REDIS_SENTINEL_TLS": "true"}, "REDIS_SENTINEL_TLS"),
         ({"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD"),
+        ({"REDIS_SENTINEL_USERNAME": "lobby"}, "REDIS_SENTINEL_USERNAME"),
     ):
         with pytest.raises(ConfigError) as info:
             load(env)

@@ -146,13 +146,15 @@ class RedisDriver:
         tls: dict[str, Any] | None = None,
         sentinels: Sequence[tuple[str, int]] = (),
         sentinel_master: str = "mymaster",
+        sentinel_username: str | None = None,
         sentinel_password: str | None = None,
         sentinel_tls: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
         `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs. `sentinel_tls`
-        is the same for the Sentinels, and `sentinel_password` their requirepass."""
+        is the same for the Sentinels, `sentinel_username` and `sentinel_password`
+        their credentials."""
         self.channels: dict[Topic, str] = {"discovery": channel, "sync": f"{channel}:sync"}
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
@@ -174,6 +176,7 @@ class RedisDriver:
         self._master_name = sentinel_master
         # Sentinels have no database, and not the master's user and password
         self._sentinel_args: dict[str, Any] = {
+            "username": sentinel_username,
             "password": sentinel_password,
             **(sentinel_tls or {}),
         }
@@ -591,7 +594,7 @@ def _sentinel_problem(exc: BaseException, over_tls: bool) -> str:
     """What a Sentinel's refusal means, with the setting to check."""
     text = describe(exc)
     if _auth_failure(exc):
-        return f"{text} (check REDIS_SENTINEL_PASSWORD)"
+        return f"{text} (check REDIS_SENTINEL_USERNAME and REDIS_SENTINEL_PASSWORD)"
     if _tls_failure(exc, over_tls):
         return f"{text} (check REDIS_SENTINEL_TLS, REDIS_CA, REDIS_CERT and REDIS_KEY)"
     return text
