@@ -401,7 +401,7 @@ class Checks:
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Checks | None:
         """The configured checks (CHECKS_FILE is read by `run`); None when there are none."""
-        if not settings.checks.strip() and not settings.checks_file:
+        if not settings.has_checks:
             return None
         return cls(
             parse_checks(settings.checks),

@@ -503,6 +503,12 @@ class Settings:
     checks_file: str = setting(
         "", "file of CHECKS entries, one per line (`#` comments), re-read when it changes"
     )
+
+    @property
+    def has_checks(self) -> bool:
+        """CHECKS or CHECKS_FILE is set: health checks run (and lobby.checks is loaded)."""
+        return bool(self.checks.strip() or self.checks_file)
+
     check_interval: float = setting(10.0, "seconds between two runs of a check", low=0.1)
     check_timeout: float = setting(
         2.0, "seconds after which a check counts as failed (an exec check is killed)", low=0.01

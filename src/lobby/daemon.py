@@ -45,7 +45,7 @@ class Daemon:
         self.clock = clock
         self.registry = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
         self.checks: Checks | None = None  # lobby.checks is imported only with CHECKS(_FILE)
-        if settings.checks.strip() or settings.checks_file:
+        if settings.has_checks:
             from lobby.checks import Checks
 
             self.checks = Checks.from_settings(settings, clock)

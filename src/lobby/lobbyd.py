@@ -49,7 +49,7 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
     problem = label_problem(settings.hostname) if settings.hostname else None
     if problem is not None:
         _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
-    if settings.checks.strip() or settings.checks_file:  # lobby.checks only when used
+    if settings.has_checks:  # lobby.checks only when used
         from lobby.checks import CheckError, load_specs
 
         try:
