@@ -9,12 +9,16 @@ It is built from settings, a registry, a clock and, at `start`, a list of driver
 
 - Each driver gets a `Link` that remembers its own state: whether the driver says the
   link is up, and when our own "hi" last came back through it. A TCP link can look
-  open while nothing flows (a frozen broker), so an echo silent for 2 x KEEP_ALIVE
-  counts as down too.
+  open while nothing flows (a frozen broker), so each echo tells the registry when the
+  next is due (ECHO_WITHIN x KEEP_ALIVE); an overdue echo holds that link's expiry from
+  the last echo on, at the registry's next read, with no task that has to tick first.
 - An unhealthy link pauses expiry for the nodes heard last through it (the
   registry keeps one clock per link), from the last moment we heard ourselves
   through it: an outage on our side expires nobody. With one driver this is exactly
   SPEC §3; with several (§15), nodes refreshed through a live link expire normally.
+- We list ourselves from our first echo on, and from then on our own record is ours:
+  a label change shows in it at once (read your own writes, SPEC §5), an echo of older
+  labels cannot take it back, and we never expire ourselves.
 - With RELAY=true, every valid packet heard on one link is also forwarded to the
   others (`lobby.relay`); each Link counts what it received and announced, so stats
   and metrics can show them per driver.
@@ -42,7 +46,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from lobby._ratelimit import RateLimitedLog
-from lobby.clock import SYSTEM_CLOCK, Clock
+from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.config import Settings
 from lobby.drivers.base import Driver, DriverError, Topic
 from lobby.labels import LocalLabels, parse_env_labels, watch_label_dir
@@ -66,6 +70,10 @@ from lobby.signing import DUPLICATE, Gate, Keyring, parse_keys, parse_keys_file
 log = logging.getLogger("lobby")
 
 SYNC_SPREAD: Final = 0.2  # seconds over which peers answer a sync request
+# Our own "hi" is due back within this many KEEP_ALIVEs, or the link counts as hung.
+# It must be caught before TTL - KEEP_ALIVE (then a peer heard just before the hang
+# could expire): 1.5 leaves half a keep-alive for the round trip and a late announcer.
+ECHO_WITHIN: Final = 1.5
 
 
 @dataclass
@@ -76,7 +84,7 @@ class Link:
     driver: Driver
     index: int = 0  # the registry's number for this link (its own liveness clock)
     up: bool = False
-    echo_ok: bool = True
+    echo_ok: bool = True  # our own "hi" came back in time (the registry says; see watch_echo)
     heard_self: float = 0.0  # clock.monotonic() when our own "hi" last came back
     # counters, per driver (GET /v1/stats "brokers", metrics' `driver` label)
     received: int = 0  # packets on the main topic, valid or not
@@ -162,6 +170,7 @@ class Presence:
 
     def health(self) -> tuple[bool, dict[str, str]]:
         """Whether every broker link is up (and echoes us), and each link's state."""
+        self.watch_echo()
         states = {link.name: "up" if link.healthy else "down" for link in self.links}
         return bool(states) and all(state == "up" for state in states.values()), states
 
@@ -176,6 +185,7 @@ class Presence:
             "announcements": {"sent": self.sent, "failed": self.send_failures},
             "signing": self._signing_stats(),
             "relay": self.relay.stats() if self.relay is not None else None,
+            "stalls": self._stall_stats(),
             "labels": {
                 "read_errors": self.local.read_errors,
                 "failing": sorted(self.local.failing),
@@ -184,6 +194,7 @@ class Presence:
 
     def link_stats(self) -> dict[str, dict[str, Any]]:
         """Each driver's link, by driver name (GET /v1/stats "brokers", health)."""
+        self.watch_echo()
         return {
             link.name: {
                 "address": link.driver.address,
@@ -197,6 +208,12 @@ class Presence:
             }
             for link in self.links
         }
+
+    def _stall_stats(self) -> dict[str, Any] | None:
+        clock = self.clock.monotonic
+        if not isinstance(clock, StallClock):
+            return None
+        return {"count": clock.stalls, "seconds": round(clock.stalled, 3)}
 
     def _signing_stats(self) -> dict[str, Any]:
         gate = self.gate
@@ -242,6 +259,8 @@ class Presence:
     def loops(self) -> dict[str, Any]:
         """The coroutines that must run as long as the node does, by name."""
         loops = {"announcer": self._announcer(), "echo-watchdog": self._echo_watchdog()}
+        if isinstance(self.clock.monotonic, StallClock):
+            loops["stall-watch"] = self._stall_watch(self.clock.monotonic)
         if self.relay is not None:
             loops["relay"] = self.relay.run()
         return loops
@@ -253,6 +272,7 @@ class Presence:
     async def leave(self) -> None:
         """Say goodbye on every live link and give it up to 0.5 s to leave this node."""
         self._leaving = True
+        self.registry.set_own(None)  # our goodbye's echo may remove us now
         if not self.settings.announce:
             return
         goodbye = self._envelope(GOODBYE, Discovery(self.hostname, ()))
@@ -265,7 +285,8 @@ class Presence:
             task.cancel()
         for link in self.links:
             try:
-                await asyncio.wait_for(link.driver.close(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await link.driver.close()
             except (TimeoutError, Exception) as exc:
                 log.debug("driver close: %r", exc)
 
@@ -318,9 +339,17 @@ class Presence:
             self._apply(link, heard)  # what came before, first
             try:
                 if message == HI:  # our own
-                    registry.refresh(hostname, labels, via)
                     self._heard_self(link)
-                else:
+                    if registry.own == hostname:
+                        # what we are is ours to say: an echo of labels changed since
+                        # cannot take the change back (SPEC §5)
+                        registry.refresh(hostname, self.labels, via)
+                    elif self.settings.announce and not self._leaving:
+                        # our first echo: listed from now on, never expired (SPEC §3)
+                        registry.set_own(hostname, self.labels, via)
+                    else:
+                        registry.refresh(hostname, labels, via)
+                elif hostname != registry.own:  # never our own name while we are it
                     registry.remove(hostname, "goodbye")
             except Exception as exc:  # a bug (a listener's?): lose this packet, not the batch
                 self._garbage_log(
@@ -355,11 +384,18 @@ class Presence:
         )
 
     def _heard_self(self, link: Link) -> None:
-        link.heard_self = self.clock.monotonic()
+        now = link.heard_self = self.clock.monotonic()
+        self._expect_echo(link, now)
         if not link.echo_ok:
             log.info("our own announcements come back through %s again; resuming expiry", link.name)
             link.echo_ok = True
-            self._update_pause(link)
+
+    def _expect_echo(self, link: Link, since: float) -> None:
+        """From `since` on, our next "hi" is due back through `link` within
+        ECHO_WITHIN x KEEP_ALIVE; the registry stops the link's clock when it is not."""
+        if self.settings.announce:
+            within = ECHO_WITHIN * self.settings.keep_alive
+            self.registry.expect_echo(link.index, since=since, within=within)
 
     def _refused(self, reason: str, message: str, hostname: str) -> None:
         self._garbage_log(
@@ -380,6 +416,7 @@ class Presence:
             link.was_up = True
             link.heard_self = self.clock.monotonic()
             link.echo_ok = True
+            self._expect_echo(link, link.heard_self)
             self._wake.set()  # announce at once after (re)connecting
             # and ask every peer to announce itself too, instead of waiting for their
             # next keep-alive (fast join; Go peers never see the sync topic)
@@ -428,9 +465,10 @@ class Presence:
         self._wake.set()
 
     def _update_pause(self, link: Link) -> None:
-        """Run or stop `link`'s clock in the registry: each link pauses only the expiry
-        of the nodes heard last through it (SPEC §15; with one link, SPEC §3)."""
-        if link.healthy:
+        """Run or stop `link`'s clock in the registry as its driver says it is up or
+        down: each link pauses only the expiry of the nodes heard last through it (SPEC
+        §15; with one link, SPEC §3). A silent echo holds it too (`_expect_echo`)."""
+        if link.up:
             self.registry.resume(link.index)
         elif self.settings.announce:
             # from the last sign the link worked: our own "hi" coming back to us
@@ -458,8 +496,15 @@ class Presence:
             return False
         self.labels = labels
         log.info("labels changed: %s", ", ".join(labels) or "(none)")
+        self._own_record()  # read your own writes: before any answer, not at the echo
         self._wake.set()
         return True
+
+    def _own_record(self) -> None:
+        """Our record in our own registry, as we are now, once we list ourselves (from
+        our first echo on; never with REGISTER=false, SPEC §3)."""
+        if self.registry.own is not None and not self._leaving:
+            self.registry.set_own(self.hostname, self.labels)
 
     def _check_size(self, runtime: list[str]) -> None:
         # our labels already hold LABELS and every file's; add the new runtime set
@@ -526,6 +571,7 @@ class Presence:
             return None
         old, self.hostname = self.hostname, current
         log.info("hostname changed from %s to %s", old, current)
+        self._own_record()
         return old
 
     async def _announcer(self) -> None:
@@ -533,7 +579,8 @@ class Presence:
         while True:
             old_name = None
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=keep_alive)
+                async with asyncio.timeout(keep_alive):
+                    await self._wake.wait()
             except TimeoutError:
                 # the periodic path: fallback label check, hostname, log summaries
                 self.refresh_labels(check_only=True)
@@ -556,33 +603,45 @@ class Presence:
                     await self._publish(link, GOODBYE, goodbye)
                 await self._publish(link, HI, hi)
 
-    async def _echo_watchdog(self) -> None:
-        # Its own task, ticking faster than KEEP_ALIVE: the announcer can sit in a
-        # publish for seconds on a frozen broker (Redis: PUBLISH_TIMEOUT), and noticing
-        # the silence that late let records expire before expiry was paused.
-        tick = self.settings.keep_alive / 4
+    async def _stall_watch(self, clock: StallClock) -> None:
+        """Read the clock every beat, so a gap in its reads means a stall; say so."""
+        seen = clock.stalls
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(clock.beat)
+            clock.beat_once()
+            if clock.stalls != seen:
+                seen = clock.stalls
+                log.warning(
+                    "the event loop stood still (a freeze, a VM pause or a long stall): "
+                    "%.1f s not counted towards any TTL so far",
+                    clock.stalled,
+                )
+
+    async def _echo_watchdog(self) -> None:
+        # Only tells: the registry itself stops a link's clock the moment our echo is
+        # overdue (Registry.expect_echo), so this task's timing decides nothing. Its
+        # period is jittered so that it never ticks in step with the announcer.
+        period = self.settings.keep_alive / 4
+        while True:
+            await asyncio.sleep(period * random.uniform(0.8, 1.2))
             self.watch_echo()
 
     def watch_echo(self) -> None:
-        """Mark a link whose echo fell silent for 2 x KEEP_ALIVE as down."""
+        """Mark a link whose echo is overdue (ECHO_WITHIN x KEEP_ALIVE) as down, and say
+        so once; the registry already holds that link's expiry."""
         if not self.settings.announce:
             return
         now = self.clock.monotonic()
         for link in self.links:
-            if not (link.up and link.echo_ok):
-                continue
-            silent = now - link.heard_self
-            if silent > 2 * self.settings.keep_alive:
+            overdue = self.registry.echo_overdue(link.index)
+            if overdue and link.echo_ok and link.up:
                 log.warning(
-                    "our own announcements have not come back through %s for %.0f s: "
+                    "our own announcements have not come back through %s for %.1f s: "
                     "treating the broker link as down and pausing expiry",
                     link.name,
-                    silent,
+                    now - link.heard_self,
                 )
-                link.echo_ok = False
-                self._update_pause(link)
+            link.echo_ok = not overdue
 
 
 def load_keyring(settings: Settings) -> Keyring | None:

@@ -17,6 +17,9 @@ Knows nothing of brokers or HTTP. Three ideas carry it:
   than "any link it was ever heard through": the latter would keep a node that lives
   on both brokers, and then died, for the whole outage of one of them.) With one link,
   which is the default, this is exactly the single clock and queue above.
+- This node's own record (`set_own`) is never expired: we know we are alive. A link
+  whose own echo is overdue (`expect_echo`) stops its clock as of the last echo, at the
+  first read that notices, so a hung broker cannot expire anyone in the meantime.
 - `index` grows on every content change (join, label change, leave, expiry), never on
   a plain keep-alive. Serialized answers are cached per query until it moves; answers
   that show `last_check` are also rebuilt when the wall-clock second changes, so that
@@ -75,12 +78,17 @@ class _Record:
 class _Link:
     """One broker link's liveness clock and the records it refreshed last, oldest first."""
 
-    __slots__ = ("paused_at", "paused_total", "queue")
+    __slots__ = ("echo_due", "echo_since", "paused_at", "paused_total", "queue", "why")
 
     def __init__(self) -> None:
         self.queue: OrderedDict[str, _Record] = OrderedDict()
         self.paused_at: float | None = None  # clock time the countdown stopped
         self.paused_total = 0.0  # clock seconds spent paused before that
+        self.why: set[str] = set()  # what holds it paused: "link", "echo"
+        # our own announcement last came back at echo_since; the next is due by
+        # echo_due (inf: not expected, as with REGISTER=false)
+        self.echo_since = 0.0
+        self.echo_due = math.inf
 
 
 Listener = Callable[[Change], None]
@@ -121,6 +129,8 @@ class Registry:
         # read-only to others: what `model.decode_packet` is given as `known`
         self.records: Mapping[str, _Record] = self._records
         self._index = 1
+        self._own: str | None = None  # this node's hostname: listed, never expired
+        self._echo_due = math.inf  # the soonest echo_due of a link not held for it
         self._listeners: list[Listener] = []
         self._cache: dict[Hashable, Answer | Slices] = {}
         self._cache_stamp: tuple[int, int] = (0, 0)
@@ -158,31 +168,67 @@ class Registry:
     @property
     def paused(self) -> bool:
         """True while any link's countdown stands still."""
+        self._hold_overdue(self._clock())
         return len(self._live) != len(self._links)
 
     def link_paused(self, link: int = 0) -> bool:
+        self._hold_overdue(self._clock())
         return self._links[link].paused_at is not None
 
-    def pause(self, link: int = 0, *, since: float | None = None) -> None:
+    def pause(self, link: int = 0, *, since: float | None = None, why: str = "link") -> None:
         """Stop `link`'s TTL countdown: that link is down (since `since`, clock time).
 
         Nodes it refreshed last are kept until it resumes; the others age as before.
+        The countdown runs again when every `why` that paused it has resumed.
         """
         state = self._links[link]
+        state.why.add(why)
         if state.paused_at is None:
             now = self._clock()
             state.paused_at = now if since is None else min(since, now)
             self._live = tuple(x for x in self._links if x.paused_at is None)
             self._expire_due = -math.inf
 
-    def resume(self, link: int = 0) -> None:
-        """Restart `link`'s TTL countdown where it stood when the link went down."""
+    def resume(self, link: int = 0, why: str = "link") -> None:
+        """Restart `link`'s TTL countdown where it stood when the link went down (once
+        nothing else holds it)."""
         state = self._links[link]
-        if state.paused_at is not None:
+        state.why.discard(why)
+        if state.paused_at is not None and not state.why:
             state.paused_total += self._clock() - state.paused_at
             state.paused_at = None
             self._live = tuple(x for x in self._links if x.paused_at is None)
             self._expire_due = -math.inf
+
+    def expect_echo(self, link: int, *, since: float, within: float) -> None:
+        """Our own announcement came back through `link` at `since` (clock time); the
+        next one is due within `within` seconds.
+
+        When it is overdue, the link's countdown stops as of `since`, until the next
+        echo: a hung broker (TCP open, nothing flowing) can then expire nobody. This is
+        checked at every read and every refresh, not by a task that ticks, so no node
+        can expire between the echo falling due and someone noticing (SPEC §3).
+        """
+        state = self._links[link]
+        state.echo_since = since
+        state.echo_due = since + within
+        self._echo_due = min(x.echo_due for x in self._links)
+        if "echo" in state.why:
+            self.resume(link, "echo")
+
+    def echo_overdue(self, link: int = 0) -> bool:
+        """Whether `link` is held because our own announcement did not come back."""
+        self._hold_overdue(self._clock())
+        return "echo" in self._links[link].why
+
+    def _hold_overdue(self, clock: float) -> None:
+        if clock < self._echo_due:
+            return
+        for index, state in enumerate(self._links):
+            if state.echo_due <= clock:
+                state.echo_due = math.inf  # until the next echo
+                self.pause(index, since=state.echo_since, why="echo")
+        self._echo_due = min(x.echo_due for x in self._links)
 
     # -- changes ------------------------------------------------------------------
 
@@ -210,6 +256,29 @@ class Registry:
             for listener in tuple(self._listeners):
                 listener(change)
 
+    @property
+    def own(self) -> str | None:
+        return self._own
+
+    def set_own(
+        self, hostname: str | None, labels: tuple[str, ...] = (), via: int | None = None
+    ) -> None:
+        """This node's own record: listed from now on with `labels` (read your own
+        writes: a local change shows at once, not when its echo comes back) and never
+        expired; None: no such record from now on (REGISTER=false, or leaving).
+
+        A new hostname replaces the old one's record (a hostname change). `via`: the
+        link it was heard through (else the one it was last heard through, or 0)."""
+        old = self._own
+        self._own = hostname
+        if old is not None and old != hostname and hostname is not None:
+            self.remove(old, "goodbye")
+        if hostname is not None:
+            if via is None:
+                record = self._records.get(hostname)
+                via = 0 if record is None else record.via
+            self.refresh(hostname, labels, via)
+
     def update(self, discovery: Discovery, via: int = 0) -> bool:
         """Insert or refresh a node ("hi") heard through link `via`; True when its
         content changed."""
@@ -224,7 +293,7 @@ class Registry:
         order (the daemon's hot path: the clocks are read and the link looked up once
         for all of them); how many joined or changed their labels."""
         clock = self._clock()
-        if clock >= self._expire_due:
+        if clock >= self._expire_due or clock >= self._echo_due:
             self.expire()
         link = self._links[via]
         paused_at = link.paused_at  # self._now(link), inlined
@@ -284,9 +353,11 @@ class Registry:
     def expire(self) -> int:
         """Drop every record past its TTL; returns how many. O(1) when none is."""
         now = self._clock()
+        self._hold_overdue(now)  # first: a link whose echo is overdue expires nobody
         if now < self._expire_due:
             return 0
         records = self._records
+        own = self._own
         dropped = 0
         due = math.inf
         ttl = self.ttl
@@ -300,6 +371,10 @@ class Registry:
                     # a microsecond early rather than a rounding late
                     due = min(due, record.seen + link.paused_total + ttl - 1e-6)
                     break
+                if hostname == own:  # we know we are alive: never expire ourselves
+                    record.seen = now - link.paused_total
+                    queue.move_to_end(hostname)
+                    continue
                 del queue[hostname]
                 records.pop(hostname, None)  # gone already with one link
                 dropped += 1
@@ -310,6 +385,7 @@ class Registry:
     def next_expiry(self) -> float | None:
         """Seconds until the oldest record of a running link expires; None when there is
         none (empty, or every record waits for a paused link)."""
+        self._hold_overdue(self._clock())
         soonest: float | None = None
         for link in self._live:
             if link.queue:

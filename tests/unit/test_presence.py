@@ -59,12 +59,14 @@ async def test_echo_silence_pauses_expiry_from_the_last_echo(tmp_path, fake):
     link = p.links[0]
     p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
     heard = fake.now
-    fake.now += 10  # exactly 2 x KEEP_ALIVE: not yet
+    fake.now += 7.49  # just under 1.5 x KEEP_ALIVE: not yet
     p.watch_echo()
     assert not p.registry.paused
-    fake.now += 0.5
+    fake.now += 0.02
+    # nobody has to tick: the registry itself holds the link at its first read
+    assert p.registry.paused
     p.watch_echo()
-    assert p.registry.paused and not link.echo_ok
+    assert not link.echo_ok
     # the registry's clock stands still from the last echo on
     assert p.registry._links[link.index].paused_at == heard
     p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
@@ -127,6 +129,54 @@ async def test_labels_from_env_and_runtime_file(tmp_path, fake):
     assert (tmp_path / "_runtime").read_text() == "run:1\n"
     await p.delete_labels(["run:1", "env:1"])
     assert p.own_discovery().labels == ("env:1",)
+
+
+# -- read your own writes, and never expire ourselves (SPEC §5, issue 24) ------------
+
+
+def echo(p: Presence, labels: tuple[str, ...] = ()) -> None:
+    p.on_message(p.links[0], "discovery", encode_envelope("hi", Discovery("me", labels)))
+
+
+async def test_a_label_write_is_in_our_own_record_before_any_echo(tmp_path, fake):
+    p = make(tmp_path, fake, LABELS="env:1")
+    await p.start([("memory", MemoryBroker().driver())])
+    await settle()
+    echo(p, ("env:1",))  # listed from our first echo on
+    index = p.registry.index
+    await p.add_labels(["run:1"])
+    assert p.registry.get("me").labels == ("env:1", "run:1")
+    assert p.registry.resolve("run:1") == ["me"] and p.registry.index == index + 1
+    echo(p, ("env:1",))  # an echo sent before the write comes back after it
+    assert p.registry.get("me").labels == ("env:1", "run:1")  # the write stands
+    echo(p, ("env:1", "run:1"))  # the write's own echo changes nothing
+    assert p.registry.index == index + 1
+    await p.delete_labels(["run:1"])
+    assert p.registry.resolve("run:1") == [] and p.registry.get("me").labels == ("env:1",)
+
+
+async def test_register_false_is_not_listed_after_a_label_write(tmp_path, fake):
+    p = make(tmp_path, fake, REGISTER="false")
+    await p.start([("memory", MemoryBroker().driver())])
+    await settle()
+    await p.add_labels(["run:1"])
+    assert "me" not in p.registry and p.own_discovery().labels == ("run:1",)
+
+
+async def test_we_never_expire_ourselves_nor_leave_on_a_goodbye_in_our_name(tmp_path, fake):
+    p = make(tmp_path, fake, KEEP_ALIVE="1", TTL="3")
+    await p.start([("memory", MemoryBroker().driver())])
+    await settle()
+    echo(p)
+    fake.now += 1.0
+    p.registry.expect_echo(0, since=fake.now, within=3600)  # keep the link's clock running
+    fake.now += 100
+    assert "me" in p.registry
+    p.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
+    assert "me" in p.registry
+    await p.leave()  # after our own goodbye, its echo removes us as any other node
+    p.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
+    assert "me" not in p.registry
 
 
 # -- signing (SPEC §13.1) -------------------------------------------------------------

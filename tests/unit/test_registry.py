@@ -459,3 +459,68 @@ def test_labelled_walks_live_nodes_like_discoveries(reg, clock):
     assert list(reg.labelled()) == [("a", ("x", "z")), ("b", ("y",))]
     clock.tick(15)  # b is past its TTL: expired before the walk
     assert list(reg.labelled()) == [("a", ("x", "z"))]
+
+
+# -- this node's own record, and the echo it expects (issue 24) ------------------------
+
+
+def test_own_record_is_never_expired_and_its_labels_change_at_once(reg, clock):
+    reg.update(d("peer"))
+    reg.set_own("me", ("a:1",))
+    clock.tick(31)
+    assert [x.hostname for x in reg.discoveries()] == ["me"]  # the peer expired, not we
+    index = reg.index
+    clock.tick(3600)
+    assert reg.get("me").labels == ("a:1",) and reg.index == index
+    reg.set_own("me", ("a:2",))  # a local change: no echo needed
+    assert reg.get("me").labels == ("a:2",) and reg.index == index + 1
+
+
+def test_own_record_under_a_new_hostname_replaces_the_old(reg, clock):
+    reg.set_own("old", ("a:1",))
+    reg.set_own("new", ("a:1",))
+    assert [x.hostname for x in reg.discoveries()] == ["new"]
+    reg.set_own(None)  # leaving: an ordinary record from now on
+    clock.tick(31)
+    assert reg.discoveries() == []
+
+
+def test_an_overdue_echo_holds_the_link_from_the_last_echo(reg, clock):
+    reg.update(d("peer"))  # seen at 1000
+    clock.tick(20)
+    reg.expect_echo(0, since=clock.mono, within=7.5)  # our echo at 1020
+    clock.tick(7.4)
+    assert not reg.paused and "peer" in reg
+    clock.tick(0.2)  # the echo is overdue: no task had to notice it
+    assert reg.echo_overdue(0) and reg.paused
+    clock.tick(3600)  # a hung broker: the peer aged only to 1020 on the link's clock
+    assert "peer" in reg
+    reg.expect_echo(0, since=clock.mono, within=60)  # the echo is back
+    assert not reg.paused and not reg.echo_overdue(0)
+    clock.tick(9.9)  # 20 s old at the hold, so 10 s left
+    assert "peer" in reg
+    clock.tick(0.2)
+    assert "peer" not in reg
+
+
+def test_an_echo_hold_and_a_link_down_must_both_resume(reg, clock):
+    reg.update(d("peer"))
+    reg.expect_echo(0, since=clock.mono, within=1)
+    reg.pause(0, since=clock.mono)  # the driver says down
+    clock.tick(5)
+    assert reg.echo_overdue(0)
+    reg.expect_echo(0, since=clock.mono, within=1)  # an echo, yet the driver is down
+    assert reg.paused
+    reg.resume(0)
+    assert not reg.paused
+    clock.tick(29.9)
+    assert "peer" in reg
+
+
+def test_refresh_after_an_overdue_echo_does_not_expire_first(reg, clock):
+    reg.update(d("a"))
+    reg.update(d("b"))
+    reg.expect_echo(0, since=clock.mono, within=1)
+    clock.tick(100)  # a and b would be long dead on a running clock
+    reg.refresh_many([("c", ())])  # the hot path reads the clock first
+    assert sorted(x.hostname for x in reg.discoveries()) == ["a", "b", "c"]
