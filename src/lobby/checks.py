@@ -551,7 +551,8 @@ class Checks:
         try:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._file_dirty.wait(), FILE_RECHECK)
+                    async with asyncio.timeout(FILE_RECHECK):  # not wait_for: see lobby.feed
+                        await self._file_dirty.wait()
                 self._file_dirty.clear()
                 if not self.file.exists():  # perhaps being replaced: look once more
                     await asyncio.sleep(FILE_GONE_GRACE)

@@ -266,7 +266,8 @@ class RedisDriver:
                     self._report_failure(exc, delay)
             # a failover announced by Sentinel cuts the wait short
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see lobby.feed
+                    await self._moved.wait()
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
         if _auth_failure(exc):
@@ -360,7 +361,8 @@ class RedisDriver:
         self.address = f"{self._scheme}://{_host_port(host, port)}/{self._conn_args['db']}"
         publisher, self._publisher = self._publisher, self._make_publisher()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(publisher.aclose(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await publisher.aclose()
         if old is None:
             log.info("Redis Sentinel: master %r is %s", self._master_name, self.address)
         else:
@@ -587,7 +589,8 @@ class RedisDriver:
         if tasks:
             await asyncio.wait(tasks, timeout=0.3)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await self._publisher.aclose()
 
 
 def _sentinel_problem(exc: BaseException, over_tls: bool) -> str:
