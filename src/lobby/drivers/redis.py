@@ -514,7 +514,11 @@ class RedisDriver:
 
         async def read() -> None:
             while True:
-                reply = await conn.read_response(disconnect_on_error=False)
+                try:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                except ResponseError:  # PING refused (an ACL without it): an answer too
+                    silence.heard()
+                    continue
                 silence.heard()  # a message, or the "pong" of our PING
                 if isinstance(reply, list) and reply[0] == b"message":
                     self._switched(bytes(reply[2]).decode(errors="replace"))
