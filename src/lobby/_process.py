@@ -6,13 +6,19 @@ output (like cron: a background process that keeps our pipe open is still part o
 run), bounded by `timeout`. Only the first `output_limit` bytes of its output (stdout
 and stderr together) are kept; the rest is read and counted. Nothing is left running
 when a run is cancelled (daemon shutdown) either.
+
+A command starts with the soft RLIMIT_NOFILE lobbyd was started with, not the one it
+raised for itself (lobby.lobbyd.raise_open_file_limit), as Go's os/exec does: see
+`restore_open_file_limit`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,6 +28,49 @@ from typing import Final
 _READ_CHUNK: Final = 65536
 _REAP_GRACE: Final = 1.0  # after SIGKILL: how long to wait for the pipes to close
 _POLL: Final = 0.05  # seconds between looks at a child's exit where there is no pidfd
+
+# what starts each command when lobbyd raised its open file limit: util-linux's prlimit
+# putting the soft limit back before it execs the command (see restore_open_file_limit)
+_limit_wrapper: list[str] = []
+
+
+def restore_open_file_limit(soft: int) -> bool:
+    """Start every command from now on with `soft` as its soft RLIMIT_NOFILE.
+
+    lobbyd raises its own soft limit to the hard one; commands (the callback, template
+    commands, exec checks) must get the limit they would have had without lobbyd, as
+    Go's os/exec gives them: programs that select() or size tables by the limit break
+    with a huge one. Setting it in the child between fork and exec would need a
+    preexec_fn, which is unsafe in a process with threads (lobbyd has them:
+    asyncio.to_thread for label files and template rendering) and would stop Popen's
+    vfork (see _Child). Lowering the limit in lobbyd around each start would make
+    every socket opened meanwhile fail past the old limit. So the command is started
+    by `prlimit --nofile=SOFT: -- COMMAND`, which sets the soft limit of its own
+    process and execs the command: one more exec in the child, nothing in the loop.
+
+    False (and commands keep the raised limit) where there is no prlimit.
+    """
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        _limit_wrapper.clear()
+        return False
+    _limit_wrapper[:] = [prlimit, f"--nofile={soft}:", "--"]
+    return True
+
+
+def _wrapped(argv: list[str]) -> list[str]:
+    """`argv` as started: behind the limit wrapper, if any.
+
+    The command is looked up here as Popen would, so that a missing one still raises
+    OSError at start (not a wrapper's exit status 127 and message)."""
+    if not _limit_wrapper or not argv:
+        return argv
+    found = shutil.which(argv[0])
+    if found is None:
+        if os.sep in argv[0] and os.path.exists(argv[0]):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), argv[0])
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    return [*_limit_wrapper, found, *argv[1:]]
 
 
 class BoundedOutput:
@@ -166,7 +215,7 @@ async def _spawn(argv: list[str], with_stdin: bool) -> _Child:
     """Start the command in a session of its own; nothing is left behind on failure."""
     # blocking, but only until the child has exec'd (vfork): see _Child
     popen = subprocess.Popen(  # noqa: ASYNC220
-        argv,
+        _wrapped(argv),
         stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -55,6 +55,7 @@ from lobby.clock import SYSTEM_CLOCK, Clock
 from lobby.config import Settings
 from lobby.labels import watch_label_dir
 from lobby.model import LabelError, clean_label
+from lobby.urls import redact_text
 
 if TYPE_CHECKING:
     import httpx
@@ -79,7 +80,8 @@ class CheckError(ValueError):
 
     def __init__(self, entry: str, problem: str, where: str = "CHECKS") -> None:
         entry = entry.strip()
-        shown = entry if len(entry) <= 200 else entry[:197] + "..."
+        shown = redact_text(entry)  # no password of a URL in it
+        shown = shown if len(shown) <= 200 else shown[:197] + "..."
         super().__init__(f"invalid entry {shown!r} in {where}: {problem}")
         self.entry = entry
         self.problem = problem
@@ -99,8 +101,8 @@ class CheckSpec:
     @property
     def shown_target(self) -> str:
         """The target as shown in the API, logs and metrics: a URL's password hidden."""
-        if self.kind != "http":
-            return self.target
+        if self.kind != "http":  # an exec check's command may hold a URL too
+            return redact_text(self.target)
         parts = urlsplit(self.target)
         if parts.password is None:
             return self.target
@@ -551,7 +553,8 @@ class Checks:
         try:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._file_dirty.wait(), FILE_RECHECK)
+                    async with asyncio.timeout(FILE_RECHECK):  # not wait_for: see lobby.feed
+                        await self._file_dirty.wait()
                 self._file_dirty.clear()
                 if not self.file.exists():  # perhaps being replaced: look once more
                     await asyncio.sleep(FILE_GONE_GRACE)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from lobby.urls import nats_urls_problem
+from lobby.urls import nats_urls_problem, redact_all, redact_text
 
 _T = TypeVar("_T")
 
@@ -261,6 +261,7 @@ class _Spec:
     check: Callable[[Any], bool] | None
     must_be: str
     problem: Callable[[Any], str | None] | None
+    redact: Callable[[str], str]
 
 
 def setting(
@@ -275,16 +276,18 @@ def setting(
     check: Callable[[_T], bool] | None = None,
     must_be: str = "",
     problem: Callable[[_T], str | None] | None = None,
+    redact: Callable[[str], str] = redact_text,
 ) -> _T:
     """Declare a `Settings` field as an environment variable (the field name upper-cased).
 
     `low`/`high` bound an int or a duration; `check` tests a parsed value further and
     `must_be` says what it wants; `problem` instead returns what is wrong with a value
     (None: nothing), for errors that must not repeat the value or that need their own
-    words; `secret` keeps the value out of repr(); `go` marks a variable the Go
-    implementation has.
+    words; `secret` keeps the value out of repr(); `redact` is how repr() shows a
+    string value (by default without the password of any scheme://user:password@ in
+    it); `go` marks a variable the Go implementation has.
     """
-    spec = _Spec(help, env, low, high, secret, go, check, must_be, problem)
+    spec = _Spec(help, env, low, high, secret, go, check, must_be, problem, redact)
     declared: _T = dataclasses.field(default=default, repr=not secret, metadata={_META: spec})
     return declared
 
@@ -414,6 +417,19 @@ def _command_problem(command: str) -> str | None:
 class Settings:
     """Typed, validated settings of one lobbyd: the one place each variable is declared."""
 
+    def __repr__(self) -> str:
+        """Like the dataclass's, without secrets: no secret setting, and no password
+        (or token) of a URL in any other (NATS_URL, a CALLBACK's or a check's URL)."""
+        shown = []
+        for f in dataclasses.fields(self):
+            if not f.repr:  # a secret
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, str):
+                value = f.metadata[_META].redact(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     token: str = setting("", "API token; empty disables authentication", secret=True, go=True)
     host: str = setting("127.0.0.1", "HTTP listen address", go=True)
     port: int = setting(1313, "HTTP listen port", low=1, high=65535, go=True)
@@ -431,6 +447,7 @@ class Settings:
         " a cluster; empty: start or join an embedded nats-server",
         go=True,
         problem=nats_urls_problem,
+        redact=redact_all,  # also nats://TOKEN@host and user:password@host without a scheme
     )
     nats_discovery_channel: str = setting(
         "lobby.discovery", "NATS subject for announcements", go=True

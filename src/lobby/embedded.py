@@ -42,11 +42,13 @@ def find_binary() -> str:
 async def is_nats(host: str, port: int, timeout: float = 1.0) -> bool:
     """True when a NATS server answers on host:port (it greets with an INFO line)."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: see lobby.feed
+            reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     try:
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
         return line.startswith(b"INFO ")
     except (OSError, TimeoutError):
         return False
@@ -137,7 +139,8 @@ class EmbeddedNats:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

@@ -104,8 +104,11 @@ class ChangeFeed:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
+                # not wait_for: in Python 3.11 it swallows a cancellation that meets
+                # the change (a blocking query's request cancelled as a node joins)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._moved.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._moved.wait()
         finally:
             self.waiting -= 1
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lobby import __version__, config, logs
+from lobby import __version__, _process, config, logs
 from lobby.config import Settings
 from lobby.daemon import Daemon
 from lobby.labels import parse_env_labels
@@ -66,7 +66,8 @@ def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
 def raise_open_file_limit() -> None:
     """Raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does for every
     Go program, and log the figure: 1,024 (systemd's default soft limit) is too few for
-    API_MAX_CONNECTIONS plus the broker, the label files and inotify.
+    API_MAX_CONNECTIONS plus the broker, the label files and inotify. The commands
+    lobbyd starts get the original soft limit back (lobby._process), as in Go.
     """
     try:
         import resource
@@ -88,6 +89,14 @@ def raise_open_file_limit() -> None:
                 log.warning("cannot raise the open file limit from %d to %d: %s", soft, target, exc)
             else:
                 log.info("open file limit raised from %d to %d (the hard limit)", soft, target)
+                # commands lobbyd starts get the limit back, as Go's os/exec gives it
+                if not _process.restore_open_file_limit(soft):
+                    log.info(
+                        "no prlimit (util-linux): commands started by lobbyd get its open"
+                        " file limit, %d, not %d",
+                        target,
+                        soft,
+                    )
                 return
     log.info("open file limit: %s", "unlimited" if soft == resource.RLIM_INFINITY else soft)
 

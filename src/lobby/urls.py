@@ -7,6 +7,7 @@ without their passwords.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +23,27 @@ def redact(url: str) -> str:
     # nats://TOKEN@host: nats-py sends a user part without a password as the auth token
     userinfo = "***" if parts.password is None else f"{parts.username}:***"
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def redact_all(urls: str) -> str:
+    """A comma-separated list of URLs (NATS_URL), each without its password or token."""
+    return ",".join(redact(url.strip()) if url.strip() else url for url in urls.split(","))
+
+
+# scheme://userinfo@ anywhere in a text (a command line, a check): up to the last @
+# before the authority ends (as urlsplit reads it: a password may hold a raw @)
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#\[\]'\"]*)@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the password of every scheme://user:password@ in it hidden (a user
+    alone is shown, as an http check's is; NATS_URL's token is `redact`'s business)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match[2].partition(":")
+        return f"{match[1]}{user}:***@" if colon else match[0]
+
+    return _USERINFO.sub(hide, text)
 
 
 def nats_url_problem(url: str) -> str | None:

@@ -172,6 +172,26 @@ def test_nats_token(spawn, make_nats, channel, tmp_path):
     )
 
 
+def test_nats_user_and_password_in_the_url(spawn, make_nats, channel, tmp_path):
+    """user:password@ in NATS_URL: the right one connects, a wrong one is refused, and
+    neither password reaches a log line (at debug level) or the API."""
+    users = 'authorization {\n  users = [ { user: lobby, password: "lobby-pw" } ]\n}\n'
+    server = nats_with(make_nats, tmp_path, users)
+    url = f"nats://lobby:{{}}@127.0.0.1:{server.port}"
+    env = {"NATS_DISCOVERY_CHANNEL": channel, "LOG_LEVEL": "debug"}
+    ok, refused = good_and_wrong(
+        spawn,
+        env,
+        {"NATS_URL": url.format("lobby-pw")},
+        {"NATS_URL": url.format("wrong-pw")},
+        "refused our credentials",
+    )
+    for node in (ok, refused):
+        stats = node.get("/v1/stats").text
+        assert f"nats://lobby:***@127.0.0.1:{server.port}" in stats, stats
+        assert "lobby-pw" not in stats and "wrong-pw" not in stats
+
+
 def test_nats_creds_in_operator_mode(spawn, make_nats, channel, tmp_path):
     operator = nats_operator(tmp_path / "operator")
     server = nats_with(make_nats, tmp_path, operator.config)

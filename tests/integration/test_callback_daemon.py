@@ -83,3 +83,31 @@ def test_callback_runs_when_a_node_expires(nats_server, channel, spawn, rendered
     wait_for(lambda: listed(out) == ["a.example", "b.example"], 15, what="b rendered")
     b.kill()  # SIGKILL: no goodbye, a must expire it
     wait_for(lambda: listed(out) == ["a.example"], 20, what="b expired from the render")
+
+
+def test_commands_get_the_open_file_limit_lobbyd_was_started_with(
+    nats_server, channel, spawn, tmp_path
+):
+    """lobbyd raises its soft RLIMIT_NOFILE to the hard limit; the callback and exec
+    checks it starts get the soft limit it was started with back, as Go's os/exec
+    gives it (a program that select()s or sizes tables by the limit needs it)."""
+    script = tmp_path / "limit.sh"
+    script.write_text('#!/bin/sh\nulimit -n > "$1.tmp" && mv "$1.tmp" "$1"\n')
+    script.chmod(0o755)
+    by_callback, by_check = tmp_path / "callback", tmp_path / "check"
+    a = spawn(
+        "a",
+        {
+            "NATS_URL": nats_server.url,
+            "NATS_DISCOVERY_CHANNEL": channel,
+            "CALLBACK": shlex.join([str(script), str(by_callback)]),
+            "CALLBACK_FIRST_RUN_DELAY": "0",
+            "CHECKS": f"limit:1=exec:{script} {by_check}",
+            "CHECK_INTERVAL": "1",
+        },
+        wrapper=["prlimit", "--nofile=1000:4000", "--"],
+    )
+    wait_for(lambda: by_callback.exists() and by_check.exists(), 15, what="both commands ran")
+    assert "open file limit raised from 1000 to 4000" in a.output()
+    assert by_callback.read_text().strip() == "1000"
+    assert by_check.read_text().strip() == "1000"

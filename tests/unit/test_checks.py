@@ -64,6 +64,13 @@ def test_a_password_in_a_url_is_never_shown():
     assert spec.target == "https://monitor:s3cret@example.com/health"  # what is used
     assert spec.shown_target == "https://monitor:***@example.com/health"
     assert "s3cret" not in spec.name
+    # nor in an exec check's command, nor in the line naming a malformed entry
+    spec = parse_entry("a=exec:curl -fsS https://monitor:s3cret@example.com/health")
+    assert spec.argv[-1] == "https://monitor:s3cret@example.com/health"
+    assert spec.name == "a=exec:curl -fsS https://monitor:***@example.com/health"
+    with pytest.raises(CheckError) as info:
+        parse_entry("a=http://monitor:s3cret@example.com/a b")
+    assert "s3cret" not in str(info.value) and "monitor:***@" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -339,6 +339,28 @@ def test_settings_are_immutable_and_keep_secrets_out_of_repr():
     assert s == load({"TOKEN": "hunter2", "REDIS_PASSWORD": "swordfish", "PORT": "0x1f90"})
 
 
+def test_repr_hides_the_passwords_and_tokens_of_urls():
+    s = load(
+        {
+            "NATS_URL": "nats://user:secret@host:4222, tls://secret-token@h2:4222,u:secret@h3:4222",
+            "CALLBACK": "curl -fsS https://admin:secret@hooks.example/reload",
+            "CHECKS": "web:1=http:http://probe:secret@127.0.0.1:8080/health",
+            "REDIS_PASSWORD": "secret",
+            "REDIS_SENTINELS": "127.0.0.1:26379",
+            "REDIS_SENTINEL_PASSWORD": "secret",
+        }
+    )
+    shown = repr(s)
+    assert "secret" not in shown, shown
+    assert "nats://user:***@host:4222,tls://***@h2:4222,nats://u:***@h3:4222" in shown
+    assert "https://admin:***@hooks.example/reload" in shown
+    assert "http://probe:***@127.0.0.1:8080/health" in shown
+    assert s.nats_url.startswith("nats://user:secret@")  # the value itself is intact
+    # a URL without credentials, and a text without a URL, are shown as they are
+    plain = repr(load({"NATS_URL": "nats://127.0.0.1:4222", "CALLBACK": "mail ops@example"}))
+    assert "nats_url='nats://127.0.0.1:4222'" in plain and "callback='mail ops@example'" in plain
+
+
 def test_importing_config_does_not_import_pydantic():
     code = "import sys, lobby.config; print('pydantic' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,7 +10,8 @@ import asyncio
 
 import pytest
 
-from lobby._process import _finish, _reap, run_command
+from lobby import _process
+from lobby._process import _finish, _reap, restore_open_file_limit, run_command
 
 
 async def test_finish_lets_the_callers_cancellation_through():
@@ -61,3 +62,23 @@ async def test_run_command_feeds_stdin_and_keeps_the_first_bytes():
     )
     assert done.status == 3
     assert bytes(done.output.kept) == b"x" * 10 and done.output.total == 100_005
+
+
+@pytest.fixture
+def limit_restored():
+    """Commands start with a soft open file limit of 64 (as after lobbyd raised its own)."""
+    assert restore_open_file_limit(64)
+    yield
+    _process._limit_wrapper.clear()
+
+
+async def test_commands_start_with_the_restored_open_file_limit(limit_restored):
+    done = await run_command(["sh", "-c", "ulimit -n"], timeout=10, stdin=None, output_limit=100)
+    assert (done.status, done.output.text()) == (0, "64")
+
+
+async def test_a_missing_command_still_cannot_start_behind_the_limit_wrapper(limit_restored):
+    with pytest.raises(FileNotFoundError):
+        await run_command(["no-such-command-here"], timeout=10, stdin=None, output_limit=100)
+    with pytest.raises(FileNotFoundError):
+        await run_command(["/no/such/command"], timeout=10, stdin=None, output_limit=100)

@@ -10,7 +10,7 @@ from support import free_port, until
 
 from lobby.backoff import Backoff
 from lobby.drivers.base import DriverError
-from lobby.drivers.redis import RedisDriver
+from lobby.drivers.redis import RedisDriver, Silence
 
 
 def test_address_names_the_server_and_db_but_never_the_password() -> None:
@@ -122,3 +122,19 @@ def test_a_reset_while_connecting_over_tls_is_reported_as_tls(caplog) -> None:
     assert tls.startswith("TLS with Redis rediss://127.0.0.1:6380/0 failed:"), tls
     assert "check REDIS_CA, REDIS_CERT and REDIS_KEY" in tls
     assert plain.startswith("cannot connect to Redis redis://127.0.0.1:6380/0:"), plain
+
+
+def test_the_sentinel_watchdog_counts_silent_ticks_and_forgives_any_sign_of_life() -> None:
+    """lobby.drivers.redis.Silence, the count behind the Sentinel watch's watchdog:
+    `limit` PING intervals in a row without a reply or a message mean a silent
+    Sentinel; anything heard starts the count again. Ticks, not a clock."""
+    silence = Silence(3)
+    assert [silence.tick(), silence.tick()] == [False, False]
+    silence.heard()  # the pong of a PING, or a +switch-master message
+    assert silence.tick() is False and silence.silent == 0
+    assert [silence.tick(), silence.tick(), silence.tick()] == [False, False, True]
+    assert silence.silent == 3
+    silence.heard()
+    silence.heard()
+    assert silence.tick() is False and silence.silent == 0
+    assert Silence(1).tick() is True

@@ -97,3 +97,30 @@ async def test_feed_history_and_waiting():
     assert feed.waiting == 0
     # and gives up after its timeout
     await asyncio.wait_for(feed.wait_past(registry.index, 0.01), 1)
+
+
+async def steps(n: int) -> None:
+    """Let the loop run `n` steps (no clock involved)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("after", range(6))
+async def test_a_blocking_wait_cancelled_as_the_index_moves_stays_cancelled(after):
+    """A blocking query's request cancelled (the client went away, the daemon stops)
+    just as a change wakes it: the wait ends cancelled, whatever step the cancellation
+    meets the wake-up at (Python 3.11's wait_for returned normally at one of them)."""
+    registry = Registry(30, clock=lambda: 0.0)
+    feed = ChangeFeed(registry)
+    waiter = asyncio.create_task(feed.wait_past(registry.index, 10))
+    await steps(5)  # waiting for the change
+    assert not waiter.done() and feed.waiting == 1
+    registry.update(Discovery("a", ()))
+    await steps(after)
+    if waiter.cancel():  # still running: the cancellation must win
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert waiter.cancelled()
+    else:  # it had already returned: nothing raced
+        assert waiter.done() and not waiter.cancelled()
+    assert feed.waiting == 0

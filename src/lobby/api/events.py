@@ -141,7 +141,8 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
         yield b": live\n\n"
         while not feed.closed:
             try:
-                item = await asyncio.wait_for(watcher.queue.get(), feed.heartbeat)
+                async with asyncio.timeout(feed.heartbeat):  # not wait_for: see lobby.feed
+                    item = await watcher.queue.get()
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue

@@ -132,7 +132,8 @@ class _Quiet:
             )
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 for message in ending:
-                    await asyncio.wait_for(send(message), 0.2)
+                    async with asyncio.timeout(0.2):
+                        await send(message)
 
 
 class ApiServer:
@@ -209,5 +210,6 @@ class ApiServer:
         self._server.should_exit = True
         if self._server.started:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see lobby.feed
+                    await self._done.wait()
         self._server.force_exit = True

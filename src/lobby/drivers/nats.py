@@ -170,7 +170,8 @@ class NatsDriver:
     @staticmethod
     async def _close_quietly(nc: Client) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), timeout=1.0)
+            async with asyncio.timeout(1.0):  # not wait_for: see lobby.feed
+                await nc.close()
 
     async def _connect(self, nc: Client) -> None:
         try:
@@ -384,6 +385,7 @@ class NatsDriver:
         self._subscribed = False
         if not self._nc.is_closed:
             try:
-                await asyncio.wait_for(self._nc.close(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._nc.close()
             except Exception as exc:
                 log.debug("NATS close: %s", exc)

@@ -43,7 +43,9 @@ dies the subscription breaks and the next session asks again (with the usual bac
 while the Sentinels are still electing). To move without waiting for that, a side task
 subscribes to the Sentinels' `+switch-master` event: a switch ends the current session
 (also when the old master lives on as a replica, which would still feed us messages
-but not pass ours on) and wakes the back-off. Every switch is logged.
+but not pass ours on) and wakes the back-off. Every switch is logged. That watch has a
+watchdog too (a PING every SENTINEL_PING_EVERY s, SENTINEL_DEAD_AFTER silent ones): a
+silent Sentinel is left for the next, which is asked where the master is at once.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ log = logging.getLogger("lobby.redis")
 # the Sentinel watch's own back-off between Sentinels (the link's is lobby.backoff)
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 2.0
+# The Sentinel watch's watchdog: PING the Sentinel every SENTINEL_PING_EVERY seconds;
+# SENTINEL_DEAD_AFTER ticks in a row without a reply or a message mean a silent
+# Sentinel (stopped, or its packets dropped), which would miss a failover: the watch
+# moves to the next one.
+SENTINEL_PING_EVERY = 1.0
+SENTINEL_DEAD_AFTER = 3
 
 # Connect, authenticate and subscribe within this.
 CONNECT_TIMEOUT = 2.0
@@ -119,6 +127,32 @@ class LinkDead(Exception):
     """The subscription stopped answering PINGs."""
 
 
+class Silence:
+    """A watchdog's count of ticks without a sign of life: pure, no clock.
+
+    `heard()` on every reply or message; `tick()` once per PING interval, True when
+    `limit` ticks in a row passed without anything heard. Counting ticks, not
+    seconds, keeps a busy event loop from looking like a dead link.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.silent = 0  # ticks in a row without a sign of life
+        self._heard = 0
+        self._seen = 0
+
+    def heard(self) -> None:
+        self._heard += 1
+
+    def tick(self) -> bool:
+        if self._heard != self._seen:
+            self._seen = self._heard
+            self.silent = 0
+            return False
+        self.silent += 1
+        return self.silent >= self.limit
+
+
 class MasterMoved(Exception):
     """Sentinel announced a new master: the session must move there."""
 
@@ -150,11 +184,14 @@ class RedisDriver:
         sentinel_password: str | None = None,
         sentinel_tls: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        sentinel_ping_every: float = SENTINEL_PING_EVERY,
+        sentinel_dead_after: int = SENTINEL_DEAD_AFTER,
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
         `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs. `sentinel_tls`
         is the same for the Sentinels, `sentinel_username` and `sentinel_password`
-        their credentials."""
+        their credentials. The watched Sentinel is PINGed every `sentinel_ping_every`
+        seconds and given up after `sentinel_dead_after` silent ones."""
         self.channels: dict[Topic, str] = {"discovery": channel, "sync": f"{channel}:sync"}
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
@@ -186,6 +223,9 @@ class RedisDriver:
         self._master: tuple[str, int] | None = None if sentinels else (host, port)
         self._moved = asyncio.Event()  # Sentinel switched the master away from _master
         self._sentinel_task: asyncio.Task[None] | None = None
+        self._sentinel_ping_every = sentinel_ping_every
+        self._sentinel_dead_after = sentinel_dead_after
+        self._silent_sentinel_log = RateLimitedLog(log, burst=5, every=60)
         if sentinels:
             shown = ",".join(_host_port(h, p) for h, p in sentinels)
             self.address = f"sentinel://{shown}/{sentinel_master}"  # until it answers
@@ -266,7 +306,8 @@ class RedisDriver:
                     self._report_failure(exc, delay)
             # a failover announced by Sentinel cuts the wait short
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: see lobby.feed
+                    await self._moved.wait()
 
     def _report_failure(self, exc: Exception, delay: float) -> None:
         if _auth_failure(exc):
@@ -360,7 +401,8 @@ class RedisDriver:
         self.address = f"{self._scheme}://{_host_port(host, port)}/{self._conn_args['db']}"
         publisher, self._publisher = self._publisher, self._make_publisher()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(publisher.aclose(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await publisher.aclose()
         if old is None:
             log.info("Redis Sentinel: master %r is %s", self._master_name, self.address)
         else:
@@ -386,24 +428,32 @@ class RedisDriver:
         problems = []
         over_tls = self._sentinel_class is SSLConnection
         for host, port in self._sentinels:
-            conn = self._sentinel_connection(host, port)
             try:
-                async with asyncio.timeout(SOCKET_TIMEOUT):
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                    ask = ("SENTINEL", "get-master-addr-by-name", self._master_name)
-                    await conn.send_command(*ask)
-                    reply = await conn.read_response(disconnect_on_error=False)
+                master = await self._ask_sentinel(host, port)
             except (RedisError, OSError, TimeoutError) as exc:
                 problems.append(
                     f"Sentinel {_host_port(host, port)}: {_sentinel_problem(exc, over_tls)}"
                 )
                 continue
-            finally:
-                await conn.disconnect(nowait=True)
-            if isinstance(reply, list) and len(reply) == 2:
-                return bytes(reply[0]).decode(), int(reply[1])
+            if master is not None:
+                return master
             problems.append(f"Sentinel {_host_port(host, port)} does not know it")
         raise NoMaster("; ".join(problems))
+
+    async def _ask_sentinel(self, host: str, port: int) -> tuple[str, int] | None:
+        """The master's address as one Sentinel tells it; None if it does not know it."""
+        conn = self._sentinel_connection(host, port)
+        try:
+            async with asyncio.timeout(SOCKET_TIMEOUT):
+                await conn.connect()  # type: ignore[no-untyped-call]
+                ask = ("SENTINEL", "get-master-addr-by-name", self._master_name)
+                await conn.send_command(*ask)
+                reply = await conn.read_response(disconnect_on_error=False)
+        finally:
+            await conn.disconnect(nowait=True)
+        if isinstance(reply, list) and len(reply) == 2:
+            return bytes(reply[0]).decode(), int(reply[1])
+        return None
 
     async def _check_role(self, conn: Connection) -> None:
         """Refuse a server that is not the master (any more): ask the Sentinels again."""
@@ -416,7 +466,14 @@ class RedisDriver:
             raise NoMaster(f"{self.address} is a {bytes(role[0]).decode()}, not the master")
 
     async def _watch_failovers(self) -> None:
-        """Listen for `+switch-master` on one Sentinel after another, forever."""
+        """Listen for `+switch-master` on one Sentinel after another, forever.
+
+        A watchdog PINGs the watched Sentinel (RESP2 allows PING in pub/sub mode; the
+        answer is a "pong" message): a Sentinel that stops answering (stopped, or its
+        packets dropped) is left for the next one. Each time the watch starts on a
+        Sentinel, after subscribing, it asks that Sentinel where the master is, so a
+        failover announced while no Sentinel was heard is still followed.
+        """
         delay = BACKOFF_MIN
         turn = 0
         while True:
@@ -427,13 +484,21 @@ class RedisDriver:
                     await conn.connect()  # type: ignore[no-untyped-call]
                     await conn.send_command("SUBSCRIBE", "+switch-master")
                     await conn.read_response(disconnect_on_error=False)
+                master = await self._ask_sentinel(host, port)
+                if master is not None and self._master is not None and master != self._master:
+                    self._master_moved(master, f"Redis Sentinel {_host_port(host, port)} says")
                 delay = BACKOFF_MIN
-                while True:
-                    reply = await conn.read_response(disconnect_on_error=False)
-                    if isinstance(reply, list) and reply[0] == b"message":
-                        self._switched(bytes(reply[2]).decode(errors="replace"))
+                await self._listen_to_sentinel(conn)
             except asyncio.CancelledError:
                 raise
+            except LinkDead as exc:
+                self._silent_sentinel_log(
+                    logging.WARNING,
+                    "Redis Sentinel %s: %s; watching the next Sentinel for failovers",
+                    _host_port(host, port),
+                    exc,
+                )
+                turn += 1
             except Exception as exc:  # this Sentinel is away: try the next
                 log.debug("Sentinel %s: %s", _host_port(host, port), describe(exc))
                 turn += 1
@@ -442,17 +507,51 @@ class RedisDriver:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
+    async def _listen_to_sentinel(self, conn: Connection) -> None:
+        """Hand on `+switch-master` events until the Sentinel fails or falls silent."""
+        silence = Silence(self._sentinel_dead_after)
+        every = self._sentinel_ping_every
+
+        async def read() -> None:
+            while True:
+                try:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                except ResponseError:  # PING refused (an ACL without it): an answer too
+                    silence.heard()
+                    continue
+                silence.heard()  # a message, or the "pong" of our PING
+                if isinstance(reply, list) and reply[0] == b"message":
+                    self._switched(bytes(reply[2]).decode(errors="replace"))
+
+        async def ping() -> None:
+            while True:
+                await asyncio.sleep(every)
+                if silence.tick():
+                    raise LinkDead(f"no reply to PING (silent for {silence.silent * every:g} s)")
+                async with asyncio.timeout(every):
+                    await conn.send_command("PING", check_health=False)
+
+        reader = asyncio.create_task(read(), name="redis-sentinel-read")
+        pinger = asyncio.create_task(ping(), name="redis-sentinel-ping")
+        try:
+            done, _ = await asyncio.wait({reader, pinger}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reader.cancel()
+            pinger.cancel()
+            await asyncio.gather(reader, pinger, return_exceptions=True)
+        for task in done:
+            task.result()  # raises what ended it
+        raise ConnectionError("Sentinel watch ended")  # unreachable: both loop forever
+
     def _switched(self, event: str) -> None:
         """`+switch-master`: "<name> <old ip> <old port> <new ip> <new port>"."""
         parts = event.split()
         if len(parts) != 5 or parts[0] != self._master_name or not parts[4].isdigit():
             return
-        new = (parts[3], int(parts[4]))
-        log.warning(
-            "Redis Sentinel reports a failover: master %r is now %s",
-            self._master_name,
-            _host_port(*new),
-        )
+        self._master_moved((parts[3], int(parts[4])), "Redis Sentinel reports a failover:")
+
+    def _master_moved(self, new: tuple[str, int], who: str) -> None:
+        log.warning("%s master %r is now %s", who, self._master_name, _host_port(*new))
         if new != self._master:
             self._moved.set()
 
@@ -587,7 +686,8 @@ class RedisDriver:
         if tasks:
             await asyncio.wait(tasks, timeout=0.3)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._publisher.aclose(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await self._publisher.aclose()
 
 
 def _sentinel_problem(exc: BaseException, over_tls: bool) -> str:
