@@ -27,6 +27,7 @@ from simulate import hostname, node_labels
 
 from lobby.model import Discovery, pretty
 from lobby.prometheus import PrometheusSD, target_groups
+from lobby.cache import Answers
 from lobby.registry import Registry
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> None:
         labels = [node_labels(i) + (["prometheus:web"] if i % 4 == 0 else []) for i in range(n)]
         for i in range(n):
             registry.update(Discovery(hostname(i), tuple(sorted(labels[i]))))
-        sd = PrometheusSD(registry, 9100)
+        sd = PrometheusSD(Answers(registry), 9100)
         for name, members in (("node", n), ("web", (n + 3) // 4)):
             sd._assemble(name, [])  # the parts of an earlier request
             times: dict[str, list[float]] = {"scratch": [], "parts": []}

@@ -21,6 +21,7 @@ from lobby import __version__, observe
 from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
+from lobby.cache import Answers
 from lobby.feed import ChangeFeed
 from lobby.presence import Presence
 from lobby.registry import Registry
@@ -59,6 +60,7 @@ class Daemon:
             extra_labels=self.checks.passing_labels if self.checks else None,
         )
         self.feed = ChangeFeed(self.registry)
+        self.answers = Answers(self.registry, wall=clock.wall)  # kept until it changes
         # what the API reads (lobby.api.app.Node) besides stats: presence's own
         self.own_discovery = self.presence.own_discovery
         self.add_labels = self.presence.add_labels
@@ -200,7 +202,7 @@ class Daemon:
 
             on_run = self.metrics.callback_run if self.metrics is not None else None
             callback = self.callback = CallbackRunner.from_settings(
-                s, self.registry.all_json, on_run
+                s, self.answers.all_json, on_run
             )
             self.registry.add_listener(lambda change: callback.mark_dirty())
             self._spawn(callback.run(), "callback")

@@ -60,6 +60,7 @@ import dns.rdtypes.IN.AAAA
 import dns.rdtypes.IN.SRV
 import dns.rrset
 
+from lobby.cache import Store
 from lobby.prometheus import target_groups
 from lobby.registry import Change, Registry
 
@@ -457,6 +458,10 @@ def header_only(data: bytes, rcode: int) -> bytes:
 Entry = tuple[bytes, bytes, bytes, bytes, str]
 
 
+def _entry_size(entry: Entry) -> int:
+    return len(entry[0]) + len(entry[1]) + len(entry[2]) + len(entry[3])
+
+
 class Answers:
     """Answers queries for `domain` from `registry`: `respond(packet, tcp)`."""
 
@@ -477,9 +482,10 @@ class Answers:
         self.default_port = default_port
         self.index = index if index is not None else LabelIndex(registry)
         self.stats = DnsStats()
-        self._cache: dict[tuple[bytes, int], Entry] = {}
-        self._cache_bytes = 0
-        self._cache_index = -1
+        # one invalidation with every other answer (lobby.cache): emptied on a change
+        self._cache: Store[Entry] = Store(
+            registry, _entry_size, entries=CACHE_ENTRIES, limit=CACHE_BYTES
+        )
         self._mname = dns.name.from_text("ns", self.origin)
         self._rname = dns.name.from_text("hostmaster", self.origin)
 
@@ -512,15 +518,10 @@ class Answers:
             return self._special(data, qname, qtype, qclass, version, payload)
 
         key = (qname.lower(), qtype)
-        index = self.registry.index
-        if index != self._cache_index:
-            self._cache.clear()
-            self._cache_bytes = 0
-            self._cache_index = index
         entry = self._cache.get(key)
         if entry is None:
             stats.cache_misses += 1
-            entry = self._store(key, self.build(key[0], qtype))
+            entry = self._cache.put(key, self.build(key[0], qtype))
         else:
             stats.cache_hits += 1
         if tcp:
@@ -539,15 +540,6 @@ class Answers:
             + qname
             + body[12 + len(qname) :]
         )
-
-    def _store(self, key: tuple[bytes, int], entry: Entry) -> Entry:
-        size = len(entry[0]) + len(entry[1]) + len(entry[2]) + len(entry[3])
-        if len(self._cache) >= CACHE_ENTRIES or self._cache_bytes + size > CACHE_BYTES:
-            self._cache.clear()
-            self._cache_bytes = 0
-        self._cache[key] = entry
-        self._cache_bytes += size
-        return entry
 
     def _special(
         self, data: bytes, qname: bytes, qtype: int, qclass: int, version: int, payload: int

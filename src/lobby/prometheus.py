@@ -37,7 +37,7 @@ import orjson
 
 from lobby.answer import EMPTY_LIST, Answer, Slices
 from lobby.model import Discovery
-from lobby.registry import Registry
+from lobby.cache import Answers
 
 log = logging.getLogger("lobby.prometheus")
 
@@ -185,8 +185,9 @@ class PrometheusSD:
     did not have.
     """
 
-    def __init__(self, registry: Registry, default_port: int) -> None:
-        self.registry = registry
+    def __init__(self, answers: Answers, default_port: int) -> None:
+        self.answers = answers
+        self.registry = answers.registry
         self.default_port = default_port
         self._warned: dict[str, frozenset[str]] = {}
         self._parts: dict[str, dict[str, _Part]] = {}  # name -> hostname -> part
@@ -195,8 +196,8 @@ class PrometheusSD:
         return self.cached(name).body
 
     def cached(self, name: str) -> Answer | Slices:
-        """The answer for `name` from the registry's cache (with its gzip copy)."""
-        return self.registry.cached_answer(
+        """The answer for `name`, kept until the registry changes (with its gzip copy)."""
+        return self.answers.cached_answer(
             ("prometheus", name), lambda: self._build(name), timed=False
         )
 

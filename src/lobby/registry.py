@@ -1,6 +1,7 @@
 """The live view: every node's latest discovery, keyed by hostname.
 
-Knows nothing of brokers or HTTP. Three ideas carry it:
+Knows records, not bytes: nothing of brokers, HTTP or DNS (the answers built from it,
+and when they are stale, are `lobby.cache`'s). Three ideas carry it:
 
 - Records sit in an OrderedDict in the order they were last refreshed, so the oldest
   record is always first: expiring is popping from the front (O(1) per record), and
@@ -21,13 +22,10 @@ Knows nothing of brokers or HTTP. Three ideas carry it:
   whose own echo is overdue (`expect_echo`) stops its clock as of the last echo, at the
   first read that notices, so a hung broker cannot expire anyone in the meantime.
 - `index` grows on every content change (join, label change, leave, expiry), never on
-  a plain keep-alive. Serialized answers are cached per query until it moves; answers
-  that show `last_check` are also rebuilt when the wall-clock second changes, so that
-  field is never staler than a second.
+  a plain keep-alive: whoever keeps an answer keeps it until the index moves.
 
-Lists of discoveries are encoded straight from the records (`listing`), and kept whole
-only while they are small enough (`lobby.answer`): the full list of a big registry is
-encoded slice by slice for every request instead, so it never sits in memory.
+`rows` and `slices` hand the records out as the plain dicts a list of discoveries is
+encoded from, without building a `Discovery` for each.
 """
 
 from __future__ import annotations
@@ -38,21 +36,15 @@ import gc
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
-from lobby.answer import KEEP_MAX, SLICE, Answer, Row, Slices, encode_list, stream_list
+from lobby.answer import SLICE, Row
 from lobby.model import Discovery
 
 ChangeKind = Literal["join", "update", "leave"]
 LeaveReason = Literal["", "goodbye", "expired"]
-
-_CACHE_MAX: Final = 1024  # answers
-_CACHE_BYTES_MAX: Final = 32 * 1024 * 1024  # their bodies together
-# What a node costs in the indented full list until a build has measured it (the
-# simulator's nodes: ~300 bytes).
-_BYTES_PER_NODE: Final = 320
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +124,7 @@ class Registry:
         self._own: str | None = None  # this node's hostname: listed, never expired
         self._echo_due = math.inf  # the soonest echo_due of a link not held for it
         self._listeners: list[Listener] = []
-        self._cache: dict[Hashable, Answer | Slices] = {}
-        self._cache_stamp: tuple[int, int] = (0, 0)
-        self._cache_bytes = 0
         self._sorted: list[str] | None = None
-        self._bytes_per_node = _BYTES_PER_NODE
         self._last_check = 0
         # clock time before which `expire` has nothing to do: the oldest record of each
         # running link cannot be due sooner. Lowered when a record joins a queue, reset
@@ -461,13 +449,15 @@ class Registry:
         records = self._records
         return [h for h in self._hostnames() if label in records[h].labels]
 
-    def all_json(self) -> bytes:
-        """GET /v1/discoveries (also the callback's input), from the answer cache."""
-        return self.listing().body
+    # -- rows: what the answers (lobby.cache) encode ------------------------------
 
-    # -- lists of discoveries, as JSON --------------------------------------------
+    def hostnames(self) -> list[str]:
+        """Every live hostname, sorted; the list is replaced on a join or leave, never
+        changed, so a reader may keep it while it walks the records."""
+        self.expire()
+        return self._hostnames()
 
-    def _rows(self, hostnames: list[str], pick: View | None) -> list[Row]:
+    def rows(self, hostnames: list[str], pick: View | None) -> list[Row]:
         """The discoveries among `hostnames` that `pick` keeps (all when None), as the
         dicts orjson encodes; records gone meanwhile are skipped."""
         records = self._records
@@ -482,35 +472,12 @@ class Registry:
                 add({"hostname": hostname, "labels": labels, "last_check": record.last_check})
         return rows
 
-    def _slices(self, hostnames: list[str], pick: View | None) -> Iterator[list[Row]]:
+    def slices(self, hostnames: list[str], pick: View | None) -> Iterator[list[Row]]:
+        """`rows` of `hostnames`, SLICE at a time: a stream may outlive a TTL deadline
+        between slices, so each slice expires first."""
         for start in range(0, len(hostnames), SLICE):
-            self.expire()  # a stream may outlive a TTL deadline between slices
-            yield self._rows(hostnames[start : start + SLICE], pick)
-
-    def listing(self, key: Hashable = "all", pick: View | None = None) -> Answer | Slices:
-        """The discoveries `pick` keeps (every one when None), sorted by hostname, as
-        the indented JSON list of GET /v1/discoveries, from the answer cache.
-
-        A list whose body would pass `KEEP_MAX` is not kept: it is a `Slices` that
-        encodes it anew, slice by slice, each time it is sent.
-        """
-
-        def build() -> Answer | Slices:
-            hostnames = self._hostnames()
-            if pick is None:
-                if len(hostnames) * self._bytes_per_node > KEEP_MAX:
-                    return Slices(lambda: stream_list(self._slices(hostnames, None)))
-                body = encode_list(self._rows(hostnames, None))
-                if hostnames:
-                    self._bytes_per_node = max(len(body) // len(hostnames), 1)
-                return Answer(body)
-            rows = self._rows(hostnames, pick)
-            if len(rows) * self._bytes_per_node > KEEP_MAX:
-                del rows
-                return Slices(lambda: stream_list(self._slices(hostnames, pick)))
-            return Answer(encode_list(rows))
-
-        return self._answer(("list", key), build, timed=True)
+            self.expire()
+            yield self.rows(hostnames[start : start + SLICE], pick)
 
     async def sweep(self, clean_every: float) -> None:
         """Expire records at their exact deadline, forever (CLEAN_EVERY caps the sleep)."""
@@ -518,52 +485,6 @@ class Registry:
             wait = self.next_expiry()
             await asyncio.sleep(clean_every if wait is None else min(wait + 0.001, clean_every))
             self.expire()
-
-    # -- answer cache -------------------------------------------------------------
-
-    def cached(self, key: Hashable, build: Callable[[], bytes], *, timed: bool = True) -> bytes:
-        """`build()`'s bytes, reused until the index moves.
-
-        `timed` answers (those that show last_check) are also rebuilt every wall-clock
-        second. Key timed and untimed answers differently.
-        """
-        return self.cached_answer(key, build, timed=timed).body
-
-    def cached_answer(
-        self, key: Hashable, build: Callable[[], bytes], *, timed: bool = True
-    ) -> Answer | Slices:
-        """As `cached`, as an `Answer` (whose gzip copy is then kept beside it)."""
-        return self._answer(key, lambda: Answer(build()), timed=timed)
-
-    def _answer(
-        self, key: Hashable, build: Callable[[], Answer | Slices], *, timed: bool
-    ) -> Answer | Slices:
-        self.expire()
-        stamp = (self._index, int(self._wall()))
-        cache = self._cache
-        if stamp != self._cache_stamp:
-            if stamp[0] != self._cache_stamp[0]:
-                cache.clear()
-                self._cache_bytes = 0
-            else:  # same index, new second: only the timed answers are stale
-                for k in [k for k in cache if type(k) is tuple and k and k[0] == "t"]:
-                    self._cache_bytes -= _size(cache.pop(k))
-            self._cache_stamp = stamp
-        full_key = ("t", key) if timed else ("u", key)
-        answer = cache.get(full_key)
-        if answer is None:
-            answer = build()
-            size = _size(answer)
-            if len(cache) >= _CACHE_MAX or self._cache_bytes + size > _CACHE_BYTES_MAX:
-                cache.clear()
-                self._cache_bytes = 0
-            cache[full_key] = answer
-            self._cache_bytes += size
-        return answer
-
-
-def _size(answer: Answer | Slices) -> int:
-    return len(answer) if isinstance(answer, Answer) else 0
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lobby.cache import Answers
 from lobby.api import create_app
 from lobby.metrics import Metrics
 from lobby.model import Discovery
@@ -24,6 +25,7 @@ AUTH = {"Authorization": f"Token {TOKEN}"}
 class Node:
     def __init__(self) -> None:
         self.registry = Registry(ttl=30)
+        self.answers = Answers(self.registry)
         self.up = True
 
     def own_discovery(self) -> Discovery:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from support import until
 
+from lobby.cache import Answers
 from lobby.callback import CallbackRunner
 from lobby.model import Discovery
 from lobby.registry import Registry
@@ -110,7 +111,7 @@ async def test_runs_once_after_the_first_run_delay(tmp_path, recorder, start, ca
     registry.update(Discovery("a.example", ("service:web",)))
     runner = runner_for(
         command(recorder, out),
-        snapshot=registry.all_json,
+        snapshot=Answers(registry).all_json,
         first_run_delay=0.3,
     )
     began = time.monotonic()
@@ -119,7 +120,7 @@ async def test_runs_once_after_the_first_run_delay(tmp_path, recorder, start, ca
     run = records(out)[0]
     assert run["start"] - began >= 0.3
     # stdin is exactly GET /v1/discoveries
-    assert run["stdin"].encode() == registry.all_json()
+    assert run["stdin"].encode() == Answers(registry).all_json()
     assert json.loads(run["stdin"])[0]["hostname"] == "a.example"
     await settle(0.3)  # nothing changed: no second run
     assert len(records(out)) == 1
@@ -132,7 +133,7 @@ async def test_runs_once_after_the_first_run_delay(tmp_path, recorder, start, ca
 async def test_burst_of_changes_gives_one_run_with_the_final_state(tmp_path, recorder, start):
     out = tmp_path / "out.jsonl"
     registry = Registry(ttl=300)
-    runner = runner_for(command(recorder, out), snapshot=registry.all_json, cooldown=0.5)
+    runner = runner_for(command(recorder, out), snapshot=Answers(registry).all_json, cooldown=0.5)
     registry.add_listener(lambda change: runner.mark_dirty())  # as the daemon wires it
     start(runner)
     await until(lambda: runner.runs == 1, what="the startup run")

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from lobby import answer
+from lobby.cache import Answers
 from lobby.api import create_app
 from lobby.api.fast import FastApp, accepts_gzip, create_fast_app
 from lobby.feed import ChangeFeed
@@ -29,6 +30,7 @@ from lobby.registry import Registry
 class FakeNode:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self.answers = Answers(registry)
 
     def own_discovery(self) -> Discovery:
         return Discovery("me.example", ("service:me",))
@@ -138,7 +140,7 @@ async def test_same_answers_with_a_token(registry, token, read_token):
 
 
 async def test_big_lists_are_streamed_and_not_kept(registry, monkeypatch):
-    monkeypatch.setattr("lobby.registry.KEEP_MAX", 4096)
+    monkeypatch.setattr("lobby.cache.KEEP_MAX", 4096)
     fill(registry, 300)
     expected = pretty([d.to_dict() for d in registry.discoveries()])
     fast, slow = await both(registry)
@@ -146,8 +148,8 @@ async def test_big_lists_are_streamed_and_not_kept(registry, monkeypatch):
         r = await f.get("/v1/discoveries")
         assert r.content == expected == (await s.get("/v1/discoveries")).content
         assert "content-length" not in r.headers  # chunked: encoded while sent
-        assert isinstance(registry.listing(), answer.Slices)
-        assert registry.all_json() == expected
+        assert isinstance(Answers(registry).listing(), answer.Slices)
+        assert Answers(registry).all_json() == expected
         r = await f.get("/v1/discoveries", headers={"Accept-Encoding": "gzip"})
         assert r.headers["content-encoding"] == "gzip"
         assert r.content == expected  # httpx decodes it
@@ -179,7 +181,8 @@ async def test_gzip_copy_for_clients_that_accept_it(registry):
             assert gzip.decompress(packed) == want
         small = await f.get("/v1/discovery", headers={"Accept-Encoding": "gzip"})
         assert "content-encoding" not in small.headers  # not worth it under 1 KiB
-    assert registry.listing().gzip() is registry.listing().gzip()  # kept beside the plain
+    answers = Answers(registry)
+    assert answers.listing().gzip() is answers.listing().gzip()  # kept beside the plain
 
 
 @pytest.mark.parametrize(

@@ -194,47 +194,6 @@ def test_filters_never_return_expired_records(reg, clock):
     assert reg.get("a") is None
 
 
-def test_cache_reused_until_index_moves(reg, clock):
-    builds = []
-
-    def build() -> bytes:
-        builds.append(1)
-        return str(len(builds)).encode()
-
-    reg.update(d("a"))
-    assert reg.cached("k", build, timed=False) == b"1"
-    clock.tick(5)
-    reg.update(d("a"))  # keep-alive: no change
-    assert reg.cached("k", build, timed=False) == b"1"
-    reg.update(d("b"))
-    assert reg.cached("k", build, timed=False) == b"2"
-
-
-def test_timed_cache_also_rebuilt_each_wall_second(reg, clock):
-    n = 0
-
-    def build() -> bytes:
-        nonlocal n
-        n += 1
-        return str(n).encode()
-
-    reg.update(d("a"))
-    assert reg.cached("all", build) == b"1"
-    clock.tick(0.0001)
-    assert reg.cached("all", build) in (b"1", b"2")
-    clock.tick(1)
-    first = reg.cached("all", build)
-    assert reg.cached("all", build) == first
-    assert first != b"1"
-
-
-def test_cache_dropped_on_expiry(reg, clock):
-    reg.update(d("a"))
-    before = reg.cached("k", lambda: b"with a", timed=False)
-    clock.tick(31)
-    assert reg.cached("k", lambda: b"empty", timed=False) == b"empty" != before
-
-
 def test_expiry_stays_exact_while_nothing_is_due(reg, clock):
     # expire() skips its scan until the oldest record can be due; whatever moved in
     # between (an empty registry, joins, refreshes, a join from a listener) never

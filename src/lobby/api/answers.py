@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from lobby.answer import Answer, Slices
 from lobby.api.blocking import split_list
+from lobby.cache import Answers
 from lobby.model import Discovery, pretty
 from lobby.registry import Registry, make_view
 
@@ -23,6 +24,7 @@ class Node(Protocol):
     """What the API needs from the daemon."""
 
     registry: Registry
+    answers: Answers  # what is built from the registry, kept until it changes
 
     def own_discovery(self) -> Discovery: ...
 
@@ -35,21 +37,22 @@ class Node(Protocol):
     def health(self) -> tuple[bool, dict[str, str]]: ...
 
 
-def discoveries_answer(registry: Registry, labels: str | None, prefixes: str | None) -> Prepared:
+def discoveries_answer(answers: Answers, labels: str | None, prefixes: str | None) -> Prepared:
     """GET /v1/discoveries[?labels=|?prefixes=]: labels win over prefixes (SPEC §5)."""
     wanted = split_list(labels)
     if wanted:
         key: Any = ("labels", frozenset(wanted))
-        return lambda: registry.listing(key, make_view(labels=wanted))
+        return lambda: answers.listing(key, make_view(labels=wanted))
     starts = split_list(prefixes)
     if starts:
         key = ("prefixes", tuple(sorted(set(starts))))
-        return lambda: registry.listing(key, make_view(prefixes=starts))
-    return registry.listing
+        return lambda: answers.listing(key, make_view(prefixes=starts))
+    return answers.listing
 
 
-def resolve_answer(registry: Registry, label: str) -> Prepared:
+def resolve_answer(answers: Answers, label: str) -> Prepared:
     """GET /v1/resolve?label=L (a non-empty label)."""
-    return lambda: registry.cached_answer(
+    registry = answers.registry
+    return lambda: answers.cached_answer(
         ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
     )

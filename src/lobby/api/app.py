@@ -203,7 +203,7 @@ def create_app(
             str | None, Query(description="comma-separated label prefixes; any must match")
         ] = None,
     ) -> Response:
-        prepared = discoveries_answer(registry, labels, prefixes)
+        prepared = discoveries_answer(node.answers, labels, prefixes)
         assert prepared is not None
         return _response(prepared())
 
@@ -239,7 +239,7 @@ def create_app(
     ) -> Response:
         if not label:
             raise HTTPException(400, "query parameter label is required")
-        prepared = resolve_answer(registry, label)
+        prepared = resolve_answer(node.answers, label)
         assert prepared is not None
         return _response(prepared())
 
@@ -295,7 +295,7 @@ def create_app(
     async def health_checks() -> Response:
         return json_response(pretty(checks() if checks is not None else []))
 
-    sd = prometheus if prometheus is not None else PrometheusSD(registry, node_exporter_port)
+    sd = prometheus if prometheus is not None else PrometheusSD(node.answers, node_exporter_port)
     ui.add_routes(app)
 
     @app.get(

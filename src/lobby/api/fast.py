@@ -141,9 +141,10 @@ class FastApp:
         self.node = node
         self.metrics = metrics
         self.registry = node.registry
+        self.answers = node.answers
         self.feed = feed
         self.guard = Guard(self._to_slow, token, read_token)
-        self.prometheus = PrometheusSD(self.registry, node_exporter_port)
+        self.prometheus = PrometheusSD(node.answers, node_exporter_port)
         self._make_slow = slow
         self._slow: ASGIApp | None = None
         # path -> (route, whether its answers may be gzipped)
@@ -348,13 +349,13 @@ class FastApp:
 
     def _discoveries(self, scope: Scope) -> Prepared:
         query = _query(scope)
-        return discoveries_answer(self.registry, query.get("labels"), query.get("prefixes"))
+        return discoveries_answer(self.answers, query.get("labels"), query.get("prefixes"))
 
     def _resolve(self, scope: Scope) -> Prepared:
         label = _query(scope).get("label")
         if not label:
             return None  # 400 from the framework
-        return resolve_answer(self.registry, label)
+        return resolve_answer(self.answers, label)
 
     def _discovery(self, scope: Scope) -> Prepared:
         node = self.node
