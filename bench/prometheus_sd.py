@@ -25,9 +25,9 @@ import time
 
 from simulate import hostname, node_labels
 
+from lobby.cache import Answers
 from lobby.model import Discovery, pretty
 from lobby.prometheus import PrometheusSD, target_groups
-from lobby.cache import Answers
 from lobby.registry import Registry
 
 

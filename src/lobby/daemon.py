@@ -18,10 +18,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lobby import __version__, observe
+from lobby.cache import Answers
 from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
-from lobby.cache import Answers
 from lobby.feed import ChangeFeed
 from lobby.presence import Presence
 from lobby.registry import Registry

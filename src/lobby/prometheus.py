@@ -36,8 +36,8 @@ from typing import Final
 import orjson
 
 from lobby.answer import EMPTY_LIST, Answer, Slices
-from lobby.model import Discovery
 from lobby.cache import Answers
+from lobby.model import Discovery
 
 log = logging.getLogger("lobby.prometheus")
 

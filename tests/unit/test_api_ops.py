@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from lobby.cache import Answers
 from lobby.api import create_app
+from lobby.cache import Answers
 from lobby.metrics import Metrics
 from lobby.model import Discovery
 from lobby.registry import Registry

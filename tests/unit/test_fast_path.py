@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from lobby import answer
-from lobby.cache import Answers
 from lobby.api import create_app
 from lobby.api.fast import FastApp, accepts_gzip, create_fast_app
+from lobby.cache import Answers
 from lobby.feed import ChangeFeed
 from lobby.model import Discovery, pretty
 from lobby.registry import Registry

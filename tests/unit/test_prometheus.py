@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lobby.cache import Answers
 from lobby.api import create_app
+from lobby.cache import Answers
 from lobby.model import Discovery, decode_envelope, pretty
 from lobby.prometheus import target, target_groups
 from lobby.registry import Registry

@@ -193,7 +193,6 @@ def create_app(
     )
     app.add_exception_handler(HTTPException, _plain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    registry = node.registry
 
     async def discoveries(
         labels: Annotated[
