@@ -31,10 +31,31 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
 
 
+_handed: set[int] = set()
+_PORTS = range(20000, 32768)  # below Linux's ephemeral range (32768-60999)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nobody listens on, never handed out twice in this process.
+
+    Taken below the kernel's ephemeral range: a port the kernel chose (port 0) and we
+    released could be given to the next outgoing connection before our server binds
+    it; one it never chooses can only be taken by someone binding it on purpose.
+    """
+    import random
+
+    for _ in range(1000):
+        port = random.choice(_PORTS)
+        if port in _handed:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def unique(prefix: str = "lobby.test") -> str:

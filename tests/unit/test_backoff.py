@@ -6,6 +6,7 @@ import itertools
 import logging
 
 import pytest
+from fakes import FakeClock
 
 from lobby.backoff import Backoff, BackoffLog, reconnect_backoff
 
@@ -44,14 +45,6 @@ def test_spread_of_the_real_jitter() -> None:
     assert len({round(w, 6) for w in waits}) > 900  # nodes do not retry in step
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records]
 
@@ -60,7 +53,7 @@ def test_first_five_failures_then_one_line_per_doubling_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    clock = Clock()
+    clock = FakeClock()
     failures = BackoffLog(logging.getLogger("t"), clock=clock)
     logged = []
     # a broker down for a day, retried every 10 s (the reconnect cap)
@@ -84,7 +77,7 @@ def test_first_five_failures_then_one_line_per_doubling_interval(
 def test_success_starts_over_and_tells_how_long_it_lasted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     failures = BackoffLog(logging.getLogger("t"), clock=clock)
     for _ in range(7):
         failures(logging.WARNING, "down")

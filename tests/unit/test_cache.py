@@ -1,7 +1,8 @@
 """lobby.cache: answers kept until the registry changes, one invalidation for all."""
 
 import pytest
-from test_registry import Clock, d
+from fakes import FakeClock
+from test_registry import d
 
 from lobby.answer import Answer
 from lobby.cache import Answers, Store
@@ -9,17 +10,17 @@ from lobby.registry import Registry
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def reg(clock: Clock) -> Registry:
+def reg(clock: FakeClock) -> Registry:
     return Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
 
 
 @pytest.fixture
-def answers(reg: Registry, clock: Clock) -> Answers:
+def answers(reg: Registry, clock: FakeClock) -> Answers:
     return Answers(reg, wall=lambda: clock.wall)
 
 

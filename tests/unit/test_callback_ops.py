@@ -71,5 +71,5 @@ def test_each_run_reports_its_result_and_duration() -> None:
 
     uvloop.run(runs())
     assert [result for result, _ in results] == ["ok", "failed", "failed", "timeout"]
-    assert all(took >= 0 for _, took in results)
+    assert all(took < 10 for _, took in results[:3]), results  # quick ones: none held
     assert results[3][1] >= 0.2  # a lower bound: the command ran until the timeout

@@ -14,6 +14,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
+from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,25 +32,17 @@ from lobby.model import Discovery
 from lobby.registry import Registry
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def node(hostname: str, *labels: str) -> Discovery:
     return Discovery(hostname, tuple(sorted(set(labels))))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def registry(clock: Clock) -> Registry:
+def registry(clock: FakeClock) -> Registry:
     reg = Registry(30, clock=clock, wall_clock=lambda: 1_700_000_000.0)
     reg.update(
         node(

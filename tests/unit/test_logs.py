@@ -10,18 +10,11 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+from fakes import FakeClock
 
 from lobby import logs
 from lobby.logs import NodeEventLog
 from lobby.registry import Change, Registry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -30,7 +23,7 @@ def caught(caplog: pytest.LogCaptureFixture) -> Callable[[], list[logging.LogRec
     return lambda: [r for r in caplog.records if r.name == "lobby.nodes"]
 
 
-def make(clock: Clock, scheduled: list[tuple[float, Callable[[], None]]]) -> NodeEventLog:
+def make(clock: FakeClock, scheduled: list[tuple[float, Callable[[], None]]]) -> NodeEventLog:
     return NodeEventLog(
         logging.getLogger("lobby.nodes"),
         30,
@@ -40,7 +33,7 @@ def make(clock: Clock, scheduled: list[tuple[float, Callable[[], None]]]) -> Nod
 
 
 def test_each_kind_of_change_is_one_line_with_its_fields(caught) -> None:
-    clock = Clock()
+    clock = FakeClock(50.0)
     registry = Registry(30, clock=clock)
     registry.add_listener(make(clock, []))
     from lobby.model import Discovery
@@ -67,7 +60,7 @@ def test_each_kind_of_change_is_one_line_with_its_fields(caught) -> None:
 
 
 def test_a_long_label_list_is_shortened(caught) -> None:
-    log = make(Clock(), [])
+    log = make(FakeClock(50.0), [])
     log(Change(2, "join", "big", tuple(f"l:{i:02}" for i in range(25))))
     assert caught()[0].getMessage() == (
         "join big [l:00, l:01, l:02, l:03, l:04, l:05, l:06, l:07, l:08, l:09, ... 15 more]"
@@ -81,7 +74,7 @@ def changes(n: int, kind: str = "join", start: int = 0) -> Iterator[Change]:
 
 
 def test_above_twenty_a_second_the_rest_is_summed_up(caught) -> None:
-    clock = Clock()
+    clock = FakeClock(50.0)
     scheduled: list[tuple[float, Callable[[], None]]] = []
     log = make(clock, scheduled)
     for change in changes(10_000):
@@ -112,7 +105,7 @@ def test_above_twenty_a_second_the_rest_is_summed_up(caught) -> None:
 
 def test_a_summary_still_comes_when_no_flush_was_scheduled(caught) -> None:
     """The next event after the second is over sums the previous one up too."""
-    clock = Clock()
+    clock = FakeClock(50.0)
     log = NodeEventLog(logging.getLogger("lobby.nodes"), 30, clock=clock)  # no running loop
     for change in changes(25):
         log(change)

@@ -1,26 +1,17 @@
 import pytest
+from fakes import FakeClock
 
 from lobby.model import Discovery
 from lobby.registry import Change, Registry
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = 1_764_000_000.0
-
-    def tick(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def reg(clock: Clock) -> Registry:
+def reg(clock: FakeClock) -> Registry:
     return Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
 
 
@@ -236,7 +227,7 @@ NATS, REDIS = 0, 1
 
 
 @pytest.fixture
-def two(clock: Clock) -> Registry:
+def two(clock: FakeClock) -> Registry:
     reg = Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
     assert reg.add_link() == REDIS
     return reg

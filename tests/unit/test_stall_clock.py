@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+from fakes import FakeClock
 from pytest import approx
 
 from lobby.clock import StallClock
 from lobby.registry import Registry
 
 
-class Source:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_reads_on_time_count_every_second():
-    src = Source()
+    src = FakeClock(100.0)
     clock = StallClock(src, beat=0.25, limit=1.0)
     start = clock()
     for _ in range(40):
@@ -27,7 +20,7 @@ def test_reads_on_time_count_every_second():
 
 
 def test_a_gap_in_the_beats_is_not_counted_but_a_beat_of_it_is():
-    src = Source()
+    src = FakeClock(100.0)
     clock = StallClock(src, beat=0.25, limit=1.0)
     start = clock()
     src.now += 1.2  # late, but within the limit: a busy loop, counted
@@ -38,7 +31,7 @@ def test_a_gap_in_the_beats_is_not_counted_but_a_beat_of_it_is():
 
 
 def test_a_frozen_process_expires_nobody_on_waking():
-    src = Source()
+    src = FakeClock(100.0)
     clock = StallClock(src)
     registry = Registry(4, clock=clock, wall_clock=lambda: 1_700_000_000.0)
     registry.refresh_many([("a", ()), ("b", ())])

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 from support import until
 
 from lobby import config, lobbyd
@@ -281,14 +282,6 @@ def test_hosts_example(tmp_path):
 
 
 # -- quiescence -------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_quiet_for_min_renders():
