@@ -1,6 +1,7 @@
 """The DNS interface's answers (SPEC §17): names -> records from the registry, no I/O.
 
-`lobby.dns_server` puts this on UDP and TCP sockets. Three parts:
+`lobby.dns_server` puts this on UDP and TCP sockets. Three parts, each in a module of its
+own (`lobby.dns_names`, `lobby.dns_index`, `lobby.dns_wire`), put together here:
 
 - **Names.** `parse_name` turns a name relative to DNS_DOMAIN into what it asks for:
   `<hostname>.node` (A/AAAA from the node's address labels, TXT: its labels),
@@ -37,13 +38,12 @@ echoed, dropped otherwise, and counted by reason in `DnsStats.rejected`.
 from __future__ import annotations
 
 import ipaddress
-import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Final, TypeVar
+from typing import Final
 
 import dns.exception
 import dns.flags
@@ -61,230 +61,36 @@ import dns.rdtypes.IN.SRV
 import dns.rrset
 
 from lobby.cache import Store
+from lobby.dns_index import LabelIndex
+from lobby.dns_names import RESERVED, Query, parse_name, service_of, split_target
+from lobby.dns_wire import (
+    AAAA,
+    ANY,
+    AXFR,
+    CLASS_IN,
+    EDNS_PAYLOAD,
+    FORMERR,
+    IXFR,
+    NO_RECORDS,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    OPT,
+    RCODE_NAMES,
+    REFUSED,
+    SOA,
+    SRV,
+    TCP_MAX,
+    TXT,
+    UDP_PLAIN,
+    A,
+    Malformed,
+    edns,
+    header_only,
+    question,
+)
 from lobby.prometheus import target_groups
-from lobby.registry import Change, Registry
-
-A: Final = 1
-AAAA: Final = 28
-TXT: Final = 16
-SRV: Final = 33
-SOA: Final = 6
-OPT: Final = 41
-IXFR: Final = 251
-AXFR: Final = 252
-ANY: Final = 255
-CLASS_IN: Final = 1
-
-NOERROR: Final = 0
-FORMERR: Final = 1
-SERVFAIL: Final = 2
-NXDOMAIN: Final = 3
-NOTIMP: Final = 4
-REFUSED: Final = 5
-RCODE_NAMES: Final = {
-    NOERROR: "noerror",
-    FORMERR: "formerr",
-    SERVFAIL: "servfail",
-    NXDOMAIN: "nxdomain",
-    NOTIMP: "notimp",
-    REFUSED: "refused",
-}
-
-UDP_PLAIN: Final = 512  # the UDP answer limit without EDNS0 (RFC 1035)
-EDNS_PAYLOAD: Final = 1232  # the largest UDP answer we send, and advertise (DNS flag day 2020)
-TCP_MAX: Final = 65535
-MAX_NAME: Final = 255  # a name's wire length, root label included (RFC 1035 §3.1)
-CACHE_ENTRIES: Final = 4096
-CACHE_BYTES: Final = 32 * 2**20
-SRV_PRIORITY: Final = 1
-SRV_WEIGHT: Final = 1
-RESERVED: Final = frozenset({"node", "prometheus"})
-
-_K = TypeVar("_K")
-_NO_RECORDS: Final = bytes(6)  # ANCOUNT, NSCOUNT, ARCOUNT of a query without EDNS0
-_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
-_DOTTED: Final = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
-
-
-class Malformed(Exception):
-    """A query that cannot be answered normally; `reason` is its counter's name."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# -- names ----------------------------------------------------------------------------
-
-
-def dns_label(text: str) -> bool:
-    """True when `text` is one DNS label we serve (letters, digits, -, _; 1-63)."""
-    return _LABEL.fullmatch(text) is not None
-
-
-def dns_name(text: str) -> bool:
-    """True when `text` is dot-separated DNS labels we serve (a hostname, a value)."""
-    return len(text) <= 253 and _DOTTED.fullmatch(text) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """What a name under the domain asks for. `kind` is one of:
-
-    - "apex": the domain itself (SOA);
-    - "empty": a name that exists only as a parent of others (`node`, `prometheus`,
-      `_tcp.prometheus`, a label name such as `service`): checked against the index;
-    - "node": `key` is the lower-cased hostname;
-    - "srv": `key` is the lower-cased Prometheus service name;
-    - "label": `key` is the lower-cased label name, `value` the lower-cased value;
-    - "none": a name no record can ever have (NXDOMAIN).
-    """
-
-    kind: str
-    key: str = ""
-    value: str = ""
-
-
-NOWHERE: Final = Query("none")
-
-
-def parse_name(labels: Sequence[str]) -> Query:
-    """What the name made of `labels` (relative to the domain, leftmost first) asks for.
-
-    Labels are compared lower-cased; one that is not a label we serve makes the name
-    unreachable ("none").
-    """
-    if not labels:
-        return Query("apex")
-    rel = [label.lower() for label in labels]
-    if not all(_LABEL.fullmatch(label) for label in rel):
-        return NOWHERE
-    last = rel[-1]
-    if last == "node":
-        if len(rel) == 1:
-            return Query("empty", "node")
-        return Query("node", ".".join(rel[:-1]))
-    if last == "prometheus":
-        if len(rel) == 1:
-            return Query("empty", "prometheus")
-        if rel[-2] != "_tcp":
-            return NOWHERE
-        if len(rel) == 2:
-            return Query("empty", "prometheus")
-        if len(rel) == 3 and rel[0].startswith("_") and len(rel[0]) > 1:
-            return Query("srv", rel[0][1:])
-        return NOWHERE
-    if len(rel) == 1:
-        return Query("empty", last)
-    return Query("label", last, ".".join(rel[:-1]))
-
-
-def split_label(label: str) -> tuple[str, str] | None:
-    """(name, value) of a label reachable as `<value>.<name>`, lower-cased, or None."""
-    name, colon, value = label.partition(":")
-    if not colon or not _LABEL.fullmatch(name) or not dns_name(value):
-        return None
-    name = name.lower()
-    if name in RESERVED:
-        return None
-    return name, value.lower()
-
-
-def service_of(label: str) -> str | None:
-    """The Prometheus service a `prometheus:NAME[:...]` label puts its node in, or None."""
-    if not label.startswith("prometheus:"):
-        return None
-    name = label[11:].partition(":")[0]
-    return name if len(name) < 63 and _LABEL.fullmatch(name) else None
-
-
-def split_target(target: str) -> tuple[str, int] | None:
-    """(host, port) of an HTTP SD target (`host:port`, `[v6]:port`); None without a port."""
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    else:
-        host, colon, port = target.rpartition(":")
-        if not colon:
-            return None
-    return (host, int(port)) if port.isdigit() else None
-
-
-# -- the index --------------------------------------------------------------------
-
-
-class LabelIndex:
-    """Who carries what, by lower-cased DNS name, kept up to date from registry changes."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.hosts: dict[str, set[str]] = {}  # lower-cased hostname -> hostnames
-        self.labels: dict[tuple[str, str], set[str]] = {}  # (name, value) -> hostnames
-        self.names: Counter[str] = Counter()  # label name -> how many (node, value) pairs
-        self.services: dict[str, set[str]] = {}  # lower-cased service -> hostnames
-        for discovery in registry.discoveries():
-            self._host(discovery.hostname, add=True)
-            self._add(discovery.hostname, *_keys(discovery.labels))
-        registry.add_listener(self.on_change)
-
-    def on_change(self, change: Change) -> None:
-        hostname = change.hostname
-        if change.kind == "join":
-            self._host(hostname, add=True)
-            self._add(hostname, *_keys(change.labels))
-        elif change.kind == "leave":
-            self._host(hostname, add=False)
-            self._remove(hostname, *_keys(change.labels))
-        else:  # several labels can give one key (`service:smtp`, `service:SMTP`): diff keys
-            old, old_services = _keys(change.old_labels)
-            new, new_services = _keys(change.labels)
-            self._remove(hostname, old - new, old_services - new_services)
-            self._add(hostname, new - old, new_services - old_services)
-
-    def _host(self, hostname: str, *, add: bool) -> None:
-        if dns_name(hostname):
-            if add:
-                self.hosts.setdefault(hostname.lower(), set()).add(hostname)
-            else:
-                _discard(self.hosts, hostname.lower(), hostname)
-
-    def _add(self, hostname: str, keys: set[tuple[str, str]], services: set[str]) -> None:
-        for key in keys:
-            self.labels.setdefault(key, set()).add(hostname)
-            self.names[key[0]] += 1
-        for service in services:
-            self.services.setdefault(service, set()).add(hostname)
-
-    def _remove(self, hostname: str, keys: set[tuple[str, str]], services: set[str]) -> None:
-        for key in keys:
-            _discard(self.labels, key, hostname)
-            self.names[key[0]] -= 1
-            if self.names[key[0]] <= 0:
-                del self.names[key[0]]
-        for service in services:
-            _discard(self.services, service, hostname)
-
-
-def _keys(labels: Iterable[str]) -> tuple[set[tuple[str, str]], set[str]]:
-    """The (name, value) keys and lower-cased Prometheus services that `labels` give."""
-    keys: set[tuple[str, str]] = set()
-    services: set[str] = set()
-    for label in labels:
-        key = split_label(label)
-        if key is not None:
-            keys.add(key)
-        elif label.startswith("prometheus:") and (service := service_of(label)):
-            services.add(service.lower())
-    return keys, services
-
-
-def _discard(table: dict[_K, set[str]], key: _K, hostname: str) -> None:
-    members = table.get(key)
-    if members is not None:
-        members.discard(hostname)
-        if not members:
-            del table[key]
-
+from lobby.registry import Registry
 
 # -- statistics --------------------------------------------------------------------
 
@@ -321,137 +127,10 @@ class DnsStats:
         }
 
 
-# -- the wire ---------------------------------------------------------------------
-
-
-def _read_name(data: bytes, start: int) -> tuple[bytes, int]:
-    """(the name at `start`, uncompressed, as wire bytes; the offset after it).
-
-    Compression pointers must each point before the previous one (as dnspython
-    requires), so a loop is impossible: one that would loop raises "compression_loop".
-    """
-    n = len(data)
-    pos = start
-    end = -1
-    parts: list[bytes] = []
-    size_total = 1
-    lowest = start
-    while True:
-        if pos >= n:
-            raise Malformed("truncated")
-        size = data[pos]
-        if size == 0:
-            break
-        if size < 64:
-            if pos + 1 + size > n:
-                raise Malformed("truncated")
-            size_total += size + 1
-            if size_total > MAX_NAME:
-                raise Malformed("name_too_long")
-            parts.append(data[pos : pos + 1 + size])
-            pos += size + 1
-        elif size >= 0xC0:
-            if pos + 1 >= n:
-                raise Malformed("truncated")
-            if end < 0:
-                end = pos + 2
-            target = ((size & 0x3F) << 8) | data[pos + 1]
-            if target >= lowest:
-                raise Malformed("compression_loop")
-            lowest = pos = target
-        else:
-            raise Malformed("bad_label_type")  # 0x40/0x80: extended labels, long obsolete
-    return b"".join(parts) + b"\x00", (pos + 1 if end < 0 else end)
-
-
-def _skip_name(data: bytes, pos: int) -> int:
-    """The offset after the (possibly compressed) name at `pos`."""
-    n = len(data)
-    while True:
-        if pos >= n:
-            raise Malformed("truncated")
-        size = data[pos]
-        if size == 0:
-            return pos + 1
-        if size < 64:
-            pos += size + 1
-        elif size >= 0xC0:
-            return pos + 2
-        else:
-            raise Malformed("bad_label_type")
-
-
-def question(data: bytes) -> tuple[bytes, int, int, int]:
-    """(question name as uncompressed wire bytes, qtype, qclass, offset after it).
-
-    `data` is a query of at least 12 bytes with QDCOUNT 1. The usual question (no
-    compression pointer) is read with one slice; raises Malformed.
-    """
-    n = len(data)
-    pos = 12
-    while True:
-        if pos >= n:
-            raise Malformed("truncated")
-        size = data[pos]
-        if size == 0:
-            pos += 1
-            break
-        if size < 64:
-            pos += size + 1
-            if pos - 11 > MAX_NAME:  # with the root label still to come
-                raise Malformed("name_too_long")
-        elif size >= 0xC0:
-            qname, pos = _read_name(data, 12)
-            if pos + 4 > n:
-                raise Malformed("truncated")
-            return (
-                qname,
-                (data[pos] << 8) | data[pos + 1],
-                (data[pos + 2] << 8) | data[pos + 3],
-                pos + 4,
-            )
-        else:
-            raise Malformed("bad_label_type")
-    if pos + 4 > n:
-        raise Malformed("truncated")
-    return (
-        data[12:pos],
-        (data[pos] << 8) | data[pos + 1],
-        (data[pos + 2] << 8) | data[pos + 3],
-        pos + 4,
-    )
-
-
-def edns(data: bytes, pos: int) -> tuple[int, int]:
-    """(the client's UDP payload size, 0 without EDNS0; the EDNS version) from the records
-    after the question at `pos`. Raises Malformed."""
-    n = len(data)
-    answers = (data[6] << 8) | data[7]
-    authority = (data[8] << 8) | data[9]
-    additional = (data[10] << 8) | data[11]
-    before = answers + authority
-    payload = 0
-    version = 0
-    for i in range(before + additional):
-        pos = _skip_name(data, pos)
-        if pos + 10 > n:
-            raise Malformed("truncated")
-        rdlen = (data[pos + 8] << 8) | data[pos + 9]
-        if i >= before and (data[pos] << 8) | data[pos + 1] == OPT:
-            if payload:
-                raise Malformed("bad_edns")  # two OPT records (RFC 6891 §6.1.1)
-            payload = max(UDP_PLAIN, (data[pos + 2] << 8) | data[pos + 3])
-            version = data[pos + 5]
-        pos += 10 + rdlen
-        if pos > n:
-            raise Malformed("truncated")
-    return payload, version
-
-
-def header_only(data: bytes, rcode: int) -> bytes:
-    """An answer with only the header: id, opcode and RD echoed, no sections."""
-    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode)) + bytes(8)
-
+CACHE_ENTRIES: Final = 4096
+CACHE_BYTES: Final = 32 * 2**20
+SRV_PRIORITY: Final = 1
+SRV_WEIGHT: Final = 1
 
 # A cached answer: the whole answer and its truncated form, each without and with an
 # OPT record, and the rcode's counter name. All with id 0, RD clear, the name lower-cased.
@@ -508,7 +187,7 @@ class Answers:
             if data[4] != 0 or data[5] != 1:
                 raise Malformed("question_count")
             qname, qtype, qclass, end = question(data)
-            payload, version = edns(data, end) if data[6:12] != _NO_RECORDS else (0, 0)
+            payload, version = edns(data, end) if data[6:12] != NO_RECORDS else (0, 0)
         except Malformed as exc:
             stats.rejected[exc.reason] += 1
             rcode = NOTIMP if exc.reason == "opcode" else FORMERR
@@ -800,13 +479,4 @@ def _soa(
     )
 
 
-__all__ = [
-    "Answers",
-    "DnsStats",
-    "LabelIndex",
-    "Malformed",
-    "Query",
-    "parse_name",
-    "question",
-    "split_label",
-]
+__all__ = ["Answers", "DnsStats"]

@@ -25,7 +25,8 @@ from typing import Any, Final, cast
 
 from lobby._ratelimit import RateLimitedLog
 from lobby.config import Settings
-from lobby.dns import SERVFAIL, Answers, header_only
+from lobby.dns import Answers
+from lobby.dns_wire import SERVFAIL, header_only
 from lobby.registry import Registry
 
 log = logging.getLogger("lobby.dns")

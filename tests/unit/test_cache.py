@@ -2,11 +2,15 @@
 
 import pytest
 from fakes import FakeClock
-from test_registry import d
 
 from lobby.answer import Answer
 from lobby.cache import Answers, Store
+from lobby.model import Discovery
 from lobby.registry import Registry
+
+
+def d(host: str, *labels: str) -> Discovery:
+    return Discovery(host, tuple(sorted(labels)))
 
 
 @pytest.fixture

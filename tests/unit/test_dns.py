@@ -19,15 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lobby import config
-from lobby.dns import (
-    EDNS_PAYLOAD,
-    Answers,
-    Query,
-    parse_name,
-    question,
-    split_label,
-    split_target,
-)
+from lobby.dns import Answers
+from lobby.dns_names import Query, parse_name, split_label, split_target
+from lobby.dns_wire import EDNS_PAYLOAD, question
 from lobby.model import Discovery
 from lobby.registry import Registry
 
