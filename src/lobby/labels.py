@@ -55,23 +55,6 @@ def parse_label_lines(text: str) -> list[str]:
     return out
 
 
-def parse_label_body(text: str) -> list[str]:
-    """An API request body: one label per line, blank lines ignored.
-
-    Strict, unlike files: any invalid line fails the whole request (LabelError).
-    Runtime labels are stored in a label file, where a line starting with `#` is a
-    comment, so such a label would vanish: refuse it rather than lose it.
-    """
-    labels = [clean_label(line) for line in text.split("\n") if line.strip()]
-    for label in labels:
-        if label.startswith("#"):
-            raise LabelError(
-                f"invalid label {label[:80]!r}: a runtime label cannot start with '#' "
-                "(label files read such a line as a comment)"
-            )
-    return labels
-
-
 def _skipped(name: str) -> bool:
     """Hidden files and editors' / our own temporary files are not label files."""
     return name.startswith(".") or name.endswith((".tmp", "~"))
@@ -308,7 +291,6 @@ __all__ = [
     "LocalLabels",
     "RuntimeLabels",
     "parse_env_labels",
-    "parse_label_body",
     "parse_label_lines",
     "read_label_dir",
     "write_atomic",

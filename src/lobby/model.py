@@ -114,6 +114,23 @@ _KNOWN_LABELS_MAX: Final = 200_000
 _KNOWN_LABELS_MAX_CHARS: Final = 16 * 1024 * 1024
 
 
+def parse_label_body(text: str) -> list[str]:
+    """An API request body: one label per line, blank lines ignored.
+
+    Strict, unlike files: any invalid line fails the whole request (LabelError).
+    Runtime labels are stored in a label file, where a line starting with `#` is a
+    comment, so such a label would vanish: refuse it rather than lose it.
+    """
+    labels = [clean_label(line) for line in text.split("\n") if line.strip()]
+    for label in labels:
+        if label.startswith("#"):
+            raise LabelError(
+                f"invalid label {label[:80]!r}: a runtime label cannot start with '#' "
+                "(label files read such a line as a comment)"
+            )
+    return labels
+
+
 def _remember(labels: list[str]) -> None:
     global _known_chars
     chars = sum(map(len, labels))

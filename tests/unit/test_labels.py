@@ -8,12 +8,11 @@ from lobby.labels import (
     LocalLabels,
     RuntimeLabels,
     parse_env_labels,
-    parse_label_body,
     parse_label_lines,
     read_label_dir,
     write_atomic,
 )
-from lobby.model import LabelError
+from lobby.model import LabelError, parse_label_body
 
 
 def test_env_labels_trimmed_and_empty_dropped():

@@ -29,8 +29,7 @@ from lobby.api._schema import CheckModel, DiscoveryModel, TargetGroupModel
 from lobby.api.answers import Body, Node, discoveries_answer, resolve_answer
 from lobby.api.auth import MAX_BODY, Guard
 from lobby.feed import ChangeFeed
-from lobby.labels import parse_label_body
-from lobby.model import LabelError, pretty
+from lobby.model import LabelError, parse_label_body, pretty
 from lobby.prometheus import PrometheusSD
 
 log = logging.getLogger("lobby.api")
