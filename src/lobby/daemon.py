@@ -17,17 +17,19 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lobby import __version__, observe
+from lobby import __version__, report
 from lobby.cache import Answers
 from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.config import Settings
 from lobby.drivers.base import Driver
 from lobby.feed import ChangeFeed
+from lobby.logs import NodeEventLog
 from lobby.presence import Presence
 from lobby.registry import Registry
 
 if TYPE_CHECKING:
     from lobby.checks import Checks
+    from lobby.metrics import Metrics
 
 log = logging.getLogger("lobby")
 
@@ -68,12 +70,15 @@ class Daemon:
         self.health = self.presence.health
         # given (tests) or built from DRIVER at run(); `driver` is the first DRIVER's
         self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
-        observe.log_node_events(self.registry)
-        self.metrics = (
-            None
-            if settings.disable_api
-            else observe.metrics(self.registry, self.presence, self.feed)
-        )
+        # join, update, leave and expire at INFO on the `lobby.nodes` logger
+        self.registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), settings.ttl))
+        self.metrics: Metrics | None = None
+        if not settings.disable_api:
+            from lobby.metrics import Metrics
+
+            self.metrics = report.track(
+                Metrics(__version__), self.registry, self.presence, self.feed
+            )
         self.embedded: Any = None
         self.callback: Any = None
         self.templates: Any = None
@@ -97,7 +102,7 @@ class Daemon:
 
     def stats(self) -> dict[str, Any]:
         parts = {"api": self._api, "callback": self.callback, "templates": self.templates}
-        return observe.stats(self, self.presence, self.feed, {**parts, "dns": self.dns})
+        return report.stats(self, self.presence, self.feed, {**parts, "dns": self.dns})
 
     # -- lifecycle ----------------------------------------------------------------
 

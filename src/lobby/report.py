@@ -1,24 +1,42 @@
-"""Wires what operators watch to the parts they watch (SPEC §14): the node event log and
-the metrics, each hooked onto the registry, presence and the change feed.
+"""What this node tells operators about itself (SPEC §14): the `/v1/stats` document, and
+the metrics' reads of the registry, presence and the change feed.
 
-Kept out of the daemon (wiring and lifecycle only) and out of lobby.metrics (which
-imports nothing of lobby). The metrics exist only when the API, which serves /metrics,
-is on; prometheus_client itself is imported on the first scrape.
+The metrics object and the node event log are made by the daemon (lobby.metrics and
+lobby.logs import nothing of lobby); here they are only hooked up, through `Tracker`.
+The metrics exist only when the API, which serves /metrics, is on; prometheus_client
+itself is imported on the first scrape.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from lobby import __version__
 from lobby.feed import ChangeFeed
-from lobby.logs import NodeEventLog
 from lobby.presence import Presence
 from lobby.registry import Registry
 
-if TYPE_CHECKING:
-    from lobby.metrics import Metrics
+
+class Tracker(Protocol):
+    """What `track` hooks up (lobby.metrics.Metrics)."""
+
+    def track(
+        self,
+        *,
+        nodes: Callable[[], float],
+        index: Callable[[], float],
+        paused: Callable[[], float],
+        links: Callable[[], Iterable[Any]],
+        rejected: Callable[[], Mapping[str, int]],
+        streams: Callable[[], float],
+        blocking: Callable[[], float],
+    ) -> None: ...
+
+    def node_event(self, kind: str, reason: str = "") -> None: ...
+
+
+T = TypeVar("T", bound=Tracker)
 
 
 class Node(Protocol):
@@ -63,17 +81,9 @@ def stats(
     }
 
 
-def log_node_events(registry: Registry) -> None:
-    """join, update, leave and expire at INFO on the `lobby.nodes` logger."""
-    registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), registry.ttl))
-
-
-def metrics(registry: Registry, presence: Presence, feed: ChangeFeed) -> Metrics:
-    """This daemon's metrics: its hooks on the registry, its reads of the rest."""
-    from lobby.metrics import Metrics
-
-    out = Metrics(__version__)
-    out.track(
+def track(metrics: T, registry: Registry, presence: Presence, feed: ChangeFeed) -> T:
+    """Hook `metrics` onto the registry's changes; it reads the rest at each scrape."""
+    metrics.track(
         nodes=lambda: len(registry),
         index=lambda: registry.index,
         paused=lambda: registry.paused,
@@ -82,5 +92,5 @@ def metrics(registry: Registry, presence: Presence, feed: ChangeFeed) -> Metrics
         streams=lambda: len(feed.watchers),
         blocking=lambda: feed.waiting,
     )
-    registry.add_listener(lambda change: out.node_event(change.kind, change.reason))
-    return out
+    registry.add_listener(lambda change: metrics.node_event(change.kind, change.reason))
+    return metrics
