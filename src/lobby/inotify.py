@@ -8,7 +8,7 @@ registered with the event loop (`loop.add_reader`) and its events are drained wi
 `os.read`; ctypes calls the two libc functions Python has no binding for.
 
 What is watched is the directory's own entries (IN_ONLYDIR, not recursive): a file
-created, written (on close), attributes changed, moved in or out, deleted; and the
+created, modified, closed after writing, attributes changed, moved in or out, deleted; and the
 directory itself deleted or moved, after which the watch is gone (`DirWatch.drain`
 says so) and the caller starts over. An event queue overflow (IN_Q_OVERFLOW) only
 means "something changed", which is all the callers want to know.
@@ -31,8 +31,10 @@ IN_DELETE: Final = 0x0200
 IN_DELETE_SELF: Final = 0x0400
 IN_MOVE_SELF: Final = 0x0800
 IN_UNMOUNT: Final = 0x2000
+IN_Q_OVERFLOW: Final = 0x4000
 IN_IGNORED: Final = 0x8000
 IN_ONLYDIR: Final = 0x01000000
+IN_ISDIR: Final = 0x40000000
 IN_NONBLOCK: Final = os.O_NONBLOCK
 IN_CLOEXEC: Final = os.O_CLOEXEC
 
@@ -92,7 +94,14 @@ class DirWatch:
     def drain(self) -> tuple[int, bool]:
         """Read every pending event: how many, and whether the directory itself went
         (deleted, moved away, unmounted: the watch is over)."""
-        events = 0
+        events, gone = self.events()
+        return len(events), gone
+
+    def events(self) -> tuple[list[tuple[int, str]], bool]:
+        """Read every pending event: each one's mask and file name ("" for the directory
+        itself, or for a queue overflow), in order, and whether the directory itself
+        went (deleted, moved away, unmounted: the watch is over)."""
+        events: list[tuple[int, str]] = []
         gone = False
         while True:
             try:
@@ -102,8 +111,10 @@ class DirWatch:
             offset = 0
             while offset + _EVENT.size <= len(data):
                 _, mask, _, size = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size + size
-                events += 1
+                start = offset + _EVENT.size
+                offset = start + size
+                raw = data[start:offset].rstrip(b"\0")  # the name is NUL-padded
+                events.append((mask, os.fsdecode(raw)))
                 if mask & GONE:
                     gone = True
 
