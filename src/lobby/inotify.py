@@ -24,6 +24,8 @@ from typing import Final
 IN_MODIFY: Final = 0x0002
 IN_ATTRIB: Final = 0x0004
 IN_CLOSE_WRITE: Final = 0x0008
+IN_CLOSE_NOWRITE: Final = 0x0010
+IN_OPEN: Final = 0x0020
 IN_MOVED_FROM: Final = 0x0040
 IN_MOVED_TO: Final = 0x0080
 IN_CREATE: Final = 0x0100
@@ -49,6 +51,9 @@ WATCHED: Final = (
     | IN_DELETE_SELF
     | IN_MOVE_SELF
 )
+# ...and who has a file open (lobby.labels: a file opened for writing may be torn);
+# our own reads make these events too, so a watch that re-reads on any event must not
+OPENS: Final = IN_OPEN | IN_CLOSE_NOWRITE
 GONE: Final = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watch ends
 
 _EVENT: Final = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; name
@@ -75,17 +80,18 @@ def _error(path: os.PathLike[str] | str | None = None) -> OSError:
 class DirWatch:
     """An inotify descriptor watching one directory; `fd` is for `loop.add_reader`.
 
+    `mask` is what to watch, WATCHED by default (add OPENS to see opens and reads).
     Raises OSError when it cannot start: ENOENT or ENOTDIR (no such directory),
     EMFILE (the inotify instances or descriptors are used up), ENOSPC (the watches
     are), EACCES.
     """
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, mask: int = WATCHED) -> None:
         libc = _lib()
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise _error()
-        if libc.inotify_add_watch(fd, os.fsencode(path), WATCHED | IN_ONLYDIR) < 0:
+        if libc.inotify_add_watch(fd, os.fsencode(path), mask | IN_ONLYDIR) < 0:
             exc = _error(path)
             os.close(fd)
             raise exc

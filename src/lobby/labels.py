@@ -99,6 +99,13 @@ SETTLE_QUIET: Final = 2.0  # a file written in place and not closed is read once
 SETTLE_LONGEST: Final = 20.0  # ...or this long after its first unclosed write, at the latest
 READ_TIMEOUT: Final = 5.0  # a read of the directory taking longer is reported as hung
 BURST: Final = 0.05  # events within this long are one read
+AFTER: Final = -1  # Writes._reads: the read closed the file
+NEXT: Final = -2  # ...and someone opened it again since: a new version, not the read's
+# The kernel queues a change's event an instant after the change is visible (a reader on
+# another core can see a file truncated before its IN_MODIFY is queued): a read is
+# judged by the events of this long after it ended. (A writer's IN_OPEN comes before
+# its O_TRUNC: see `Writes`. This is for truncate(2), which opens nothing.)
+GRACE: Final = 0.02
 
 
 class NotRegularFile(OSError):
@@ -124,17 +131,28 @@ def read_regular_file(path: Path) -> str:
 class Writes:
     """Which label files are being written in place, from the watch's inotify events.
 
-    The pure part of the label watch: no I/O, the clock injected. A file modified
-    (written, truncated) and not closed yet is "open": a read may find it empty or
-    half-written, so it keeps its last good labels until it settles -- closed after
-    writing (IN_CLOSE_WRITE), moved, deleted, or quiet for `quiet` seconds (a writer
-    that keeps it open, or truncate(2) with no open), or `longest` seconds after its
-    first unclosed write at the latest (a writer that never stops). Every other event
-    of a label file (create, close, move, delete, attributes) asks for a re-read;
-    a modify alone does not.
+    The pure part of the label watch: no I/O, the clock injected. A file opened
+    (IN_OPEN) or modified (IN_MODIFY: written, truncated) and not closed after
+    writing yet is "open": a read may find it empty or half-written, so it keeps its
+    last good labels until it settles -- closed after writing (IN_CLOSE_WRITE),
+    closed by a reader that wrote nothing (IN_CLOSE_NOWRITE after an open with no
+    modify), moved, deleted, or quiet for `quiet` seconds (a writer that keeps it
+    open, truncate(2) with no open), or `longest` seconds after it opened at the
+    latest (a writer that never stops). Every other event of a label file (create,
+    close after writing, move, delete, attributes) asks for a re-read; an open, a
+    modify or a reader's close does not.
 
-    It also remembers which files had an event since the read in progress began
-    (`begin`, `stale`): what that read saw of them may be torn, so it is not taken.
+    Opens are watched because the kernel queues a truncation's IN_MODIFY an instant
+    after the file shows empty (for as long as the writer is not scheduled again,
+    on a busy machine), but queues the writer's IN_OPEN before its O_TRUNC: a read
+    that finds the file truncated finds that IN_OPEN queued when it ends.
+
+    It also judges the read in progress (`begin`, `stale`): what it saw of a file
+    may be torn, so it is not taken, when the file changed or someone else opened it
+    before the read closed it (the read's own open and close are events too: the
+    first close after an open is taken for the read's), or when it was modified
+    after that with no open first (a truncate(2), a writer holding it open). What a
+    writer opening it after the read closed it does is the next version: no harm.
     """
 
     def __init__(
@@ -146,61 +164,89 @@ class Writes:
         self.clock = clock
         self.quiet = quiet
         self.longest = longest
-        self._open: dict[str, tuple[float, float]] = {}  # name: first, last unclosed write
-        self._since: set[str] = set()  # files with an event since `begin`
+        self._open: dict[str, tuple[float, float, bool]] = {}  # name: first, last, modified
+        # since `begin`, per file the read opens: its IN_OPENs until the read closed it
+        # (a positive count), then AFTER (closed), then NEXT (opened again: done)
+        self._reads: dict[str, int] = {}
+        self._stale: set[str] = set()  # files whose read may be torn
         self._overflow = False  # events lost since `begin`: any file may have changed
 
     def event(self, mask: int, name: str) -> bool:
         """Take one inotify event; True when it asks for a re-read now."""
         from lobby.inotify import (
+            IN_CLOSE_NOWRITE,
             IN_CLOSE_WRITE,
             IN_DELETE,
             IN_ISDIR,
             IN_MODIFY,
             IN_MOVED_FROM,
             IN_MOVED_TO,
+            IN_OPEN,
             IN_Q_OVERFLOW,
         )
 
         if mask & IN_Q_OVERFLOW:  # lost events: anything may have changed
             self._overflow = True
             return True
+        if not mask & ~(IN_OPEN | IN_CLOSE_NOWRITE | IN_ISDIR):  # an open, a reader's close
+            if name and not mask & IN_ISDIR and not _skipped(name):
+                self._opened(name, opening=bool(mask & IN_OPEN))
+            return False  # nothing changed (our own reads make these too)
         if not name:  # the directory itself (its attributes; its end is the watch's)
             return True
         if _skipped(name):  # hidden and temporary files are not label files
             return False
-        self._since.add(name)
+        if self._reads.get(name, 0) != NEXT:
+            self._stale.add(name)  # during the read, or after it with no open first
         if mask & IN_ISDIR:  # a subdirectory is not a label file; it may replace one
             return True
         if mask & IN_MODIFY and not mask & IN_CLOSE_WRITE:
             now = self.clock()
-            first = self._open.get(name, (now, now))[0]
-            self._open[name] = (first, now)
+            first = self._open.get(name, (now, now, True))[0]
+            self._open[name] = (first, now, True)
             return False
         if mask & (IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE):
             self._open.pop(name, None)
         return True
 
+    def _opened(self, name: str, opening: bool) -> None:
+        now = self.clock()
+        seen = self._reads.get(name, 0)
+        if opening:
+            if seen >= 1:  # someone else opened it while the read had it open
+                self._stale.add(name)
+            if seen == AFTER:
+                self._reads[name] = NEXT
+            elif seen >= 0:
+                self._reads[name] = seen + 1
+            first, _, modified = self._open.get(name, (now, now, False))
+            self._open[name] = (first, now, modified)
+        else:
+            if seen >= 1:  # the first close after an open: the read's own
+                self._reads[name] = AFTER
+            if name in self._open and not self._open[name][2]:
+                del self._open[name]  # a reader closed it, and nobody wrote meanwhile
+
     def touch(self, name: str) -> None:
         """`name` changed through us (the runtime file): a read in progress is stale."""
-        self._since.add(name)
+        self._stale.add(name)
 
     def unsettled(self) -> frozenset[str]:
-        """Files written in place and not settled yet: their last good labels stand."""
+        """Files open or written in place, not settled yet: their last good labels stand."""
         now = self.clock()
         return frozenset(
             name
-            for name, (first, last) in self._open.items()
+            for name, (first, last, _) in self._open.items()
             if now - last < self.quiet and now - first < self.longest
         )
 
     def expire(self) -> tuple[bool, float | None]:
         """Forget the writes that settled by time: whether any did (a re-read is due),
-        and in how many seconds the next one will (None: no write is open)."""
+        and in how many seconds the next one will (None: no file is open)."""
         now = self.clock()
         settled = False
         wait: float | None = None
-        for name, (first, last) in list(self._open.items()):
+        for name, (first, last, _) in list(self._open.items()):
             left = min(last + self.quiet, first + self.longest) - now
             if left <= 0:
                 del self._open[name]
@@ -211,12 +257,13 @@ class Writes:
 
     def begin(self) -> None:
         """A read starts: from now on, `stale` names what changed during it."""
-        self._since.clear()
+        self._reads.clear()
+        self._stale.clear()
         self._overflow = False
 
     def stale(self, name: str) -> bool:
-        """Whether `name` changed since the read in progress began."""
-        return self._overflow or name in self._since
+        """Whether what the read in progress saw of `name` (a file it opened) may be torn."""
+        return self._overflow or name in self._stale
 
 
 @dataclass
@@ -365,7 +412,11 @@ class LocalLabels:
         self._wanted = asyncio.Event()
         server = asyncio.ensure_future(self._serve(changed))
         try:
-            await watch_label_dir(self.path, self._want_read, stopping, follow=self._follow)
+            from lobby.inotify import OPENS, WATCHED
+
+            await watch_label_dir(
+                self.path, self._want_read, stopping, follow=self._follow, mask=WATCHED | OPENS
+            )
         finally:
             self._wanted = None
             server.cancel()
@@ -469,6 +520,7 @@ class LocalLabels:
         except TimeoutError:
             self._hung(job, loop)
             return
+        await asyncio.sleep(GRACE)  # the events of changes made while it read, all queued
         self._job = None
         self._pump()  # what changed while it read
         self._apply(job.scan())
@@ -727,6 +779,7 @@ async def watch_label_dir(
     changed: Callable[[], object],
     stopping: asyncio.Event,
     follow: _Follow | None = None,
+    mask: int | None = None,
 ) -> None:
     """Call `changed()` whenever the label directory may have changed, until `stopping`.
 
@@ -738,7 +791,8 @@ async def watch_label_dir(
     doubling to 10 s, with one rate-limited warning.
 
     `follow(watch, changed, stopping)`, when given, takes the events of a running
-    watch instead (`LocalLabels.watch`: which files changed, and how).
+    watch instead (`LocalLabels.watch`: which files changed, and how); `mask`, when
+    given, is what the watch watches (lobby.inotify.WATCHED by default).
     """
     follow = follow or _follow
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
@@ -753,7 +807,7 @@ async def watch_label_dir(
         from lobby.inotify import DirWatch  # only once there is a directory to watch
 
         try:
-            watch = DirWatch(path)
+            watch = DirWatch(path) if mask is None else DirWatch(path, mask)
         except OSError as exc:
             if is_dir():
                 fail_log(
