@@ -532,7 +532,7 @@ class LocalLabels:
         where = self.path / job.reading if job.reading else self.path
         self._hung_log(
             logging.WARNING,
-            "reading label directory %s has taken over %.0f s (at %s); keeping the last "
+            "reading label directory %s has taken over %g s (at %s); keeping the last "
             "good labels, and starting no other read until it returns",
             self.path,
             self.read_timeout,
