@@ -438,7 +438,12 @@ class LocalLabels:
             await asyncio.sleep(BURST)  # the rest of the burst: one read for it
             wanted.clear()
             full, self._full = self._full, False
-            await self._read_async(check_only=not full)
+            try:
+                await self._read_async(check_only=not full)
+            except Exception as exc:  # a bug: report it, keep the labels, keep watching
+                self._job = None
+                self._stamp = None
+                self._log(logging.ERROR, "reading label directory %s failed: %r", self.path, exc)
             changed()
 
     async def _follow(

@@ -149,7 +149,7 @@ def test_a_label_read_that_hangs_leaves_the_node_answering(nats_server, channel,
             assert r.json()["labels"] == ["service:web"]
             answers += 1
             time.sleep(0.05)
-    assert slowest < 1.0, slowest
+    assert slowest < 1.5, slowest  # every read syscall goes through strace
     assert own_labels(b, "a.hang") == ["service:web"]  # still announced, labels kept
     out = a.output()
     assert out.count("has taken over 5 s") == 1, out[-3000:]  # once, and no pile-up

@@ -506,3 +506,29 @@ async def test_a_runtime_write_during_a_read_is_not_undone_by_it(tmp_path):
     await reading
     assert local.current() == ("r:1", "r:2")  # the read saw the old file: not taken
     assert local.read() == ("r:1", "r:2")
+
+
+async def test_a_read_that_fails_unexpectedly_keeps_the_labels_and_the_watch(tmp_path, caplog):
+    (tmp_path / "f").write_text("a:1\n")
+    broken = True
+
+    def reader(path):
+        if broken and path.name == "g":
+            raise ValueError("a bug")
+        return read_regular_file(path)
+
+    local = LocalLabels([], tmp_path, "_runtime", read_file=reader)
+    assert local.read() == ("a:1",)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(local.watch(lambda: None, stopping))
+    try:
+        await asyncio.sleep(0)
+        (tmp_path / "g").write_text("b:1\n")
+        await until(lambda: "a bug" in caplog.text, timeout=5, what="the failure logged")
+        assert local.current() == ("a:1",) and not task.done()
+        broken = False
+        (tmp_path / "g").write_text("b:2\n")  # the next change is read
+        await until(lambda: local.current() == ("a:1", "b:2"), timeout=5, what="b:2")
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 5)
