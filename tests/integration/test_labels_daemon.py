@@ -45,8 +45,7 @@ class Sampler(threading.Thread):
         with self.node.client() as mine, self.peer.client() as theirs:
             while not self.stop.is_set():
                 self.own.append(mine.get("/v1/discovery").json()["labels"])
-                listed = [d for d in theirs.get("/v1/discoveries").json()]
-                by_name = {d["hostname"]: d["labels"] for d in listed}
+                by_name = {d["hostname"]: d["labels"] for d in theirs.get("/v1/discoveries").json()}
                 self.seen.append(by_name.get(self.node.name))
                 time.sleep(0.01)
 
