@@ -4,6 +4,7 @@ leaves the node answering with the labels it had (issue 24)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -130,6 +131,15 @@ def test_a_label_read_that_hangs_leaves_the_node_answering(nats_server, channel,
     strace += ["-e", "trace=read", "-e", "inject=read:delay_enter=20s"]
     env = nats_env(nats_server, channel, KEEP_ALIVE="1", LABELS_PATH=str(labels))
     a = spawn("a.hang", env, wrapper=strace)
+    pid = tracee(a.pid)
+    try:
+        hang_and_answer(a, pid, spawn, nats_server, channel, slow)
+    finally:  # strace, stopped, detaches and leaves its tracee running: stop it here
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def hang_and_answer(a: Lobbyd, pid: int, spawn, nats_server, channel: str, slow: Path) -> None:
     b = spawn("b.hang", nats_env(nats_server, channel, KEEP_ALIVE="1"))
     wait_for(lambda: own_labels(b, "a.hang") == ["service:web"], 10, what="b to list a")
 
@@ -158,7 +168,7 @@ def test_a_label_read_that_hangs_leaves_the_node_answering(nats_server, channel,
     # the hung read does not hold up the shutdown (SPEC §3: within 2 s). Not the exit
     # status: strace keeps the delayed thread until the 20 s are over, so the kernel
     # cannot finish the exit before then (as with a thread stuck on a hard NFS mount)
-    os.kill(tracee(a.pid), signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
     wait_for(lambda: "stopped in" in a.output(), 2, what="lobbyd to shut down")
     print(f"\nFIGURE a hung label read: {answers} API answers in 8 s, slowest {slowest:.3f} s")
 
