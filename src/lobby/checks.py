@@ -30,8 +30,9 @@ For /metrics: every `Check` has `name` (`LABELS=CHECK`, a URL's password hidden)
 `lobby_check_up{check}` and `lobby_check_transitions_total{check}`.
 
 A malformed entry in CHECKS or CHECKS_FILE stops lobbyd at start (exit 2, naming it:
-`load_specs(strict=True)`); a malformed line in CHECKS_FILE at run time is logged and
-skipped, and the other checks go on.
+lobby.config parses CHECKS and reads the file with `read_checks_file(strict=True)`); a
+malformed line in CHECKS_FILE at run time is logged and skipped, and the other checks
+go on. The settings come in as `CheckSettings` (lobby.config.Settings has them).
 """
 
 from __future__ import annotations
@@ -43,16 +44,15 @@ import os
 import random
 import shlex
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from lobby import __version__
 from lobby._process import run_command, signame
 from lobby.clock import SYSTEM_CLOCK, Clock
-from lobby.config import Settings
 from lobby.labels import watch_label_dir
 from lobby.model import LabelError, clean_label
 from lobby.urls import redact_text
@@ -70,6 +70,23 @@ FILE_GONE_GRACE: Final = 0.5  # a file missing now may be mid-replace: look once
 
 Kind = Literal["tcp", "http", "exec"]
 EXPECTED = "expected LABELS=CHECK with CHECK tcp://HOST:PORT, http(s)://URL or exec:COMMAND"
+
+
+class CheckSettings(Protocol):
+    """The settings the health checks read (lobby.config.Settings has them)."""
+
+    @property
+    def checks(self) -> Sequence[CheckSpec]: ...
+    @property
+    def checks_file(self) -> str: ...
+    @property
+    def check_interval(self) -> float: ...
+    @property
+    def check_timeout(self) -> float: ...
+    @property
+    def check_rise(self) -> int: ...
+    @property
+    def check_fall(self) -> int: ...
 
 
 class CheckError(ValueError):
@@ -198,24 +215,19 @@ def parse_check_lines(text: str, source: str, *, strict: bool) -> list[CheckSpec
     return out
 
 
-def load_specs(settings: Settings, *, strict: bool = True) -> list[CheckSpec]:
-    """Every entry of CHECKS and CHECKS_FILE (what lobbyd checks before it starts).
+def read_checks_file(file: str, labels_path: str, *, strict: bool = True) -> list[CheckSpec]:
+    """The entries of CHECKS_FILE `file` (what lobbyd checks before it starts).
 
-    Raises CheckError for a malformed entry (also from the file when `strict`) and
-    OSError when CHECKS_FILE cannot be read; ValueError when it lies in LABELS_PATH,
-    where lobbyd would read its lines as labels.
+    Raises CheckError for a malformed entry when `strict`, OSError when the file cannot
+    be read, and ValueError when it lies in LABELS_PATH, where lobbyd would read its
+    lines as labels.
     """
-    specs = parse_checks(settings.checks)
-    if settings.checks_file:
-        path = Path(settings.checks_file)
-        labels_dir = Path(settings.labels_path)
-        if not path.name.startswith(".") and path.parent.resolve() == labels_dir.resolve():
-            raise ValueError(
-                f"{path} is in LABELS_PATH, where every file is read as labels; move it"
-            )
-        text = path.read_text(encoding="utf-8", errors="replace")
-        specs += parse_check_lines(text, str(path), strict=strict)
-    return specs
+    path = Path(file)
+    labels_dir = Path(labels_path)
+    if not path.name.startswith(".") and path.parent.resolve() == labels_dir.resolve():
+        raise ValueError(f"{path} is in LABELS_PATH, where every file is read as labels; move it")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return parse_check_lines(text, str(path), strict=strict)
 
 
 # -- running a check ------------------------------------------------------------------
@@ -401,12 +413,12 @@ class Checks:
         self._env_names = set(self._checks)
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Checks | None:
+    def from_settings(cls, settings: CheckSettings, clock: Clock = SYSTEM_CLOCK) -> Checks | None:
         """The configured checks (CHECKS_FILE is read by `run`); None when there are none."""
-        if not settings.has_checks:
+        if not settings.checks and not settings.checks_file:
             return None
         return cls(
-            parse_checks(settings.checks),
+            settings.checks,
             interval=settings.check_interval,
             timeout=settings.check_timeout,
             rise=settings.check_rise,
@@ -615,8 +627,8 @@ __all__ = [
     "CheckSpec",
     "Checks",
     "Outcome",
-    "load_specs",
     "parse_check_lines",
     "parse_checks",
     "parse_entry",
+    "read_checks_file",
 ]

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from lobby.labels import LocalLabels, parse_env_labels
+from lobby.labels import LocalLabels
 from lobby.model import HI, MAX_PACKET_BYTES, Discovery, LabelError, encode_envelope
 from lobby.registry import Registry
 
@@ -28,7 +28,7 @@ class IdentitySettings(Protocol):
     """The settings identity reads (lobby.config.Settings has them)."""
 
     @property
-    def labels(self) -> str: ...
+    def labels(self) -> tuple[str, ...]: ...
     @property
     def labels_path(self) -> str: ...
     @property
@@ -49,7 +49,7 @@ class Identity:
     ) -> None:
         self.registry = registry
         self.local = LocalLabels(
-            parse_env_labels(settings.labels),
+            settings.labels,
             settings.labels_path,
             settings.runtime_labels_filename,
         )

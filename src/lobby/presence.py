@@ -40,7 +40,7 @@ from lobby.model import Discovery
 from lobby.receive import Receiver, ReceiveSettings
 from lobby.registry import Registry
 from lobby.relay import Relay
-from lobby.signing import Gate, Keyring, parse_keys, parse_keys_file
+from lobby.signing import Gate, Keyring, parse_keys_file
 
 log = logging.getLogger("lobby")
 
@@ -49,7 +49,7 @@ __all__ = ["ECHO_WITHIN", "Link", "Presence", "PresenceSettings", "load_keyring"
 
 class KeyringSettings(Protocol):
     @property
-    def signing_keys(self) -> str: ...
+    def signing_keys(self) -> Sequence[bytes]: ...
     @property
     def signing_keys_file(self) -> str: ...
 
@@ -311,7 +311,7 @@ def load_keyring(settings: KeyringSettings) -> Keyring | None:
     Both were checked when the settings were loaded (lobby.config), so this cannot fail
     on a good start; the file is read again here because that is when it is used.
     """
-    keys = parse_keys(settings.signing_keys)
+    keys = list(settings.signing_keys)
     if settings.signing_keys_file:
         keys += parse_keys_file(Path(settings.signing_keys_file).read_text())
     return Keyring(keys) if keys else None

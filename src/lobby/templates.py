@@ -38,7 +38,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lobby.command import report, run_command, shown
-from lobby.config import Settings, parse_min_max
+from lobby.config import Settings
 from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import Discovery
 from lobby.prometheus import target_groups
@@ -171,10 +171,11 @@ class Template:
         }
 
 
-def load_templates(text: str) -> list[Template]:
-    """Parse TEMPLATES and compile every source: what lobbyd checks at start."""
+def load_templates(specs: Iterable[TemplateSpec]) -> list[Template]:
+    """Compile the source of every TEMPLATES entry (parsed by lobby.config, which also
+    runs this at start); raises TemplateConfigError naming a bad one."""
     out = []
-    for spec in parse_templates(text):
+    for spec in specs:
         try:
             out.append(Template(spec, compile_template(spec.source)))
         except TemplateConfigError as exc:
@@ -383,7 +384,7 @@ class TemplateRunner:
         """lobbyd's runner: TEMPLATES, TEMPLATE_WAIT, TEMPLATE_COMMAND_TIMEOUT."""
         return cls(
             load_templates(settings.templates),
-            wait=parse_min_max(settings.template_wait),
+            wait=settings.template_wait,
             timeout=settings.template_command_timeout,
             snapshot=registry_view(registry, me, settings.node_exporter_port),
         )

@@ -459,7 +459,7 @@ def test_lobbyd_refuses_a_checks_file_among_the_label_files(tmp_path):
 
 def test_settings_defaults():
     s = config.load({})
-    assert (s.checks, s.checks_file) == ("", "")
+    assert (s.checks, s.checks_file) == ((), "")
     assert (s.check_interval, s.check_timeout, s.check_rise, s.check_fall) == (10.0, 2.0, 2, 3)
     assert config.load({"CHECK_INTERVAL": "250ms"}).check_interval == 0.25
 

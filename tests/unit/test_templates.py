@@ -116,7 +116,7 @@ def test_wait_takes_min_and_max_with_units():
 
 def test_settings_defaults_and_one_line_errors():
     settings = config.load({})
-    assert (settings.templates, settings.template_wait) == ("", "2s:10s")
+    assert (settings.templates, settings.template_wait) == ((), (2.0, 10.0))
     assert settings.template_command_timeout == 60.0
     with pytest.raises(config.ConfigError, match="TEMPLATE_WAIT"):
         config.load({"TEMPLATE_WAIT": "10s:2s"})
