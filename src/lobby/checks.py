@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from lobby import __version__
-from lobby._process import run_command, signame
+from lobby._process import run_process, signame
 from lobby.clock import SYSTEM_CLOCK, Clock
-from lobby.labels import watch_label_dir
+from lobby.labels import watch_dir
 from lobby.model import LabelError, clean_label
 from lobby.urls import redact_text
 
@@ -234,7 +234,7 @@ def read_checks_file(file: str, labels_path: str, *, strict: bool = True) -> lis
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CheckResult:
     """One run's result."""
 
     ok: bool
@@ -264,26 +264,26 @@ def _timed_out(timeout: float) -> str:
     return f"timed out after {timeout:g} s"
 
 
-async def probe_tcp(host: str, port: int, timeout: float) -> Outcome:
+async def probe_tcp(host: str, port: int, timeout: float) -> CheckResult:
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
-        return Outcome(False, _timed_out(timeout))
+        return CheckResult(False, _timed_out(timeout))
     except OSError as exc:
-        return Outcome(False, _reason(exc))
+        return CheckResult(False, _reason(exc))
     peer = writer.get_extra_info("peername")
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation
             await writer.wait_closed()
     if not peer:
-        return Outcome(True, "connected")
+        return CheckResult(True, "connected")
     address = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
-    return Outcome(True, f"connected to {address}:{peer[1]}")
+    return CheckResult(True, f"connected to {address}:{peer[1]}")
 
 
-async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> Outcome:
+async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> CheckResult:
     import httpx
 
     body = bytearray()
@@ -294,27 +294,27 @@ async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> Out
                 if len(body) >= OUTPUT_LIMIT:
                     break
     except (TimeoutError, httpx.TimeoutException):
-        return Outcome(False, _timed_out(timeout))
+        return CheckResult(False, _timed_out(timeout))
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-        return Outcome(False, _reason(exc))
+        return CheckResult(False, _reason(exc))
     status = response.status_code
     detail = f"HTTP {status} {response.reason_phrase}".rstrip()
     if response.is_redirect:
         detail += f" to {response.headers.get('location', '?')} (redirects are not followed)"
-    return Outcome(200 <= status < 300, detail, _text(body))
+    return CheckResult(200 <= status < 300, detail, _text(body))
 
 
-async def probe_exec(argv: list[str], timeout: float) -> Outcome:
+async def probe_exec(argv: list[str], timeout: float) -> CheckResult:
     try:
-        done = await run_command(argv, timeout=timeout, stdin=None, output_limit=OUTPUT_LIMIT)
+        done = await run_process(argv, timeout=timeout, stdin=None, output_limit=OUTPUT_LIMIT)
     except OSError as exc:
-        return Outcome(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        return CheckResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     output = _text(done.output.kept)
     if done.status is None:
-        return Outcome(False, f"{_timed_out(timeout)}: killed", output)
+        return CheckResult(False, f"{_timed_out(timeout)}: killed", output)
     if done.status < 0:
-        return Outcome(False, f"killed by {signame(-done.status)}", output)
-    return Outcome(done.status == 0, f"exit status {done.status}", output)
+        return CheckResult(False, f"killed by {signame(-done.status)}", output)
+    return CheckResult(done.status == 0, f"exit status {done.status}", output)
 
 
 @dataclass(eq=False)
@@ -331,7 +331,7 @@ class Check:
     failures: int = 0  # consecutive
     transitions: int = 0
     runs: int = 0
-    last: Outcome | None = None
+    last: CheckResult | None = None
     last_run: float | None = None  # wall time
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -339,7 +339,7 @@ class Check:
     def name(self) -> str:
         return self.spec.name
 
-    def record(self, outcome: Outcome, now: float) -> bool:
+    def record(self, outcome: CheckResult, now: float) -> bool:
         """Count one result at wall time `now`; True when the state flipped."""
         self.runs += 1
         self.last = outcome
@@ -375,7 +375,7 @@ class Check:
         }
 
 
-Probe = Callable[[Check], Awaitable[Outcome]]
+Probe = Callable[[Check], Awaitable[CheckResult]]
 
 
 class Checks:
@@ -443,7 +443,7 @@ class Checks:
 
     # -- results ----------------------------------------------------------------------
 
-    def record(self, check: Check, outcome: Outcome) -> None:
+    def record(self, check: Check, outcome: CheckResult) -> None:
         """Count a result; on a flip, log it and tell presence when the labels change."""
         flipped = check.record(outcome, self._clock.wall())
         if not flipped:
@@ -560,7 +560,14 @@ class Checks:
     async def _watch_file(self, stopping: asyncio.Event) -> None:
         assert self.file is not None
         watcher = asyncio.create_task(
-            watch_label_dir(self.file.parent, self._file_dirty.set, stopping), name="checks-file"
+            watch_dir(
+                self.file.parent,
+                self._file_dirty.set,
+                stopping,
+                what="the directory of CHECKS_FILE",
+                fallback=f"re-reading the file every {FILE_RECHECK:g} s",
+            ),
+            name="checks-file",
         )
         try:
             while not stopping.is_set():
@@ -589,7 +596,7 @@ class Checks:
             period = self.interval * random.uniform(1 - JITTER, 1 + JITTER)
             await asyncio.sleep(max(0.0, period - (monotonic() - started)))
 
-    async def _run_probe(self, check: Check) -> Outcome:
+    async def _run_probe(self, check: Check) -> CheckResult:
         spec = check.spec
         try:
             if spec.kind == "tcp":
@@ -599,7 +606,7 @@ class Checks:
             return await probe_exec(list(spec.argv), self.timeout)
         except Exception as exc:  # a bug here must not stop the check, nor the daemon
             log.exception("check %s: unexpected error", check.name)
-            return Outcome(False, f"unexpected error: {exc!r}")
+            return CheckResult(False, f"unexpected error: {exc!r}")
 
     def _http_client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -624,9 +631,9 @@ class Checks:
 __all__ = [
     "Check",
     "CheckError",
+    "CheckResult",
     "CheckSpec",
     "Checks",
-    "Outcome",
     "parse_check_lines",
     "parse_checks",
     "parse_entry",

@@ -318,14 +318,30 @@ __all__ = [
 async def watch_label_dir(
     path: Path, changed: Callable[[], object], stopping: asyncio.Event
 ) -> None:
-    """Call `changed()` whenever the label directory may have changed, until `stopping`.
+    """Call `changed()` whenever the label directory may have changed, until `stopping`
+    (`watch_dir`). The announcer also checks every KEEP_ALIVE, so a missed event costs
+    at most one keep-alive."""
+    await watch_dir(
+        path, changed, stopping, what="label directory", fallback="checking it every KEEP_ALIVE"
+    )
+
+
+async def watch_dir(
+    path: Path,
+    changed: Callable[[], object],
+    stopping: asyncio.Event,
+    *,
+    what: str,
+    fallback: str,
+) -> None:
+    """Call `changed()` whenever directory `path` may have changed, until `stopping`.
 
     Its inotify events (`lobby.inotify`) are read by the event loop; a burst of edits
     within 50 ms is one call. A directory that does not exist yet (or any more) is
-    polled every 0.5 s until it appears. The announcer also checks every KEEP_ALIVE,
-    so a missed event costs at most one keep-alive. A watch that cannot start (EMFILE
-    or ENOSPC: no inotify instance or watch left) is retried with back-off, 0.5 s
-    doubling to 10 s, with one rate-limited warning.
+    polled every 0.5 s until it appears. A watch that cannot start (EMFILE or ENOSPC:
+    no inotify instance or watch left) is retried with back-off, 0.5 s doubling to
+    10 s, with one rate-limited warning naming `what` is watched and what is done
+    meanwhile (`fallback`).
     """
     is_dir = path.is_dir  # a stat of a local directory: cheap enough for the loop
     fail_log = RateLimitedLog(log, burst=1, every=300)
@@ -344,10 +360,11 @@ async def watch_label_dir(
             if is_dir():
                 fail_log(
                     logging.WARNING,
-                    "cannot watch label directory %s: %s; checking it every KEEP_ALIVE "
-                    "and retrying the watch",
+                    "cannot watch %s %s: %s; %s and retrying the watch",
+                    what,
                     path,
                     exc.strerror or exc,
+                    fallback,
                 )
         else:
             with watch:
