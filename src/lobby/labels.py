@@ -768,14 +768,38 @@ async def watch_label_dir(
     follow: _Follow | None = None,
     mask: int | None = None,
 ) -> None:
-    """Call `changed()` whenever the label directory may have changed, until `stopping`.
+    """Call `changed()` whenever the label directory may have changed, until `stopping`
+    (`watch_dir`). The announcer also checks every KEEP_ALIVE, so a missed event costs
+    at most one keep-alive."""
+    await watch_dir(
+        path,
+        changed,
+        stopping,
+        what="label directory",
+        fallback="checking it every KEEP_ALIVE",
+        follow=follow,
+        mask=mask,
+    )
+
+
+async def watch_dir(
+    path: Path,
+    changed: Callable[[], object],
+    stopping: asyncio.Event,
+    *,
+    what: str,
+    fallback: str,
+    follow: _Follow | None = None,
+    mask: int | None = None,
+) -> None:
+    """Call `changed()` whenever directory `path` may have changed, until `stopping`.
 
     Its inotify events (`lobby.inotify`) are read by the event loop; a burst of edits
     within 50 ms is one call. A directory that does not exist yet (or any more) is
-    polled every 0.5 s until it appears. The announcer also checks every KEEP_ALIVE,
-    so a missed event costs at most one keep-alive. A watch that cannot start (EMFILE
-    or ENOSPC: no inotify instance or watch left) is retried with back-off, 0.5 s
-    doubling to 10 s, with one rate-limited warning.
+    polled every 0.5 s until it appears. A watch that cannot start (EMFILE or ENOSPC:
+    no inotify instance or watch left) is retried with back-off, 0.5 s doubling to
+    10 s, with one rate-limited warning naming `what` is watched and what is done
+    meanwhile (`fallback`).
 
     `follow(watch, changed, stopping)`, when given, takes the events of a running
     watch instead (`LocalLabels.watch`: which files changed, and how); `mask`, when
@@ -799,10 +823,11 @@ async def watch_label_dir(
             if is_dir():
                 fail_log(
                     logging.WARNING,
-                    "cannot watch label directory %s: %s; checking it every KEEP_ALIVE "
-                    "and retrying the watch",
+                    "cannot watch %s %s: %s; %s and retrying the watch",
+                    what,
                     path,
                     exc.strerror or exc,
+                    fallback,
                 )
         else:
             with watch:
