@@ -5,6 +5,7 @@ import stat
 import threading
 
 import pytest
+from fakes import FakeClock
 from support import until, wait_for
 
 from lobby.inotify import (
@@ -233,14 +234,6 @@ async def test_unreadable_runtime_file_refuses_the_write(tmp_path):
 
 
 # -- files written in place, reads off the loop (issue 24) ------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_file_modified_is_open_until_closed_after_writing():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from fakes import FakeClock
 
 from lobby import config
 from lobby.clock import Clock
@@ -16,20 +17,12 @@ from lobby.presence import Presence
 from lobby.registry import Registry
 
 
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def fake() -> FakeTime:
-    return FakeTime()
+def fake() -> FakeClock:
+    return FakeClock()
 
 
-def make(tmp_path: Path, fake: FakeTime, **env: str) -> Presence:
+def make(tmp_path: Path, fake: FakeClock, **env: str) -> Presence:
     settings = config.load(
         {"HOSTNAME": "me", "DISABLE_API": "1", "LABELS_PATH": str(tmp_path), **env}
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from fakes import FakeClock
 from support import until
 
 from lobby import config
@@ -17,14 +18,6 @@ from lobby.drivers.memory import MemoryBroker
 from lobby.model import Discovery, add_relay, encode_envelope, encode_sync
 from lobby.presence import Presence
 from lobby.registry import Registry
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def hi(host: str, *labels: str) -> bytes:
@@ -40,11 +33,11 @@ async def node(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """node(**env) -> (Presence on brokers "NATS" and "Redis", nats, redis, fake time)."""
     made: list[tuple[Presence, list[asyncio.Task[Any]]]] = []
 
-    async def make(**env: str) -> tuple[Presence, MemoryBroker, MemoryBroker, FakeTime]:
+    async def make(**env: str) -> tuple[Presence, MemoryBroker, MemoryBroker, FakeClock]:
         settings = config.load(
             {"HOSTNAME": "me", "LABELS_PATH": str(tmp_path), "DRIVER": "NATS,Redis", **env}
         )
-        fake = FakeTime()
+        fake = FakeClock()
         clock = Clock(monotonic=fake, wall=lambda: 1_700_000_000.0)
         registry = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
         p = Presence(settings, registry, clock=clock)
