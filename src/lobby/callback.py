@@ -17,16 +17,28 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from lobby.command import OUTPUT_LIMIT, report, run_command, shown
-from lobby.config import Settings
 
 log = logging.getLogger("lobby.callback")
 
 Result = Literal["ok", "failed", "timeout"]
 # told after every run: its result and how long it took (lobby.metrics)
 RunHook = Callable[[Result, float], None]
+
+
+class CallbackSettings(Protocol):
+    """What the runner reads of the settings (lobby.config.Settings has it)."""
+
+    @property
+    def callback(self) -> str: ...
+    @property
+    def callback_cooldown(self) -> int: ...
+    @property
+    def callback_first_run_delay(self) -> int: ...
+    @property
+    def callback_timeout(self) -> int: ...
 
 
 class CallbackRunner:
@@ -55,7 +67,7 @@ class CallbackRunner:
 
     @classmethod
     def from_settings(
-        cls, s: Settings, snapshot: Callable[[], bytes], on_run: RunHook | None = None
+        cls, s: CallbackSettings, snapshot: Callable[[], bytes], on_run: RunHook | None = None
     ) -> CallbackRunner:
         return cls(
             s.callback,

@@ -33,13 +33,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lobby.command import report, run_command, shown
-from lobby.config import Settings
 from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import Discovery
 from lobby.prometheus import target_groups
@@ -356,6 +355,19 @@ class Quiescence:
 # -- the runner -------------------------------------------------------------------------
 
 
+class TemplateSettings(Protocol):
+    """What the runner reads of the settings (lobby.config.Settings has it)."""
+
+    @property
+    def templates(self) -> Sequence[TemplateSpec]: ...
+    @property
+    def template_wait(self) -> tuple[float, float]: ...
+    @property
+    def template_command_timeout(self) -> float: ...
+    @property
+    def node_exporter_port(self) -> int: ...
+
+
 class TemplateRunner:
     """Renders every template when the registry has been quiet long enough."""
 
@@ -380,7 +392,7 @@ class TemplateRunner:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, registry: Registry, me: Callable[[], Discovery]
+        cls, settings: TemplateSettings, registry: Registry, me: Callable[[], Discovery]
     ) -> TemplateRunner:
         """lobbyd's runner: TEMPLATES, TEMPLATE_WAIT, TEMPLATE_COMMAND_TIMEOUT."""
         return cls(
