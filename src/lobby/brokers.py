@@ -17,7 +17,6 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from lobby._packages import defer_init
 from lobby.backoff import reconnect_backoff
 from lobby.config import Settings
 from lobby.drivers.base import Driver
@@ -76,10 +75,6 @@ def nats_options(s: Settings) -> dict[str, Any]:
 
 
 def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
-    # nats-py's client, not its JetStream (nats.js: imported by the client, used only
-    # if a message has headers) nor nats/__init__ (lobby._packages)
-    defer_init("nats")
-    defer_init("nats.js")
     from lobby.drivers.nats import NatsDriver
 
     return NatsDriver(
@@ -107,10 +102,6 @@ def redis_tls(s: Settings, wanted: bool) -> dict[str, Any] | None:
 
 
 def redis_driver(s: Settings) -> Driver:
-    # redis-py's asyncio client and connection, not the cluster, Sentinel and sync
-    # clients that redis/__init__ and redis/asyncio/__init__ import (lobby._packages)
-    defer_init("redis")
-    defer_init("redis.asyncio")
     from lobby.drivers.redis import RedisDriver
 
     return RedisDriver(
