@@ -19,6 +19,7 @@ api.respond(Request("GET", "/v1/discoveries"))`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -138,6 +139,7 @@ class Api:
         self.prometheus = PrometheusSD(self.registry, node_exporter_port)
         self.routes = tuple(r for r in routes if r.when is None or r.when(self))
         self._table = _Table(self.routes)
+        self._async = frozenset(r for r in self.routes if inspect.iscoroutinefunction(r.answer))
         self.stopping = False
 
     @cached_property
@@ -216,26 +218,28 @@ class Api:
         release: Callable[[], None] | None = None,
     ) -> Dispatched:
         """Call the handler: its answer now, or the coroutine that awaits it."""
+        if route in self._async:
+            return self._awaited(route, req, args, started, release)
         try:
             reply = route.answer(self, req, args)
+            answer = self._finish(route, req, reply, release)
         except HttpError as exc:
             if release is not None:
                 release()
             answer = plain(exc.status, exc.message, exc.headers)
-            return self._done(req, answer, route.path, started)
-        if isinstance(reply, Awaitable):
-            return self._awaited(route, req, reply, started, release)
-        return self._done(req, self._finish(route, req, reply, release), route.path, started)
+        return self._done(req, answer, route.path, started)
 
     async def _awaited(
         self,
         route: Route,
         req: Request,
-        reply: Awaitable[Any],
+        args: Mapping[str, str],
         started: float,
         release: Callable[[], None] | None,
     ) -> Response:
         try:
+            reply = route.answer(self, req, args)
+            assert isinstance(reply, Awaitable)
             answer = self._finish(route, req, await reply, release)
         except HttpError as exc:
             if release is not None:

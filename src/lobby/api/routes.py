@@ -69,7 +69,7 @@ class Param:
     choices: frozenset[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Route:
     method: str
     path: str
