@@ -75,9 +75,7 @@ async def test_requests_cut_at_the_deadline_end_quietly(path, caplog) -> None:
     await until(lambda: server.started, what="server started")
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
     client = asyncio.create_task(request(port, path))
-    await until(
-        lambda: any(c._task for c in server.state.connections), what="the request running"
-    )
+    await until(lambda: any(c._task for c in server.state.connections), what="the request running")
 
     await server.stop(timeout=0.2)
     await asyncio.wait_for(serving, 5)
