@@ -80,7 +80,7 @@ async def test_pipelined_answers_keep_request_order(api: Api, registry: Registry
 async def test_http_1_0_and_connection_close(api: Api) -> None:
     wire = Wire(api)
     wire.send(get("/v1/discovery", version="1.0"))
-    [(line, headers, body)] = answers(wire.take())
+    [(_, headers, body)] = answers(wire.take())
     assert headers[b"connection"] == b"close" and body.startswith(b"{")
     assert wire.transport.closed
     wire = Wire(api)
@@ -148,7 +148,7 @@ async def test_big_lists_go_out_in_chunks(api: Api, registry: Registry, monkeypa
     await asyncio.sleep(0.05)
     out = wire.take()
     assert b"transfer-encoding: chunked\r\n" in out
-    (_, headers, body), (_, _, own) = answers(out)
+    (_, _, body), (_, _, own) = answers(out)
     assert body == registry.all_json()
     assert own.startswith(b'{\n  "hostname": "me.example"')
 
