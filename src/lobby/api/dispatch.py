@@ -76,7 +76,8 @@ def accepts_gzip(value: bytes) -> bool:
 
 
 class _Table:
-    """The routes by path: exact paths, then templates with one final `{param}`."""
+    """The routes by path: exact paths, then templates with one final `{param}` (one
+    path segment; `{param:path}`: the rest of the path, slashes included)."""
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.exact: dict[str, dict[str, Route]] = {}
@@ -99,7 +100,8 @@ class _Table:
             if not path.startswith(prefix):
                 continue
             value = path[len(prefix) :]
-            if not value or "/" in value:
+            name, _, kind = name.partition(":")
+            if not value or ("/" in value and kind != "path"):
                 continue
             choices = next((p.choices for p in route.params if p.name == name), None)
             if choices is not None and value not in choices:

@@ -323,7 +323,9 @@ def ui_page(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
 
 
 def ui_asset(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
-    asset = api.ui_assets[args["name"]]
+    asset = api.ui_assets.get(args["name"]) if args["name"] in ui.ASSETS else None
+    if asset is None:
+        raise HttpError(404, "Not Found")  # public: any file name under /ui/ tells nothing
     fresh = req.params.get("v") == asset.version
     return ui.answer(asset, fresh, req.header(b"if-none-match"))
 
@@ -498,9 +500,9 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/ui/", ui_page, public=True, documented=False),
     Route(
         "GET",
-        "/ui/{name}",
+        "/ui/{name:path}",
         ui_asset,
-        params=(Param("name", "path", "", choices=frozenset(ui.ASSETS)),),
+        params=(Param("name", "path", "app.js or app.css"),),
         public=True,
         documented=False,
     ),
