@@ -81,11 +81,14 @@ class _Table:
 
     def __init__(self, routes: tuple[Route, ...]) -> None:
         self.exact: dict[str, dict[str, Route]] = {}
-        self.templates: list[tuple[str, str, Route]] = []  # (prefix, parameter, route)
+        # (prefix, parameter, whether it may hold slashes, the values it admits, route)
+        self.templates: list[tuple[str, str, bool, frozenset[str] | None, Route]] = []
         for route in routes:
             head, brace, rest = route.path.partition("{")
             if brace:
-                self.templates.append((head, rest.rstrip("}"), route))
+                name, _, kind = rest.rstrip("}").partition(":")
+                choices = next((p.choices for p in route.params if p.name == name), None)
+                self.templates.append((head, name, kind == "path", choices, route))
             else:
                 self.exact.setdefault(route.path, {})[route.method] = route
 
@@ -96,14 +99,12 @@ class _Table:
             return found, {}
         methods: dict[str, Route] = {}
         args: dict[str, str] = {}
-        for prefix, name, route in self.templates:
+        for prefix, name, slashes, choices, route in self.templates:
             if not path.startswith(prefix):
                 continue
             value = path[len(prefix) :]
-            name, _, kind = name.partition(":")
-            if not value or ("/" in value and kind != "path"):
+            if not value or ("/" in value and not slashes):
                 continue
-            choices = next((p.choices for p in route.params if p.name == name), None)
             if choices is not None and value not in choices:
                 continue
             methods.setdefault(route.method, route)

@@ -160,6 +160,7 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0  # raw bytes received for it so far
         self._in_body = False  # between headers complete and message complete
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_from = 0.0  # loop.time() of the last answer
         # flow control
         self._writable = asyncio.Event()
         self._writable.set()
@@ -201,7 +202,6 @@ class HttpProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing() or self._ignoring:
             return
-        self._cancel_idle_timer()
         if not self._in_body:  # a head is under way, or the next one begins
             if not self._head_pending:
                 self._head_begins()
@@ -343,7 +343,10 @@ class HttpProtocol(asyncio.Protocol):
                 if transport is not None:
                     transport.close()
             elif transport is not None and not transport.is_closing():
-                self._idle_timer = self.loop.call_later(self.limits.idle_timeout, self._idle)
+                self._idle_from = self.loop.time()
+                if self._idle_timer is None:  # one timer, moved on when it fires early
+                    at = self._idle_from + self.limits.idle_timeout
+                    self._idle_timer = self.loop.call_at(at, self._idle)
 
     async def _answer(
         self,
@@ -473,11 +476,19 @@ class HttpProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def _idle(self) -> None:
+        """API_IDLE_TIMEOUT after the last answer, with nothing sent or under way since."""
         self._idle_timer = None
         transport = self.transport
-        if transport is not None and not transport.is_closing() and self._task is None:
-            self.limits.idle_closed += 1
-            transport.close()
+        if transport is None or transport.is_closing():
+            return
+        if self._task is not None or self._queue or self._in_body or self._head_bytes:
+            return  # busy: armed again after the next answer
+        at = self._idle_from + self.limits.idle_timeout
+        if self.loop.time() < at:
+            self._idle_timer = self.loop.call_at(at, self._idle)
+            return
+        self.limits.idle_closed += 1
+        transport.close()
 
     def _cancel_idle_timer(self) -> None:
         if self._idle_timer is not None:
