@@ -13,7 +13,6 @@ with every request it makes, "Try it out" included (`swagger/docs.js`).
 
 from __future__ import annotations
 
-import gzip
 from functools import cache
 from importlib import resources
 from typing import Final
@@ -64,6 +63,8 @@ def _asset(name: str) -> bytes:
 
 @cache
 def _gunzipped(name: str) -> bytes:
+    import gzip  # for the rare client that takes no gzip: not imported before
+
     return gzip.decompress(_asset(name))
 
 
