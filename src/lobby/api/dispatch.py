@@ -14,7 +14,7 @@ and the client allow it. Then the answer is counted and timed, and access-logged
 bytes returns a `Response` at once, and the protocol writes it from its callback.
 Otherwise it returns a coroutine (a held query, an async handler) for the protocol to
 run as a task. `respond` is the same for callers without a socket: `await
-api.respond(Request("GET", "/v1/discoveries"))`.
+api.respond(Request("GET", path, query))`.
 """
 
 from __future__ import annotations

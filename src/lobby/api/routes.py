@@ -344,6 +344,7 @@ _FILTERS: Final = (
     Param("labels", "query", "comma-separated labels; any must match"),
     Param("prefixes", "query", "comma-separated label prefixes; any must match"),
 )
+LABELS: Final = "/v1/labels"  # POST and DELETE
 _DISCOVERIES: Final = {200: json_doc("discoveries sorted by hostname", list_of(DISCOVERY))}
 _LABEL_ANSWERS: Final = {
     200: text_doc("OK"),
@@ -397,7 +398,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     ),
     Route(
         "POST",
-        "/v1/labels",
+        LABELS,
         add_labels,
         "add runtime labels and announce them at once",
         responses=_LABEL_ANSWERS,
@@ -406,7 +407,7 @@ ROUTES: Final[tuple[Route, ...]] = (
     ),
     Route(
         "DELETE",
-        "/v1/labels",
+        LABELS,
         delete_labels,
         "remove runtime labels and announce at once",
         responses=_LABEL_ANSWERS,
