@@ -143,7 +143,6 @@ class Api:
         self.routes = tuple(r for r in routes if r.when is None or r.when(self))
         self._table = _Table(self.routes)
         self._async = frozenset(r for r in self.routes if inspect.iscoroutinefunction(r.answer))
-        self.stopping = False
 
     @cached_property
     def ui_assets(self) -> dict[str, Any]:

@@ -175,6 +175,9 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.client = f"{peer[0]}:{peer[1]}"
         self.state.connections.add(self)
+        if self.state.stopping:  # accepted (a TLS handshake under way) as the server stopped
+            self.transport.close()
+            return
         self._head_begins()
         self._arm_head_timer()
 

@@ -119,7 +119,6 @@ class ApiServer:
     async def stop(self, timeout: float) -> None:
         """Stop accepting, let the open requests finish for up to `timeout` s, then end
         them (lobby.api.protocol.ServerState.stop)."""
-        self.api.stopping = True
         self._stop.set()
         if self.listener is not None:
             self.listener.close()
