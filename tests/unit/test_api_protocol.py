@@ -233,3 +233,21 @@ async def test_stop_ends_what_is_left_quietly(registry: Registry, caplog) -> Non
     assert b.take().endswith(b"part\r\n0\r\n\r\n") and b.transport.closed
     assert idle.transport.closed
     assert "Traceback" not in caplog.text
+
+
+async def test_a_failing_handler_gets_500_and_the_connection_closes(registry: Registry) -> None:
+    def broken(api: Api, req: Any, args: Any) -> Response:
+        raise RuntimeError("a bug")
+
+    async def broken_later(api: Api, req: Any, args: Any) -> Response:
+        raise RuntimeError("a bug")
+
+    routes = (*ROUTES, Route("GET", "/broken", broken), Route("GET", "/later", broken_later))
+    api = Api(Node(registry), "", ChangeFeed(registry), routes=routes)
+    for path in ("/broken", "/later"):
+        wire = Wire(api)
+        wire.send(get(path) + get("/v1/health"))
+        await wire.settle()
+        [(line, _, body)] = answers(wire.take())
+        assert (line, body) == (b"HTTP/1.1 500 Internal Server Error", b"internal error\n")
+        assert wire.transport.closed

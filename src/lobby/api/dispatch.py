@@ -189,22 +189,19 @@ class Api:
             if route is None:
                 raise self._no_route(req, found)
             assert args is not None
-            release = None
-            blocking = route.blocking and self.feed is not None and b"index" in req.query
-            if route.watcher or blocking:
-                hold_for = None
-                if not route.watcher:
-                    assert self.feed is not None
-                    params = req.params
-                    if "index" not in params:
-                        return self._answer(route, req, args, started)
-                    hold_for = held_for(self.feed, params)  # 400 before a slot is taken
+            if route.watcher:  # the event stream: a slot for as long as it is open
                 if not self.limits.acquire_watcher():
                     return self._done(req, self._busy(), template, started)
-                release = self.limits.release_watcher
-                if hold_for is not None:
+                return self._answer(route, req, args, started, self.limits.release_watcher)
+            if route.blocking and self.feed is not None and b"index" in req.query:
+                params = req.params
+                hold_for = held_for(self.feed, params) if "index" in params else None
+                if hold_for is not None:  # a slot for as long as it is held
+                    if not self.limits.acquire_watcher():
+                        return self._done(req, self._busy(), template, started)
+                    release = self.limits.release_watcher
                     return self._held(route, req, args, started, hold_for, release)
-            return self._answer(route, req, args, started, release)
+            return self._answer(route, req, args, started)
         except _Redirect as exc:
             answer = Response(exc.status, [*exc.headers, (b"content-length", b"0")])
             return self._done(req, answer, template, started)
@@ -229,6 +226,10 @@ class Api:
             if release is not None:
                 release()
             answer = plain(exc.status, exc.message, exc.headers)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         return self._done(req, answer, route.path, started)
 
     async def _awaited(

@@ -328,7 +328,13 @@ class HttpProtocol(asyncio.Protocol):
                 self._queue.clear()
                 return
             request, keep_alive = self._queue.popleft()
-            answer = self.api.dispatch(request)
+            try:
+                answer = self.api.dispatch(request)
+            except Exception:
+                log.exception("API: error answering %s %s", request.method, request.path)
+                transport.write(plain_answer(500, "internal error"))
+                transport.close()
+                return
             if isinstance(answer, Response) and not answer.streamed:
                 keep_alive = self._write_whole(answer, request, keep_alive)
                 if not keep_alive or self._closing:
