@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import cached_property
 from typing import Any, Final
+from urllib.parse import quote
 
 from lobby.answer import Answer, Slices
 from lobby.api.answers import Node
@@ -354,9 +355,9 @@ class Api:
             else:
                 metrics.http_request(template, answer.status, time.perf_counter() - started)
         if self.access_log:
-            target = req.target or (
-                req.path + ("?" + req.query.decode("latin-1") if req.query else "")
-            )
+            target = quote(req.path)  # as uvicorn logged it
+            if req.query:
+                target += "?" + req.query.decode("latin-1")
             access_log.info(
                 '%s - "%s %s HTTP/%s" %d',
                 req.client,

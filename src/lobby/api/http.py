@@ -59,7 +59,6 @@ class Request:
     client: str = ""  # "host:port", for the access log
     version: str = "1.1"
     oversize: bool = False  # the body passed MAX_BODY (and was not kept)
-    target: str = ""  # the request target as sent, for the access log (default: path?query)
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header (`name` in lower case), or None."""
