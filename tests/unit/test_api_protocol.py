@@ -6,6 +6,7 @@ requests, the idle timeout, and a client that goes away while its query is held.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -251,3 +252,18 @@ async def test_a_failing_handler_gets_500_and_the_connection_closes(registry: Re
         [(line, _, body)] = answers(wire.take())
         assert (line, body) == (b"HTTP/1.1 500 Internal Server Error", b"internal error\n")
         assert wire.transport.closed
+
+
+async def test_access_log_lines_as_uvicorn_wrote_them(registry: Registry, caplog) -> None:
+    caplog.set_level(logging.INFO, "uvicorn.access")
+    api = Api(Node(registry), "s3cret", ChangeFeed(registry), access_log=True)
+    wire = Wire(api)
+    wire.send(get("/v1/prometheus/a%20b?x=1") + get("/v1/health", method="HEAD"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert lines == [
+        '127.0.0.1:40000 - "GET /v1/prometheus/a%20b?x=1 HTTP/1.1" 403',
+        '127.0.0.1:40000 - "HEAD /v1/health HTTP/1.1" 200',
+    ]
+    quiet = Api(Node(registry), "", ChangeFeed(registry))
+    Wire(quiet).send(get("/v1/health"))
+    assert len([r for r in caplog.records if r.name == "uvicorn.access"]) == 2  # off by default
