@@ -270,7 +270,7 @@ async def _finish(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved: a broken pipe is no news
 
 
-async def run_command(
+async def run_process(
     argv: list[str], *, timeout: float, stdin: bytes | None, output_limit: int
 ) -> Finished:
     """Run `argv` (no shell) with `stdin` as its input (None: /dev/null).

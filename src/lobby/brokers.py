@@ -5,8 +5,9 @@ with its own settings as with a single driver: address, credentials and TLS. Wit
 in the list and NATS_URL empty, the embedded nats-server is started or joined first
 (SPEC §3). Redis is found through Sentinel when REDIS_SENTINELS is set.
 
-Every file named here was checked when the settings were loaded (lobby.config), so a
-missing or unreadable one has already stopped lobbyd with exit status 2. Secrets
+Every file named here was checked at start (lobby.config.check_files), so a missing
+or unreadable one has already stopped lobbyd with exit status 2. The settings come in
+as `BrokerSettings`, which lobby.config.Settings satisfies. Secrets
 (passwords, tokens, seeds) go to the client library only, never to a log line:
 drivers log their `address`, which holds none.
 """
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lobby.backoff import reconnect_backoff
-from lobby.config import Settings
 from lobby.drivers.base import Driver
 
 if TYPE_CHECKING:  # each client library is imported only when its driver is used
@@ -27,12 +28,71 @@ if TYPE_CHECKING:  # each client library is imported only when its driver is use
 log = logging.getLogger("lobby")
 
 
+class BrokerSettings(Protocol):
+    """The settings the drivers are built from (lobby.config.Settings has them)."""
+
+    @property
+    def drivers(self) -> Sequence[str]: ...
+    @property
+    def keep_alive(self) -> int: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def nats_servers(self) -> list[str]: ...
+    @property
+    def nats_discovery_channel(self) -> str: ...
+    @property
+    def embedded_nats_port(self) -> int: ...
+    @property
+    def nats_ca(self) -> str: ...
+    @property
+    def nats_cert(self) -> str: ...
+    @property
+    def nats_key(self) -> str: ...
+    @property
+    def nats_creds(self) -> str: ...
+    @property
+    def nats_nkey_seed(self) -> str: ...
+    @property
+    def nats_token(self) -> str: ...
+    @property
+    def redis_host(self) -> str: ...
+    @property
+    def redis_port(self) -> int: ...
+    @property
+    def redis_db(self) -> int: ...
+    @property
+    def redis_channel(self) -> str: ...
+    @property
+    def redis_username(self) -> str: ...
+    @property
+    def redis_password(self) -> str: ...
+    @property
+    def redis_tls(self) -> bool: ...
+    @property
+    def redis_ca(self) -> str: ...
+    @property
+    def redis_cert(self) -> str: ...
+    @property
+    def redis_key(self) -> str: ...
+    @property
+    def redis_sentinels(self) -> Sequence[tuple[str, int]]: ...
+    @property
+    def redis_sentinel_master(self) -> str: ...
+    @property
+    def redis_sentinel_username(self) -> str: ...
+    @property
+    def redis_sentinel_password(self) -> str: ...
+    @property
+    def redis_sentinel_tls(self) -> bool: ...
+
+
 class BrokerSetupError(Exception):
     """A driver cannot be built (the embedded nats-server did not start)."""
 
 
 async def make_drivers(
-    settings: Settings, hostname: str
+    settings: BrokerSettings, hostname: str
 ) -> tuple[list[tuple[str, Driver]], EmbeddedNats | None]:
     """[(name, driver), ...] in DRIVER's order, and the embedded nats-server if one runs."""
     drivers: list[tuple[str, Driver]] = []
@@ -60,7 +120,7 @@ def client_tls(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
     return context
 
 
-def nats_options(s: Settings) -> dict[str, Any]:
+def nats_options(s: BrokerSettings) -> dict[str, Any]:
     """nats-py connect options for TLS and credentials."""
     options: dict[str, Any] = {}
     if s.nats_ca or s.nats_cert:
@@ -74,7 +134,7 @@ def nats_options(s: Settings) -> dict[str, Any]:
     return options
 
 
-def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
+def nats_driver(s: BrokerSettings, servers: list[str], name: str) -> Driver:
     from lobby.drivers.nats import NatsDriver
 
     return NatsDriver(
@@ -87,7 +147,7 @@ def nats_driver(s: Settings, servers: list[str], name: str) -> Driver:
     )
 
 
-def redis_tls(s: Settings, wanted: bool) -> dict[str, Any] | None:
+def redis_tls(s: BrokerSettings, wanted: bool) -> dict[str, Any] | None:
     """redis-py SSL options when `wanted` (REDIS_TLS for the server, REDIS_SENTINEL_TLS
     for the Sentinels), or None for plain TCP."""
     if not wanted:
@@ -101,7 +161,7 @@ def redis_tls(s: Settings, wanted: bool) -> dict[str, Any] | None:
     return options
 
 
-def redis_driver(s: Settings) -> Driver:
+def redis_driver(s: BrokerSettings) -> Driver:
     from lobby.drivers.redis import RedisDriver
 
     return RedisDriver(
@@ -112,7 +172,7 @@ def redis_driver(s: Settings) -> Driver:
         password=s.redis_password,
         channel=s.redis_channel,
         tls=redis_tls(s, s.redis_tls),
-        sentinels=s.sentinels,
+        sentinels=s.redis_sentinels,
         sentinel_master=s.redis_sentinel_master,
         sentinel_username=s.redis_sentinel_username or None,
         sentinel_password=s.redis_sentinel_password or None,
@@ -121,7 +181,7 @@ def redis_driver(s: Settings) -> Driver:
     )
 
 
-async def _embedded(s: Settings) -> EmbeddedNats:
+async def _embedded(s: BrokerSettings) -> EmbeddedNats:
     from lobby.embedded import EmbeddedError, EmbeddedNats
 
     embedded = EmbeddedNats(s.embedded_nats_port)

@@ -30,8 +30,9 @@ For /metrics: every `Check` has `name` (`LABELS=CHECK`, a URL's password hidden)
 `lobby_check_up{check}` and `lobby_check_transitions_total{check}`.
 
 A malformed entry in CHECKS or CHECKS_FILE stops lobbyd at start (exit 2, naming it:
-`load_specs(strict=True)`); a malformed line in CHECKS_FILE at run time is logged and
-skipped, and the other checks go on.
+lobby.config parses CHECKS and reads the file with `read_checks_file(strict=True)`); a
+malformed line in CHECKS_FILE at run time is logged and skipped, and the other checks
+go on. The settings come in as `CheckSettings` (lobby.config.Settings has them).
 """
 
 from __future__ import annotations
@@ -43,17 +44,16 @@ import os
 import random
 import shlex
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from lobby import __version__
-from lobby._process import run_command, signame
+from lobby._process import run_process, signame
 from lobby.clock import SYSTEM_CLOCK, Clock
-from lobby.config import Settings
-from lobby.labels import watch_label_dir
+from lobby.labels import watch_dir
 from lobby.model import LabelError, clean_label
 from lobby.urls import redact_text
 
@@ -70,6 +70,23 @@ FILE_GONE_GRACE: Final = 0.5  # a file missing now may be mid-replace: look once
 
 Kind = Literal["tcp", "http", "exec"]
 EXPECTED = "expected LABELS=CHECK with CHECK tcp://HOST:PORT, http(s)://URL or exec:COMMAND"
+
+
+class CheckSettings(Protocol):
+    """The settings the health checks read (lobby.config.Settings has them)."""
+
+    @property
+    def checks(self) -> Sequence[CheckSpec]: ...
+    @property
+    def checks_file(self) -> str: ...
+    @property
+    def check_interval(self) -> float: ...
+    @property
+    def check_timeout(self) -> float: ...
+    @property
+    def check_rise(self) -> int: ...
+    @property
+    def check_fall(self) -> int: ...
 
 
 class CheckError(ValueError):
@@ -198,31 +215,26 @@ def parse_check_lines(text: str, source: str, *, strict: bool) -> list[CheckSpec
     return out
 
 
-def load_specs(settings: Settings, *, strict: bool = True) -> list[CheckSpec]:
-    """Every entry of CHECKS and CHECKS_FILE (what lobbyd checks before it starts).
+def read_checks_file(file: str, labels_path: str, *, strict: bool = True) -> list[CheckSpec]:
+    """The entries of CHECKS_FILE `file` (what lobbyd checks before it starts).
 
-    Raises CheckError for a malformed entry (also from the file when `strict`) and
-    OSError when CHECKS_FILE cannot be read; ValueError when it lies in LABELS_PATH,
-    where lobbyd would read its lines as labels.
+    Raises CheckError for a malformed entry when `strict`, OSError when the file cannot
+    be read, and ValueError when it lies in LABELS_PATH, where lobbyd would read its
+    lines as labels.
     """
-    specs = parse_checks(settings.checks)
-    if settings.checks_file:
-        path = Path(settings.checks_file)
-        labels_dir = Path(settings.labels_path)
-        if not path.name.startswith(".") and path.parent.resolve() == labels_dir.resolve():
-            raise ValueError(
-                f"{path} is in LABELS_PATH, where every file is read as labels; move it"
-            )
-        text = path.read_text(encoding="utf-8", errors="replace")
-        specs += parse_check_lines(text, str(path), strict=strict)
-    return specs
+    path = Path(file)
+    labels_dir = Path(labels_path)
+    if not path.name.startswith(".") and path.parent.resolve() == labels_dir.resolve():
+        raise ValueError(f"{path} is in LABELS_PATH, where every file is read as labels; move it")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return parse_check_lines(text, str(path), strict=strict)
 
 
 # -- running a check ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CheckResult:
     """One run's result."""
 
     ok: bool
@@ -252,26 +264,26 @@ def _timed_out(timeout: float) -> str:
     return f"timed out after {timeout:g} s"
 
 
-async def probe_tcp(host: str, port: int, timeout: float) -> Outcome:
+async def probe_tcp(host: str, port: int, timeout: float) -> CheckResult:
     try:
         async with asyncio.timeout(timeout):
             _, writer = await asyncio.open_connection(host, port)
     except TimeoutError:
-        return Outcome(False, _timed_out(timeout))
+        return CheckResult(False, _timed_out(timeout))
     except OSError as exc:
-        return Outcome(False, _reason(exc))
+        return CheckResult(False, _reason(exc))
     peer = writer.get_extra_info("peername")
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation
             await writer.wait_closed()
     if not peer:
-        return Outcome(True, "connected")
+        return CheckResult(True, "connected")
     address = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
-    return Outcome(True, f"connected to {address}:{peer[1]}")
+    return CheckResult(True, f"connected to {address}:{peer[1]}")
 
 
-async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> Outcome:
+async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> CheckResult:
     import httpx
 
     body = bytearray()
@@ -282,27 +294,27 @@ async def probe_http(client: httpx.AsyncClient, url: str, timeout: float) -> Out
                 if len(body) >= OUTPUT_LIMIT:
                     break
     except (TimeoutError, httpx.TimeoutException):
-        return Outcome(False, _timed_out(timeout))
+        return CheckResult(False, _timed_out(timeout))
     except (httpx.HTTPError, httpx.InvalidURL, OSError) as exc:
-        return Outcome(False, _reason(exc))
+        return CheckResult(False, _reason(exc))
     status = response.status_code
     detail = f"HTTP {status} {response.reason_phrase}".rstrip()
     if response.is_redirect:
         detail += f" to {response.headers.get('location', '?')} (redirects are not followed)"
-    return Outcome(200 <= status < 300, detail, _text(body))
+    return CheckResult(200 <= status < 300, detail, _text(body))
 
 
-async def probe_exec(argv: list[str], timeout: float) -> Outcome:
+async def probe_exec(argv: list[str], timeout: float) -> CheckResult:
     try:
-        done = await run_command(argv, timeout=timeout, stdin=None, output_limit=OUTPUT_LIMIT)
+        done = await run_process(argv, timeout=timeout, stdin=None, output_limit=OUTPUT_LIMIT)
     except OSError as exc:
-        return Outcome(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        return CheckResult(False, f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     output = _text(done.output.kept)
     if done.status is None:
-        return Outcome(False, f"{_timed_out(timeout)}: killed", output)
+        return CheckResult(False, f"{_timed_out(timeout)}: killed", output)
     if done.status < 0:
-        return Outcome(False, f"killed by {signame(-done.status)}", output)
-    return Outcome(done.status == 0, f"exit status {done.status}", output)
+        return CheckResult(False, f"killed by {signame(-done.status)}", output)
+    return CheckResult(done.status == 0, f"exit status {done.status}", output)
 
 
 @dataclass(eq=False)
@@ -319,7 +331,7 @@ class Check:
     failures: int = 0  # consecutive
     transitions: int = 0
     runs: int = 0
-    last: Outcome | None = None
+    last: CheckResult | None = None
     last_run: float | None = None  # wall time
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -327,7 +339,7 @@ class Check:
     def name(self) -> str:
         return self.spec.name
 
-    def record(self, outcome: Outcome, now: float) -> bool:
+    def record(self, outcome: CheckResult, now: float) -> bool:
         """Count one result at wall time `now`; True when the state flipped."""
         self.runs += 1
         self.last = outcome
@@ -363,7 +375,7 @@ class Check:
         }
 
 
-Probe = Callable[[Check], Awaitable[Outcome]]
+Probe = Callable[[Check], Awaitable[CheckResult]]
 
 
 class Checks:
@@ -401,12 +413,12 @@ class Checks:
         self._env_names = set(self._checks)
 
     @classmethod
-    def from_settings(cls, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> Checks | None:
+    def from_settings(cls, settings: CheckSettings, clock: Clock = SYSTEM_CLOCK) -> Checks | None:
         """The configured checks (CHECKS_FILE is read by `run`); None when there are none."""
-        if not settings.has_checks:
+        if not settings.checks and not settings.checks_file:
             return None
         return cls(
-            parse_checks(settings.checks),
+            settings.checks,
             interval=settings.check_interval,
             timeout=settings.check_timeout,
             rise=settings.check_rise,
@@ -431,7 +443,7 @@ class Checks:
 
     # -- results ----------------------------------------------------------------------
 
-    def record(self, check: Check, outcome: Outcome) -> None:
+    def record(self, check: Check, outcome: CheckResult) -> None:
         """Count a result; on a flip, log it and tell presence when the labels change."""
         flipped = check.record(outcome, self._clock.wall())
         if not flipped:
@@ -548,7 +560,14 @@ class Checks:
     async def _watch_file(self, stopping: asyncio.Event) -> None:
         assert self.file is not None
         watcher = asyncio.create_task(
-            watch_label_dir(self.file.parent, self._file_dirty.set, stopping), name="checks-file"
+            watch_dir(
+                self.file.parent,
+                self._file_dirty.set,
+                stopping,
+                what="the directory of CHECKS_FILE",
+                fallback=f"re-reading the file every {FILE_RECHECK:g} s",
+            ),
+            name="checks-file",
         )
         try:
             while not stopping.is_set():
@@ -577,7 +596,7 @@ class Checks:
             period = self.interval * random.uniform(1 - JITTER, 1 + JITTER)
             await asyncio.sleep(max(0.0, period - (monotonic() - started)))
 
-    async def _run_probe(self, check: Check) -> Outcome:
+    async def _run_probe(self, check: Check) -> CheckResult:
         spec = check.spec
         try:
             if spec.kind == "tcp":
@@ -587,7 +606,7 @@ class Checks:
             return await probe_exec(list(spec.argv), self.timeout)
         except Exception as exc:  # a bug here must not stop the check, nor the daemon
             log.exception("check %s: unexpected error", check.name)
-            return Outcome(False, f"unexpected error: {exc!r}")
+            return CheckResult(False, f"unexpected error: {exc!r}")
 
     def _http_client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -612,11 +631,11 @@ class Checks:
 __all__ = [
     "Check",
     "CheckError",
+    "CheckResult",
     "CheckSpec",
     "Checks",
-    "Outcome",
-    "load_specs",
     "parse_check_lines",
     "parse_checks",
     "parse_entry",
+    "read_checks_file",
 ]

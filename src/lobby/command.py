@@ -24,7 +24,7 @@ OUTPUT_LIMIT: Final = 4096  # bytes of the command's output kept for the log
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class CommandResult:
     """How a run ended: `status` is the exit status (negative: the signal that ended
     it), or None when it was still running at the timeout and was killed."""
 
@@ -39,14 +39,14 @@ async def run_command(
     stdin: bytes | None,
     timeout: float,
     output_limit: int = OUTPUT_LIMIT,
-) -> Outcome:
+) -> CommandResult:
     """Run `argv` (stdin: `stdin`, or /dev/null for None) for at most `timeout` seconds.
 
     Raises OSError when the command cannot start. Cancelling it (daemon shutdown)
     kills the command's process group: no child is left behind.
     """
-    done = await _process.run_command(argv, timeout=timeout, stdin=stdin, output_limit=output_limit)
-    return Outcome(done.status, done.output.text(), done.took)
+    done = await _process.run_process(argv, timeout=timeout, stdin=stdin, output_limit=output_limit)
+    return CommandResult(done.status, done.output.text(), done.took)
 
 
 def shown(command: str) -> str:
@@ -54,7 +54,7 @@ def shown(command: str) -> str:
     return command if len(command) <= 200 else command[:197] + "..."
 
 
-def report(log: logging.Logger, what: str, outcome: Outcome, timeout: float) -> None:
+def report(log: logging.Logger, what: str, outcome: CommandResult, timeout: float) -> None:
     """One log line for a finished run of `what` (e.g. "callback 'x'"), with its output."""
     tail = f"; output:\n{outcome.output}" if outcome.output else ""
     status, took = outcome.status, outcome.took

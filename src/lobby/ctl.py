@@ -553,7 +553,7 @@ def render_template(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> in
     from pathlib import Path
 
     from lobby.files import write_atomic
-    from lobby.templates import RenderError, TemplateConfigError, View, compile_template
+    from lobby.templates import RenderError, TemplateConfigError, TemplateData, compile_template
     from lobby.templates import render as render_text
 
     source, output = opts.args
@@ -562,7 +562,9 @@ def render_template(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> in
     except TemplateConfigError as exc:
         err.write(f"lobbyctl: {exc}\n")
         return 2
-    view = View(lobby.get_discoveries(), lobby.get_discovery(), lobby.prometheus, os.environ)
+    view = TemplateData(
+        lobby.get_discoveries(), lobby.get_discovery(), lobby.prometheus, os.environ
+    )
     try:
         text = render_text(template, view)
     except RenderError as exc:

@@ -219,7 +219,7 @@ def from_settings(settings: Settings, registry: Registry) -> DnsServer | None:
         registry,
         domain=settings.dns_domain,
         ttl=settings.dns_ttl,
-        address_labels=settings.dns_address_label_names,
+        address_labels=settings.dns_address_labels,
         default_port=settings.node_exporter_port,
     )
     host, port = settings.dns_listen_host, settings.dns_port

@@ -17,8 +17,6 @@ from typing import Any
 from lobby import __version__, _process, config, logs
 from lobby.config import Settings
 from lobby.daemon import Daemon
-from lobby.labels import parse_env_labels
-from lobby.model import LabelError, label_problem
 
 log = logging.getLogger("lobby")
 
@@ -29,37 +27,13 @@ def _usage_error(message: str) -> None:
 
 
 def load_settings(environ: dict[str, str] | os._Environ[str]) -> Settings:
-    """Settings, or exit 2 with one line naming the variable."""
+    """Settings, their files checked, or exit 2 with one line naming the variable."""
     try:
         settings = config.load(environ)
-        parse_env_labels(settings.labels)
+        config.check_files(settings)
     except config.ConfigError as exc:
         _usage_error(str(exc))
         raise  # unreachable
-    except LabelError as exc:
-        _usage_error(f"invalid LABELS: {exc}")
-        raise
-    if settings.templates:  # jinja2 is imported only when there are templates
-        from lobby.templates import TemplateConfigError, load_templates
-
-        try:
-            load_templates(settings.templates)
-        except TemplateConfigError as exc:
-            _usage_error(str(exc))
-    problem = label_problem(settings.hostname) if settings.hostname else None
-    if problem is not None:
-        _usage_error(f"invalid HOSTNAME={settings.hostname!r}: {problem.replace('label', 'name')}")
-    if settings.has_checks:  # lobby.checks only when used
-        from lobby.checks import CheckError, load_specs
-
-        try:
-            load_specs(settings, strict=True)
-        except CheckError as exc:
-            _usage_error(str(exc))
-        except OSError as exc:
-            _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc.strerror or exc}")
-        except ValueError as exc:
-            _usage_error(f"invalid CHECKS_FILE={settings.checks_file!r}: {exc}")
     return settings
 
 

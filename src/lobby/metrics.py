@@ -63,7 +63,7 @@ __all__ = ["LinkCounts", "Metrics"]
 
 
 class LinkCounts(Protocol):
-    """One broker link as the metrics read it (lobby.presence.Link has these)."""
+    """One broker link as the metrics read it (lobby.link.Link has these)."""
 
     @property
     def name(self) -> str: ...

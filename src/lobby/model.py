@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -170,12 +170,24 @@ def _signed_goodbye_labels(raw: object) -> tuple[str, ...]:
     return tuple(sorted(raw))
 
 
-# What decode_packet returns: message, hostname, labels (sorted, unique), the wire's
-# labels sorted by code point, ts, sig (None: unsigned; "": malformed signature
-# fields), relay (as Envelope.relay).
-Packet = tuple[
-    Literal["hi", "goodbye"], str, tuple[str, ...], tuple[str, ...], int, "str | None", "str | None"
-]
+class Packet(NamedTuple):
+    """What decode_packet returns: one valid packet's fields, without a Discovery.
+
+    A NamedTuple, not a dataclass: built by one C call (`_new_tuple`), and hostname and
+    labels first, so a "hi" is itself what `Registry.refresh_many` takes (no pair built
+    per packet on the hot path).
+    """
+
+    hostname: str
+    labels: tuple[str, ...]  # sorted, unique
+    message: Literal["hi", "goodbye"]
+    wire: tuple[str, ...]  # the wire's labels sorted by code point (what a signature covers)
+    ts: int
+    sig: str | None  # None: unsigned; "": malformed signature fields
+    relayed_by: str | None  # as Envelope.relay
+
+
+_new_tuple = tuple.__new__  # Packet(...) costs a Python-level __new__; this does not
 
 
 class Labelled(Protocol):
@@ -190,12 +202,19 @@ Known = Mapping[str, Labelled]
 
 def decode_envelope(data: bytes | bytearray | memoryview | str) -> Envelope:
     """Parse and validate one message from the broker; raises PacketError."""
-    message, hostname, labels, wire, ts, sig, relay = decode_packet(data)
-    return Envelope(message, Discovery(hostname, labels, 0), ts, sig, wire, relay)
+    packet = decode_packet(data)
+    return Envelope(
+        packet.message,
+        Discovery(packet.hostname, packet.labels, 0),
+        packet.ts,
+        packet.sig,
+        packet.wire,
+        packet.relayed_by,
+    )
 
 
 def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | None = None) -> Packet:
-    """`decode_envelope` as a tuple, without building objects: the daemon's hot path.
+    """`decode_envelope` as a `Packet`, without building objects: the daemon's hot path.
 
     `known` may map the hostname to a record of the labels the node is known to have
     (`Registry.records`): when the packet carries exactly those (a keep-alive), that
@@ -226,10 +245,10 @@ def decode_packet(data: bytes | bytearray | memoryview | str, known: Known | Non
             ):
                 sig = doc.get("sig")
                 if sig is None:
-                    return HI, hostname, have, have, 0, None, None
+                    return _new_tuple(Packet, (hostname, have, HI, have, 0, None, None))
                 ts = doc.get("ts")
                 if type(sig) is str and type(ts) is int:
-                    return HI, hostname, have, have, ts, sig, None
+                    return _new_tuple(Packet, (hostname, have, HI, have, ts, sig, None))
         except (KeyError, TypeError):  # not the shape of a keep-alive: see below
             pass
     return _decode_doc(doc, known)
@@ -272,13 +291,13 @@ def _decode_doc(doc: object, known: Known | None) -> Packet:
     if "relay" in doc:
         relay = doc["relay"] if type(doc["relay"]) is str else ""
     if sig is None:
-        return message, hostname, labels, wire, 0, None, relay
+        return _new_tuple(Packet, (hostname, labels, message, wire, 0, None, relay))
     ts = doc.get("ts")
     if type(sig) is not str or type(ts) is not int:
         # malformed signature fields: keep it marked as signed, so that it fails
         # verification instead of passing for an unsigned packet
-        return message, hostname, labels, wire, 0, "", relay
-    return message, hostname, labels, wire, ts, sig, relay
+        return _new_tuple(Packet, (hostname, labels, message, wire, 0, "", relay))
+    return _new_tuple(Packet, (hostname, labels, message, wire, ts, sig, relay))
 
 
 def encode_envelope(

@@ -72,11 +72,15 @@ class _Record:
     labels: tuple[str, ...]
     seen: float  # its link's registry time (monotonic, paused while that link is down)
     last_check: int  # wall-clock Unix seconds, shown in answers
-    via: int = 0  # the link that refreshed it last; its queue holds the record
+    via: LinkClock  # the link that refreshed it last; its queue holds the record
 
 
-class _Link:
-    """One broker link's liveness clock and the records it refreshed last, oldest first."""
+class LinkClock:
+    """One broker link's liveness clock and the records it refreshed last, oldest first.
+
+    Handed out by the registry (`first_link`, `add_link`) and handed back to address
+    that link: the presence's `Link` keeps its own.
+    """
 
     __slots__ = ("echo_due", "echo_since", "paused_at", "paused_total", "queue", "why")
 
@@ -92,6 +96,8 @@ class _Link:
 
 
 Listener = Callable[[Change], None]
+# A node heard: (hostname, labels) and maybe more (a model.Packet: hostname, labels, ...).
+Heard = tuple[str, tuple[str, ...], *tuple[object, ...]]
 # A node's labels -> the labels a filtered view shows of it, or None: not in the view.
 View = Callable[[tuple[str, ...]], "tuple[str, ...] | None"]
 
@@ -121,11 +127,14 @@ class Registry:
         self.ttl = ttl
         self._clock = clock
         self._wall = wall_clock
-        self._links: list[_Link] = [_Link()]
-        self._live: tuple[_Link, ...] = tuple(self._links)  # the links not paused
+        # the link every record belongs to until a second one is added: with one
+        # broker, the only one
+        self.first_link = LinkClock()
+        self._links: list[LinkClock] = [self.first_link]
+        self._live: tuple[LinkClock, ...] = tuple(self._links)  # the links not paused
         # every record by hostname; with one link, the same object as its queue, so
         # the hot path (update) costs what it did before links had queues of their own
-        self._records: dict[str, _Record] = self._links[0].queue
+        self._records: dict[str, _Record] = self.first_link.queue
         # read-only to others: what `model.decode_packet` is given as `known`
         self.records: Mapping[str, _Record] = self._records
         self._index = 1
@@ -146,24 +155,26 @@ class Registry:
 
     # -- time ---------------------------------------------------------------------
 
-    def _now(self, link: _Link) -> float:
+    def _now(self, link: LinkClock) -> float:
         if link.paused_at is not None:
             return link.paused_at - link.paused_total
         return self._clock() - link.paused_total
 
-    def add_link(self) -> int:
-        """Another broker link, with a clock of its own (running); returns its number."""
-        self._links.append(_Link())
+    def add_link(self) -> LinkClock:
+        """Another broker link, with a clock of its own (running): its handle."""
+        link = LinkClock()
+        self._links.append(link)
         if len(self._links) == 2:  # from now on the queues and the lookup differ
             self._records = dict(self._records)
             self.records = self._records
-        self._live = tuple(link for link in self._links if link.paused_at is None)
+        self._live = tuple(x for x in self._links if x.paused_at is None)
         self._expire_due = -math.inf
-        return len(self._links) - 1
+        return link
 
     @property
-    def links(self) -> int:
-        return len(self._links)
+    def links(self) -> tuple[LinkClock, ...]:
+        """Every link's clock, `first_link` first, then in the order they were added."""
+        return tuple(self._links)
 
     @property
     def paused(self) -> bool:
@@ -171,17 +182,19 @@ class Registry:
         self._hold_overdue(self._clock())
         return len(self._live) != len(self._links)
 
-    def link_paused(self, link: int = 0) -> bool:
+    def link_paused(self, link: LinkClock | None = None) -> bool:
         self._hold_overdue(self._clock())
-        return self._links[link].paused_at is not None
+        return (link or self.first_link).paused_at is not None
 
-    def pause(self, link: int = 0, *, since: float | None = None, why: str = "link") -> None:
+    def pause(
+        self, link: LinkClock | None = None, *, since: float | None = None, why: str = "link"
+    ) -> None:
         """Stop `link`'s TTL countdown: that link is down (since `since`, clock time).
 
         Nodes it refreshed last are kept until it resumes; the others age as before.
         The countdown runs again when every `why` that paused it has resumed.
         """
-        state = self._links[link]
+        state = link or self.first_link
         state.why.add(why)
         if state.paused_at is None:
             now = self._clock()
@@ -189,10 +202,10 @@ class Registry:
             self._live = tuple(x for x in self._links if x.paused_at is None)
             self._expire_due = -math.inf
 
-    def resume(self, link: int = 0, why: str = "link") -> None:
+    def resume(self, link: LinkClock | None = None, why: str = "link") -> None:
         """Restart `link`'s TTL countdown where it stood when the link went down (once
         nothing else holds it)."""
-        state = self._links[link]
+        state = link or self.first_link
         state.why.discard(why)
         if state.paused_at is not None and not state.why:
             state.paused_total += self._clock() - state.paused_at
@@ -200,7 +213,7 @@ class Registry:
             self._live = tuple(x for x in self._links if x.paused_at is None)
             self._expire_due = -math.inf
 
-    def expect_echo(self, link: int, *, since: float, within: float) -> None:
+    def expect_echo(self, link: LinkClock, *, since: float, within: float) -> None:
         """Our own announcement came back through `link` at `since` (clock time); the
         next one is due within `within` seconds.
 
@@ -209,25 +222,25 @@ class Registry:
         checked at every read and every refresh, not by a task that ticks, so no node
         can expire between the echo falling due and someone noticing (SPEC §3).
         """
-        state = self._links[link]
+        state = link
         state.echo_since = since
         state.echo_due = since + within
         self._echo_due = min(x.echo_due for x in self._links)
         if "echo" in state.why:
             self.resume(link, "echo")
 
-    def echo_overdue(self, link: int = 0) -> bool:
+    def echo_overdue(self, link: LinkClock | None = None) -> bool:
         """Whether `link` is held because our own announcement did not come back."""
         self._hold_overdue(self._clock())
-        return "echo" in self._links[link].why
+        return "echo" in (link or self.first_link).why
 
     def _hold_overdue(self, clock: float) -> None:
         if clock < self._echo_due:
             return
-        for index, state in enumerate(self._links):
+        for state in self._links:
             if state.echo_due <= clock:
                 state.echo_due = math.inf  # until the next echo
-                self.pause(index, since=state.echo_since, why="echo")
+                self.pause(state, since=state.echo_since, why="echo")
         self._echo_due = min(x.echo_due for x in self._links)
 
     # -- changes ------------------------------------------------------------------
@@ -261,14 +274,14 @@ class Registry:
         return self._own
 
     def set_own(
-        self, hostname: str | None, labels: tuple[str, ...] = (), via: int | None = None
+        self, hostname: str | None, labels: tuple[str, ...] = (), via: LinkClock | None = None
     ) -> None:
         """This node's own record: listed from now on with `labels` (read your own
         writes: a local change shows at once, not when its echo comes back) and never
         expired; None: no such record from now on (REGISTER=false, or leaving).
 
         A new hostname replaces the old one's record (a hostname change). `via`: the
-        link it was heard through (else the one it was last heard through, or 0)."""
+        link it was heard through (else the one it was last heard through, or the first)."""
         old = self._own
         self._own = hostname
         if old is not None and old != hostname and hostname is not None:
@@ -276,26 +289,27 @@ class Registry:
         if hostname is not None:
             if via is None:
                 record = self._records.get(hostname)
-                via = 0 if record is None else record.via
+                via = self.first_link if record is None else record.via
             self.refresh(hostname, labels, via)
 
-    def update(self, discovery: Discovery, via: int = 0) -> bool:
+    def update(self, discovery: Discovery, via: LinkClock | None = None) -> bool:
         """Insert or refresh a node ("hi") heard through link `via`; True when its
         content changed."""
         return self.refresh(discovery.hostname, discovery.labels, via)
 
-    def refresh(self, hostname: str, labels: tuple[str, ...], via: int = 0) -> bool:
+    def refresh(self, hostname: str, labels: tuple[str, ...], via: LinkClock | None = None) -> bool:
         """`update` without a Discovery: `labels` sorted, unique."""
         return self.refresh_many(((hostname, labels),), via) > 0
 
-    def refresh_many(self, nodes: Iterable[tuple[str, tuple[str, ...]]], via: int = 0) -> int:
-        """Insert or refresh each (hostname, labels) heard at once through link `via`, in
-        order (the daemon's hot path: the clocks are read and the link looked up once
-        for all of them); how many joined or changed their labels."""
+    def refresh_many(self, nodes: Iterable[Heard], via: LinkClock | None = None) -> int:
+        """Insert or refresh each (hostname, labels, ...) heard at once through link
+        `via`, in order (the daemon's hot path: the clocks are read and the link looked
+        up once for all of them); how many joined or changed their labels. A
+        `model.Packet` is such a tuple."""
         clock = self._clock()
         if clock >= self._expire_due or clock >= self._echo_due:
             self.expire()
-        link = self._links[via]
+        link = self.first_link if via is None else via
         paused_at = link.paused_at  # self._now(link), inlined
         now = (clock if paused_at is None else paused_at) - link.paused_total
         last_check = int(self._wall())
@@ -307,10 +321,12 @@ class Registry:
         queue = link.queue
         to_end = queue.move_to_end
         changed = 0
-        for hostname, labels in nodes:
+        for node in nodes:
+            hostname = node[0]
+            labels = node[1]
             record = records.get(hostname)
             if record is None:
-                record = _Record(labels, now, last_check, via)
+                record = _Record(labels, now, last_check, link)
                 queue[hostname] = record
                 records[hostname] = record  # the same dict with one link: a no-op store
                 self._due_by(clock)
@@ -319,12 +335,12 @@ class Registry:
                 continue
             record.seen = now
             record.last_check = last_check
-            if record.via == via:
+            if record.via is link:
                 to_end(hostname)
             else:  # now refreshed through another link: it ages on that link's clock
-                del self._links[record.via].queue[hostname]
+                del record.via.queue[hostname]
                 queue[hostname] = record
-                record.via = via
+                record.via = link
                 self._due_by(clock)
             old = record.labels
             if old is not labels and old != labels:
@@ -346,7 +362,7 @@ class Registry:
         record = self._records.pop(hostname, None)
         if record is None:
             return False
-        self._links[record.via].queue.pop(hostname, None)  # gone already with one link
+        record.via.queue.pop(hostname, None)  # gone already with one link
         self._changed("leave", hostname, record.labels, reason)
         return True
 

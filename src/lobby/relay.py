@@ -40,15 +40,25 @@ QUEUE_MAX: Final = 50_000
 BATCH_MAX: Final = 500
 
 
-class _Destination:
-    __slots__ = ("directions", "driver", "name", "queue", "wake")
+class Endpoint:
+    """One link as the relay sees it: a source to forward from, a destination to
+    publish to (its queue). Handed out by `Relay.add_link`; the presence's `Link` keeps
+    its own and hands it back to `forward`."""
 
-    def __init__(self, name: str, driver: Driver) -> None:
+    __slots__ = ("directions", "driver", "name", "own_copy", "queue", "relay", "wake")
+
+    def __init__(self, relay: Relay, name: str, driver: Driver) -> None:
+        self.relay = relay
+        self.own_copy = relay.own_copy  # whether a packet heard is one we forwarded
         self.name = name
         self.driver = driver
         self.queue: deque[tuple[str, Topic, bytes]] = deque()  # (direction, topic, data)
         self.wake = asyncio.Event()
         self.directions: dict[str, str] = {}  # source name -> "SOURCE->NAME"
+
+    def forward(self, topic: Topic, data: bytes) -> None:
+        """`Relay.forward` from this link."""
+        self.relay.forward(self, topic, data)
 
     def direction_from(self, origin: str) -> str:
         name = self.directions[origin] = f"{origin}->{self.name}"
@@ -59,16 +69,17 @@ class Relay:
     def __init__(self, hostname: Callable[[], str], *, queue_max: int = QUEUE_MAX) -> None:
         self._hostname = hostname
         self._queue_max = queue_max
-        self._links: list[_Destination] = []
+        self._links: list[Endpoint] = []
         self.relayed: Counter[str] = Counter()  # "NATS->Redis": packets published there
         self.lost: Counter[str] = Counter()  # "NATS->Redis": packets that could not be
         self._log = RateLimitedLog(log, burst=3, every=30)
         self._suffix = ("", b"")  # (hostname, the bytes add_relay ends a packet with)
 
-    def add_link(self, name: str, driver: Driver) -> int:
-        """A link to forward from and to, in the order of presence's links; its number."""
-        self._links.append(_Destination(name, driver))
-        return len(self._links) - 1
+    def add_link(self, name: str, driver: Driver) -> Endpoint:
+        """A link to forward from and to: its endpoint."""
+        endpoint = Endpoint(self, name, driver)
+        self._links.append(endpoint)
+        return endpoint
 
     def own_copy(self, data: bytes) -> bool:
         """Whether `data` is a packet we forwarded, heard back on the destination."""
@@ -77,16 +88,16 @@ class Relay:
             self._suffix = (hostname, add_relay(b"{}", hostname)[1:])  # ,"relay":"me"}
         return data.endswith(self._suffix[1])
 
-    def forward(self, source: int, topic: Topic, data: bytes) -> None:
+    def forward(self, source: Endpoint, topic: Topic, data: bytes) -> None:
         """Queue a valid, not yet relayed packet heard on link `source` for every other link."""
         try:
             relayed = add_relay(bytes(data), self._hostname())
         except PacketError:  # not an object: decoding said valid, so this cannot happen
             return
-        origin = self._links[source].name
+        origin = source.name
         too_large = len(relayed) > MAX_PACKET_BYTES  # peers would drop it: do not send
-        for i, dest in enumerate(self._links):
-            if i == source:
+        for dest in self._links:
+            if dest is source:
                 continue
             direction = dest.directions.get(origin) or dest.direction_from(origin)
             if too_large or not dest.driver.connected or len(dest.queue) >= self._queue_max:
@@ -99,7 +110,7 @@ class Relay:
         """Publish what `forward` queued, one task per destination, until cancelled."""
         await asyncio.gather(*(self._pump(dest) for dest in self._links))
 
-    async def _pump(self, dest: _Destination) -> None:
+    async def _pump(self, dest: Endpoint) -> None:
         queue = dest.queue
         while True:
             await dest.wake.wait()

@@ -6,9 +6,10 @@ consul-template's job, built in. Three parts, each usable alone:
   `SOURCE:DESTINATION[:COMMAND]` entries separated by `;`. Paths hold no colon; the
   command is everything after the second colon, so it may hold colons. lobbyd checks
   every entry at start (a missing source or a template that does not compile exits 2).
-- Rendering (`render`, `View`): a sandboxed Jinja2 environment with undefined names an
-  error, and the context `nodes`, `me`, `with_labels`, `with_prefixes`, `label_values`,
-  `prometheus`, `env`. The data comes in a `View`, so lobbyd (from its registry) and
+- Rendering (`render`, `TemplateData`): a sandboxed Jinja2 environment with undefined
+  names an error, and the context `nodes`, `me`, `with_labels`, `with_prefixes`,
+  `label_values`, `prometheus`, `env`. The data comes in a `TemplateData` (not to be
+  confused with `registry.View`, a label filter), so lobbyd (from its registry) and
   `lobbyctl render` (from a daemon's API) run exactly the same code on the same data.
 - The runner (`TemplateRunner`): renders after `TEMPLATE_WAIT` MIN without a change,
   or MAX after the first change at the latest (`Quiescence`, pure, with an injectable
@@ -38,7 +39,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lobby.command import report, run_command, shown
-from lobby.config import Settings, parse_min_max
+from lobby.config import Settings
 from lobby.files import remove_stale_temp_files, write_atomic
 from lobby.model import Discovery
 from lobby.prometheus import target_groups
@@ -171,10 +172,11 @@ class Template:
         }
 
 
-def load_templates(text: str) -> list[Template]:
-    """Parse TEMPLATES and compile every source: what lobbyd checks at start."""
+def load_templates(specs: Iterable[TemplateSpec]) -> list[Template]:
+    """Compile the source of every TEMPLATES entry (parsed by lobby.config, which also
+    runs this at start); raises TemplateConfigError naming a bad one."""
     out = []
-    for spec in parse_templates(text):
+    for spec in specs:
         try:
             out.append(Template(spec, compile_template(spec.source)))
         except TemplateConfigError as exc:
@@ -186,7 +188,7 @@ def load_templates(text: str) -> list[Template]:
 
 
 @dataclass(frozen=True, slots=True)
-class View:
+class TemplateData:
     """What a template sees: the nodes (sorted by hostname), this node, the Prometheus
     SD groups of a service, and the environment."""
 
@@ -211,7 +213,7 @@ def _flat(items: Iterable[Any]) -> list[str]:
     return out
 
 
-def context(view: View) -> dict[str, Any]:
+def context(view: TemplateData) -> dict[str, Any]:
     """The names a template can use."""
     nodes = view.nodes
     by_name = {node["hostname"]: node for node in nodes}
@@ -276,7 +278,7 @@ def _where(tb: TracebackType | None, fallback: str) -> str:
     return f"{top} line {line} ({deep} line {deep_line})"
 
 
-def render(template: jinja2.Template, view: View) -> str:
+def render(template: jinja2.Template, view: TemplateData) -> str:
     """The text of `template` for `view`; raises RenderError naming the line."""
     try:
         return template.render(context(view))
@@ -287,19 +289,19 @@ def render(template: jinja2.Template, view: View) -> str:
 
 
 # Taken on the event loop (the registry is not thread-safe), it returns what builds the
-# View from that snapshot in the worker thread, so the loop pays only for the snapshot.
-Snapshot = Callable[[], Callable[[], View]]
+# TemplateData from that snapshot in the worker thread, so the loop pays only for the snapshot.
+Snapshot = Callable[[], Callable[[], TemplateData]]
 
 
 def registry_view(registry: Registry, me: Callable[[], Discovery], default_port: int) -> Snapshot:
     """lobbyd's view: the registry now, this node, target_groups as the API answers."""
 
-    def snapshot() -> Callable[[], View]:
+    def snapshot() -> Callable[[], TemplateData]:
         discoveries = registry.discoveries()  # immutable Discovery objects
         own = me()
 
-        def build() -> View:
-            return View(
+        def build() -> TemplateData:
+            return TemplateData(
                 nodes=[d.to_dict() for d in discoveries],
                 me=own.to_dict(),
                 prometheus=lambda name: target_groups(discoveries, name, default_port),
@@ -383,7 +385,7 @@ class TemplateRunner:
         """lobbyd's runner: TEMPLATES, TEMPLATE_WAIT, TEMPLATE_COMMAND_TIMEOUT."""
         return cls(
             load_templates(settings.templates),
-            wait=parse_min_max(settings.template_wait),
+            wait=settings.template_wait,
             timeout=settings.template_command_timeout,
             snapshot=registry_view(registry, me, settings.node_exporter_port),
         )
@@ -430,7 +432,7 @@ class TemplateRunner:
         for command in commands:
             await self._run_command(command)
 
-    def _render_pass(self, build: Callable[[], View]) -> list[str]:
+    def _render_pass(self, build: Callable[[], TemplateData]) -> list[str]:
         """Render every template; the commands to run, in TEMPLATES order, each once."""
         view = build()
         commands: dict[str, None] = {}
@@ -439,7 +441,7 @@ class TemplateRunner:
                 commands[template.spec.command] = None
         return list(commands)
 
-    def _render_one(self, template: Template, view: View) -> bool:
+    def _render_one(self, template: Template, view: TemplateData) -> bool:
         """Render and write one template; True when its destination changed."""
         spec = template.spec
         template.renders += 1
@@ -504,9 +506,9 @@ __all__ = [
     "Snapshot",
     "Template",
     "TemplateConfigError",
+    "TemplateData",
     "TemplateRunner",
     "TemplateSpec",
-    "View",
     "compile_template",
     "context",
     "environment",

@@ -23,8 +23,8 @@ from lobby import config
 from lobby.checks import (
     Check,
     CheckError,
+    CheckResult,
     Checks,
-    Outcome,
     parse_check_lines,
     parse_checks,
     parse_entry,
@@ -118,7 +118,7 @@ def test_file_lines_skip_comments_and_log_bad_ones(caplog):
 
 # -- rise and fall ----------------------------------------------------------------------
 
-PASS, FAIL = Outcome(True, "ok"), Outcome(False, "no")
+PASS, FAIL = CheckResult(True, "ok"), CheckResult(False, "no")
 
 
 def make_check(rise: int = 2, fall: int = 3) -> Check:
@@ -188,7 +188,7 @@ async def test_the_scheduler_never_overlaps_a_check_and_flapping_stays_withdrawn
     most = 0
     runs = 0
 
-    async def probe(check: Check) -> Outcome:
+    async def probe(check: Check) -> CheckResult:
         nonlocal in_flight, most, runs
         in_flight += 1
         most = max(most, in_flight)
@@ -236,10 +236,10 @@ def httpd() -> Iterator[Httpd]:
 
 async def test_tcp_probe(listener):
     ok = await probe_tcp("127.0.0.1", listener.port, 2)
-    assert ok == Outcome(True, f"connected to 127.0.0.1:{listener.port}")
+    assert ok == CheckResult(True, f"connected to 127.0.0.1:{listener.port}")
     listener.close()
     refused = await probe_tcp("127.0.0.1", listener.port, 2)
-    assert refused == Outcome(False, "Connection refused")
+    assert refused == CheckResult(False, "Connection refused")
 
 
 async def test_http_probe_follows_the_status_and_times_out(httpd):
@@ -248,10 +248,12 @@ async def test_http_probe_follows_the_status_and_times_out(httpd):
     async with httpx.AsyncClient(follow_redirects=False, timeout=0.5) as client:
         url = httpd.url + "/health"
         ok = await probe_http(client, url, 0.5)
-        assert ok == Outcome(True, "HTTP 200 OK", "answer 200 for /health")
+        assert ok == CheckResult(True, "HTTP 200 OK", "answer 200 for /health")
         httpd.answer = 500
         failed = await probe_http(client, url, 0.5)
-        assert failed == Outcome(False, "HTTP 500 Internal Server Error", "answer 500 for /health")
+        assert failed == CheckResult(
+            False, "HTTP 500 Internal Server Error", "answer 500 for /health"
+        )
         httpd.answer = 302
         moved = await probe_http(client, url, 0.5)
         assert not moved.ok and "not followed" in moved.detail and "/elsewhere" in moved.detail
@@ -259,14 +261,14 @@ async def test_http_probe_follows_the_status_and_times_out(httpd):
         assert (await probe_http(client, url, 0.5)).ok
         httpd.answer = "hang"
         hung = await probe_http(client, url, 0.5)
-        assert hung == Outcome(False, "timed out after 0.5 s")
+        assert hung == CheckResult(False, "timed out after 0.5 s")
 
 
 async def test_exec_probe_exit_status_and_output():
-    assert await probe_exec(["true"], 5) == Outcome(True, "exit status 0")
-    assert await probe_exec(["false"], 5) == Outcome(False, "exit status 1")
+    assert await probe_exec(["true"], 5) == CheckResult(True, "exit status 0")
+    assert await probe_exec(["false"], 5) == CheckResult(False, "exit status 1")
     said = await probe_exec([sys.executable, "-c", "print('x' * 500); raise SystemExit(3)"], 5)
-    assert said == Outcome(False, "exit status 3", "x" * 200)
+    assert said == CheckResult(False, "exit status 3", "x" * 200)
     missing = await probe_exec(["/nonexistent/check"], 5)
     assert not missing.ok and "No such file" in missing.detail
 
@@ -295,7 +297,7 @@ async def test_exec_probe_past_the_timeout_is_killed_with_its_children(tmp_path)
     script.chmod(0o755)
     pidfile = tmp_path / "child.pid"
     outcome = await probe_exec([str(script), str(pidfile)], 0.5)
-    assert outcome == Outcome(False, "timed out after 0.5 s: killed", "started")
+    assert outcome == CheckResult(False, "timed out after 0.5 s: killed", "started")
     child = int(pidfile.read_text())
     wait_for(lambda: not alive(child), 5, what=f"child {child} to be gone")
 
@@ -339,7 +341,7 @@ async def test_checks_file_is_reloaded_and_bad_lines_skipped(tmp_path, caplog):
     path.write_text("keep:1=exec:keep\n")
     seen: dict[str, int] = {}
 
-    async def probe(check: Check) -> Outcome:
+    async def probe(check: Check) -> CheckResult:
         seen[check.name] = seen.get(check.name, 0) + 1
         return PASS
 
@@ -459,7 +461,7 @@ def test_lobbyd_refuses_a_checks_file_among_the_label_files(tmp_path):
 
 def test_settings_defaults():
     s = config.load({})
-    assert (s.checks, s.checks_file) == ("", "")
+    assert (s.checks, s.checks_file) == ((), "")
     assert (s.check_interval, s.check_timeout, s.check_rise, s.check_fall) == (10.0, 2.0, 2, 3)
     assert config.load({"CHECK_INTERVAL": "250ms"}).check_interval == 0.25
 

@@ -28,7 +28,7 @@ def test_defaults_match_the_go_implementation():
         "",
     )
     assert (s.labels, s.labels_path, s.runtime_labels_filename, s.hostname) == (
-        "",
+        (),
         "/etc/lobby/labels",
         "_runtime",
         "",
@@ -252,9 +252,9 @@ def test_several_drivers_in_any_case_and_order():
 
 
 def test_sentinels_parse_into_host_port_pairs():
-    assert load({}).sentinels == []
+    assert load({}).redis_sentinels == ()
     s = load({"REDIS_SENTINELS": "10.0.0.1:26379, sentinel-b:26380,[2a03::1]:26381"})
-    assert s.sentinels == [("10.0.0.1", 26379), ("sentinel-b", 26380), ("2a03::1", 26381)]
+    assert s.redis_sentinels == (("10.0.0.1", 26379), ("sentinel-b", 26380), ("2a03::1", 26381))
     assert s.redis_sentinel_master == "mymaster"
 
 
@@ -344,7 +344,7 @@ def test_repr_hides_the_passwords_and_tokens_of_urls():
         {
             "NATS_URL": "nats://user:secret@host:4222, tls://secret-token@h2:4222,u:secret@h3:4222",
             "CALLBACK": "curl -fsS https://admin:secret@hooks.example/reload",
-            "CHECKS": "web:1=http:http://probe:secret@127.0.0.1:8080/health",
+            "CHECKS": "web:1=http://probe:secret@127.0.0.1:8080/health",
             "REDIS_PASSWORD": "secret",
             "REDIS_SENTINELS": "127.0.0.1:26379",
             "REDIS_SENTINEL_PASSWORD": "secret",
@@ -482,7 +482,14 @@ def test_lobbyd_rejects_arguments():
     assert "environment" in result.stderr
 
 
-# -- security settings (SPEC §13): files checked at load, secrets never shown ---------
+# -- security settings (SPEC §13): files checked at start, secrets never shown --------
+
+
+def checked(env: dict[str, str]) -> config.Settings:
+    """What lobbyd does at start: load, then check the files named."""
+    settings = load(env)
+    config.check_files(settings)
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -496,7 +503,8 @@ KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 
 
 def test_signing_keys_are_checked_and_never_echoed():
-    assert load({"SIGNING_KEYS": f"{KEY}, {KEY}"}).signing_keys == f"{KEY}, {KEY}"
+    key = bytes(range(32))
+    assert load({"SIGNING_KEYS": f"{KEY}, {KEY}"}).signing_keys == (key, key)
     with pytest.raises(ConfigError) as info:
         load({"SIGNING_KEYS": f"{KEY},c2VjcmV0"})
     text = str(info.value)
@@ -508,7 +516,7 @@ def test_signing_keys_are_checked_and_never_echoed():
 def test_signing_keys_file_must_be_readable_and_hold_keys(tmp_path):
     good = tmp_path / "keys"
     good.write_text(f"# lobby\n{KEY}\n")
-    assert load({"SIGNING_KEYS_FILE": str(good)}).signing_keys_file == str(good)
+    assert checked({"SIGNING_KEYS_FILE": str(good)}).signing_keys_file == str(good)
     empty = tmp_path / "empty"
     empty.write_text("# nothing yet\n")
     bad = tmp_path / "bad"
@@ -521,7 +529,7 @@ def test_signing_keys_file_must_be_readable_and_hold_keys(tmp_path):
     }
     for path, why in cases.items():
         with pytest.raises(ConfigError) as info:
-            load({"SIGNING_KEYS_FILE": path})
+            checked({"SIGNING_KEYS_FILE": path})
         assert str(info.value).startswith(f"invalid SIGNING_KEYS_FILE={path!r}: expected ")
         assert why in str(info.value) and "secret stuff" not in str(info.value)
 
@@ -531,13 +539,14 @@ def test_signing_keys_file_must_be_readable_and_hold_keys(tmp_path):
             "NATS_NKEY_SEED", "REDIS_CA", "REDIS_CERT", "REDIS_KEY"],
 )  # fmt: skip
 def test_every_named_file_is_checked(var, tmp_path):
+    load({var: str(tmp_path / "nope.pem")})  # no file is opened at load
     with pytest.raises(ConfigError) as info:
-        load({var: str(tmp_path / "nope.pem")})
+        checked({var: str(tmp_path / "nope.pem")})
     assert info.value.name == var and "No such file or directory" in str(info.value)
 
 
 def test_certificates_need_their_matching_key(pki):
-    ok = load({"TLS_CERT": str(pki.server_cert), "TLS_KEY": str(pki.server_key)})
+    ok = checked({"TLS_CERT": str(pki.server_cert), "TLS_KEY": str(pki.server_key)})
     assert ok.tls_cert == str(pki.server_cert)
     pairs = [
         ({"TLS_CERT": pki.server_cert}, "TLS_CERT", "TLS_KEY beside it"),
@@ -555,7 +564,7 @@ def test_certificates_need_their_matching_key(pki):
     ]
     for env, name, why in pairs:
         with pytest.raises(ConfigError) as info:
-            load({k: str(v) for k, v in env.items()})
+            checked({k: str(v) for k, v in env.items()})
         assert info.value.name == name and why in str(info.value), str(info.value)
 
 
@@ -565,7 +574,7 @@ def test_sentinel_password_and_tls_are_for_sentinels(pki):
     assert (both.redis_sentinel_password, both.redis_sentinel_tls) == ("pw", True)
     assert "pw" not in repr(both)
     # REDIS_CA serves TLS to the Sentinels alone too
-    assert load({**sentinels, "REDIS_SENTINEL_TLS": "1", "REDIS_CA": str(pki.ca)}).redis_ca
+    assert checked({**sentinels, "REDIS_SENTINEL_TLS": "1", "REDIS_CA": str(pki.ca)}).redis_ca
     for env, name in (
         ({"REDIS_SENTINEL_TLS": "true"}, "REDIS_SENTINEL_TLS"),
         ({"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD"),
@@ -582,11 +591,11 @@ def test_nats_credential_files_are_recognised(tmp_path):
     from certs import nats_operator
 
     creds = nats_operator(tmp_path / "op").creds
-    assert load({"NATS_CREDS": str(creds)}).nats_creds == str(creds)
+    assert checked({"NATS_CREDS": str(creds)}).nats_creds == str(creds)
     seed = tmp_path / "seed"
     seed.write_text(creds.read_text().split("-----BEGIN USER NKEY SEED-----\n")[1].split("\n")[0])
-    assert load({"NATS_NKEY_SEED": str(seed)}).nats_nkey_seed == str(seed)
+    assert checked({"NATS_NKEY_SEED": str(seed)}).nats_nkey_seed == str(seed)
     for var, path in (("NATS_CREDS", seed), ("NATS_NKEY_SEED", creds)):
         with pytest.raises(ConfigError) as info:
-            load({var: str(path)})
+            checked({var: str(path)})
         assert info.value.name == var

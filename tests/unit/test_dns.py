@@ -171,9 +171,9 @@ def test_addresses_prefer_the_first_label_name_per_family(answers):
 def test_settings():
     s = config.load({})
     assert (s.dns_port, s.dns_domain, s.dns_ttl, s.dns_listen_host) == (0, "lobby", 5, "127.0.0.1")
-    assert s.dns_address_label_names == ["public_ip4", "public_ip6", "ip4", "ip6"]
+    assert s.dns_address_labels == ("public_ip4", "public_ip6", "ip4", "ip6")
     s = config.load({"HOST": "0.0.0.0", "DNS_ADDRESS_LABELS": "ip4, ip6", "DNS_HOST": "::1"})
-    assert (s.dns_listen_host, s.dns_address_label_names) == ("::1", ["ip4", "ip6"])
+    assert (s.dns_listen_host, s.dns_address_labels) == ("::1", ("ip4", "ip6"))
     for name, value in [
         ("DNS_PORT", "65536"),
         ("DNS_DOMAIN", "a b"),

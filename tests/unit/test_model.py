@@ -11,6 +11,7 @@ from lobby.model import (
     MAX_PACKET_BYTES,
     Discovery,
     LabelError,
+    Packet,
     PacketError,
     add_relay,
     clean_label,
@@ -226,24 +227,23 @@ class Known:
 def test_a_keep_alive_reuses_the_known_labels_tuple():
     known = ("location:prague", "service:web")
     data = encode_envelope("hi", Discovery("a.example", known))
-    message, hostname, labels, wire, ts, sig, relay = decode_packet(
-        data, {"a.example": Known(known)}
-    )
-    assert (message, hostname, ts, sig, relay) == ("hi", "a.example", 0, None, None)
-    assert labels is known and wire is known
+    packet = decode_packet(data, {"a.example": Known(known)})
+    assert type(packet) is Packet
+    assert packet == Packet("a.example", known, "hi", known, 0, None, None)
+    assert packet.labels is known and packet.wire is known
 
 
 def test_changed_or_unknown_labels_are_checked_as_always():
     known = {"a.example": Known(("service:web",))}
     data = encode_envelope("hi", Discovery("a.example", ("service:db",)))
-    assert decode_packet(data, known)[2] == ("service:db",)
+    assert decode_packet(data, known).labels == ("service:db",)
     bad = orjson.dumps({"discovery": {"hostname": "a.example", "labels": ["x\n"]}, "message": "hi"})
     with pytest.raises(PacketError, match="control character"):
         decode_packet(bad, known)
     unsorted = orjson.dumps(
         {"discovery": {"hostname": "a.example", "labels": ["b", "a", "b"]}, "message": "hi"}
     )
-    assert decode_packet(unsorted, {"a.example": Known(("a", "b"))})[2] == ("a", "b")
+    assert decode_packet(unsorted, {"a.example": Known(("a", "b"))}).labels == ("a", "b")
 
 
 def test_an_unknown_hostname_is_checked():

@@ -57,7 +57,7 @@ async def test_echo_silence_pauses_expiry_from_the_last_echo(tmp_path, fake):
     await p.start([("memory", broker.driver())])
     await settle()
     link = p.links[0]
-    p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
+    p.receiver.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
     heard = fake.now
     fake.now += 7.49  # just under 1.5 x KEEP_ALIVE: not yet
     p.watch_echo()
@@ -68,8 +68,8 @@ async def test_echo_silence_pauses_expiry_from_the_last_echo(tmp_path, fake):
     p.watch_echo()
     assert not link.echo_ok
     # the registry's clock stands still from the last echo on
-    assert p.registry._links[link.index].paused_at == heard
-    p.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
+    assert link.clock.paused_at == heard
+    p.receiver.on_message(link, "discovery", encode_envelope("hi", Discovery("me", ())))
     assert link.echo_ok and not p.registry.paused
 
 
@@ -86,11 +86,11 @@ async def test_packets_reach_the_registry_and_garbage_is_counted(tmp_path, fake)
     p = make(tmp_path, fake)
     await p.start([("memory", MemoryBroker().driver())])
     link = p.links[0]
-    p.on_message(link, "discovery", encode_envelope("hi", Discovery("peer", ("a:1",))))
-    p.on_message(link, "discovery", b"not json")
+    p.receiver.on_message(link, "discovery", encode_envelope("hi", Discovery("peer", ("a:1",))))
+    p.receiver.on_message(link, "discovery", b"not json")
     assert p.registry.get("peer") is not None
     assert p.received == 2 and p.rejected == {"not_json": 1}
-    p.on_message(link, "discovery", encode_envelope("goodbye", Discovery("peer", ())))
+    p.receiver.on_message(link, "discovery", encode_envelope("goodbye", Discovery("peer", ())))
     assert "peer" not in p.registry
 
 
@@ -111,13 +111,14 @@ async def test_each_link_pauses_its_own_clock(tmp_path, fake):
     p = make(tmp_path, fake)
     one, two = MemoryBroker(), MemoryBroker()
     await p.start([("one", one.driver()), ("two", two.driver())])
-    assert [link.index for link in p.links] == [0, 1] and p.registry.links == 2
-    assert p.registry.link_paused(0) and p.registry.link_paused(1)  # until linked
+    clocks = [link.clock for link in p.links]
+    assert clocks == [p.registry.first_link, p.registry.links[1]] and len(p.registry.links) == 2
+    assert p.registry.link_paused(clocks[0]) and p.registry.link_paused(clocks[1])  # until linked
     await settle()
     assert not p.registry.paused
     two.set_up(False)
     assert p.registry.paused  # some link is: GET /v1/stats broker.expiry_paused
-    assert p.registry.link_paused(1) and not p.registry.link_paused(0)
+    assert p.registry.link_paused(clocks[1]) and not p.registry.link_paused(clocks[0])
     two.set_up(True)
     assert not p.registry.paused
 
@@ -135,7 +136,7 @@ async def test_labels_from_env_and_runtime_file(tmp_path, fake):
 
 
 def echo(p: Presence, labels: tuple[str, ...] = ()) -> None:
-    p.on_message(p.links[0], "discovery", encode_envelope("hi", Discovery("me", labels)))
+    p.receiver.on_message(p.links[0], "discovery", encode_envelope("hi", Discovery("me", labels)))
 
 
 async def test_a_label_write_is_in_our_own_record_before_any_echo(tmp_path, fake):
@@ -169,13 +170,15 @@ async def test_we_never_expire_ourselves_nor_leave_on_a_goodbye_in_our_name(tmp_
     await settle()
     echo(p)
     fake.now += 1.0
-    p.registry.expect_echo(0, since=fake.now, within=3600)  # keep the link's clock running
+    p.registry.expect_echo(
+        p.links[0].clock, since=fake.now, within=3600
+    )  # keep the link's clock running
     fake.now += 100
     assert "me" in p.registry
-    p.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
+    p.receiver.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
     assert "me" in p.registry
     await p.leave()  # after our own goodbye, its echo removes us as any other node
-    p.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
+    p.receiver.on_message(p.links[0], "discovery", encode_envelope("goodbye", Discovery("me", ())))
     assert "me" not in p.registry
 
 
@@ -198,7 +201,7 @@ async def test_with_keys_we_sign_everything_we_send(tmp_path, fake):
     broker = MemoryBroker()
     await p.start([("memory", broker.driver())])
     await settle()
-    await p._publish(p.links[0], "hi", p._envelope("hi", p.own_discovery()))
+    await p.announcer.publish(p.links[0], "hi", p.announcer.envelope("hi", p.own_discovery()))
     sent = dict(broker.published)
     hi = orjson.loads(sent["discovery"])
     sync = orjson.loads(sent["sync"])
@@ -208,7 +211,7 @@ async def test_with_keys_we_sign_everything_we_send(tmp_path, fake):
     # and a peer with the key accepts both
     peer = make(tmp_path / "peer", fake, SIGNING_KEYS=K1, HOSTNAME="peer")
     await peer.start([("memory", MemoryBroker().driver())])
-    peer.on_message(peer.links[0], "discovery", sent["discovery"])
+    peer.receiver.on_message(peer.links[0], "discovery", sent["discovery"])
     assert peer.registry.get("me") == Discovery("me", ("a:1",), 1_700_000_000)
     assert not peer.rejected
 
@@ -218,7 +221,7 @@ async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake
     await p.start([("memory", MemoryBroker().driver())])
     link = p.links[0]
     captured = signed_envelope("hi", "real", ("x:1",))
-    p.on_message(link, "discovery", captured)
+    p.receiver.on_message(link, "discovery", captured)
     assert "real" in p.registry
     forged = [
         encode_envelope("hi", Discovery("invented", ())),  # unsigned
@@ -229,7 +232,7 @@ async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake
         captured,  # the very packet again
     ]
     for data in forged:
-        p.on_message(link, "discovery", data)
+        p.receiver.on_message(link, "discovery", data)
     assert p.registry.get("real").labels == ("x:1",) and "invented" not in p.registry
     assert p.rejected == {
         "unsigned": 2,
@@ -238,8 +241,8 @@ async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake
         "stale": 1,
         "duplicate": 1,
     }
-    p.on_message(link, "discovery", signed_envelope("goodbye", "real", ts=NOW_MS + 2))
-    p.on_message(link, "discovery", captured)  # replayed after the goodbye
+    p.receiver.on_message(link, "discovery", signed_envelope("goodbye", "real", ts=NOW_MS + 2))
+    p.receiver.on_message(link, "discovery", captured)  # replayed after the goodbye
     assert "real" not in p.registry and p.rejected["replay"] == 1
     stats = p.stats()["signing"]
     assert stats["enabled"] and stats["signed_nodes"] == 0
@@ -249,24 +252,24 @@ async def test_with_keys_forgeries_change_nothing_and_are_counted(tmp_path, fake
 async def test_unsigned_or_forged_sync_requests_are_ignored(tmp_path, fake):
     p = make(tmp_path, fake, SIGNING_KEYS=K1)
     await p.start([("memory", MemoryBroker().driver())])
-    p._on_sync(p.links[0], b'{"message":"sync","hostname":"peer"}')
-    assert p.rejected == {"sync_unsigned": 1} and not p._sync_pending
+    p.receiver.on_sync(p.links[0], b'{"message":"sync","hostname":"peer"}')
+    assert p.rejected == {"sync_unsigned": 1} and not p.announcer._sync_pending
     from lobby.model import encode_sync
     from lobby.signing import Keyring, decode_key
 
     sig = Keyring([decode_key(K1)]).sign("sync", "peer", NOW_MS, ())
-    p._on_sync(p.links[0], encode_sync("peer", (NOW_MS, sig)))
-    assert p._sync_pending  # a signed request is answered
+    p.receiver.on_sync(p.links[0], encode_sync("peer", (NOW_MS, sig)))
+    assert p.announcer._sync_pending  # a signed request is answered
 
 
 async def test_accept_unsigned_lists_go_peers_but_never_a_signed_name_unsigned(tmp_path, fake):
     p = make(tmp_path, fake, SIGNING_KEYS=K1, ACCEPT_UNSIGNED="true")
     await p.start([("memory", MemoryBroker().driver())])
     link = p.links[0]
-    p.on_message(link, "discovery", encode_envelope("hi", Discovery("go", ("g:1",))))
-    p.on_message(link, "discovery", signed_envelope("hi", "py", ("p:1",)))
-    p.on_message(link, "discovery", encode_envelope("hi", Discovery("py", ("evil:1",))))
-    p.on_message(link, "discovery", encode_envelope("goodbye", Discovery("py", ())))
+    p.receiver.on_message(link, "discovery", encode_envelope("hi", Discovery("go", ("g:1",))))
+    p.receiver.on_message(link, "discovery", signed_envelope("hi", "py", ("p:1",)))
+    p.receiver.on_message(link, "discovery", encode_envelope("hi", Discovery("py", ("evil:1",))))
+    p.receiver.on_message(link, "discovery", encode_envelope("goodbye", Discovery("py", ())))
     assert p.registry.get("go").labels == ("g:1",) and p.registry.get("py").labels == ("p:1",)
     assert p.rejected == {"unsigned": 2}
     stats = p.stats()["signing"]
@@ -292,7 +295,7 @@ async def test_a_batch_is_applied_in_order_and_a_failing_packet_loses_only_itsel
     ]
     batch.insert(1, b"not json")
     batch.append(encode_envelope("goodbye", Discovery("a.example", ())))
-    p.on_messages(link, "discovery", batch)
+    p.receiver.on_messages(link, "discovery", batch)
     assert "c.example" in p.registry and "a.example" not in p.registry
     assert link.received == 5 and p.rejected["not_json"] == 1
     assert any("listener bug" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from lobby import _process
-from lobby._process import _finish, _reap, restore_open_file_limit, run_command
+from lobby._process import _finish, _reap, restore_open_file_limit, run_process
 
 
 async def test_finish_lets_the_callers_cancellation_through():
@@ -54,7 +54,7 @@ async def test_reap_lets_the_callers_cancellation_through_when_the_exit_comes_wi
 
 
 async def test_run_command_feeds_stdin_and_keeps_the_first_bytes():
-    done = await run_command(
+    done = await run_process(
         ["sh", "-c", "cat; echo done >&2; exit 3"],
         timeout=10,
         stdin=b"x" * 100_000,
@@ -73,12 +73,12 @@ def limit_restored():
 
 
 async def test_commands_start_with_the_restored_open_file_limit(limit_restored):
-    done = await run_command(["sh", "-c", "ulimit -n"], timeout=10, stdin=None, output_limit=100)
+    done = await run_process(["sh", "-c", "ulimit -n"], timeout=10, stdin=None, output_limit=100)
     assert (done.status, done.output.text()) == (0, "64")
 
 
 async def test_a_missing_command_still_cannot_start_behind_the_limit_wrapper(limit_restored):
     with pytest.raises(FileNotFoundError):
-        await run_command(["no-such-command-here"], timeout=10, stdin=None, output_limit=100)
+        await run_process(["no-such-command-here"], timeout=10, stdin=None, output_limit=100)
     with pytest.raises(FileNotFoundError):
-        await run_command(["/no/such/command"], timeout=10, stdin=None, output_limit=100)
+        await run_process(["/no/such/command"], timeout=10, stdin=None, output_limit=100)

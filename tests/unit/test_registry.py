@@ -273,13 +273,13 @@ def test_ttl_must_be_positive():
 # -- several links (SPEC §15): each has its own clock; a record ages on the clock of the
 # -- link that refreshed it last -----------------------------------------------------------
 
-NATS, REDIS = 0, 1
+NATS, REDIS = 0, 1  # places in Registry.links
 
 
 @pytest.fixture
 def two(clock: Clock) -> Registry:
     reg = Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
-    assert reg.add_link() == REDIS
+    assert reg.add_link() is reg.links[REDIS]
     return reg
 
 
@@ -288,14 +288,14 @@ def names(reg: Registry) -> list[str]:
 
 
 def test_a_link_outage_keeps_only_the_nodes_heard_last_through_it(two, clock):
-    two.update(d("nats-only"), NATS)
-    two.update(d("redis-only"), REDIS)
+    two.update(d("nats-only"), two.links[NATS])
+    two.update(d("redis-only"), two.links[REDIS])
     clock.tick(10)
-    two.pause(REDIS)
-    assert two.paused and two.link_paused(REDIS) and not two.link_paused(NATS)
+    two.pause(two.links[REDIS])
+    assert two.paused and two.link_paused(two.links[REDIS]) and not two.link_paused(two.links[NATS])
     clock.tick(600)  # a long Redis outage: the NATS node falls silent and expires
     assert names(two) == ["redis-only"]
-    two.resume(REDIS)
+    two.resume(two.links[REDIS])
     clock.tick(19.9)  # 10 s before the outage + 19.9 s after it
     assert names(two) == ["redis-only"]
     clock.tick(0.1)
@@ -304,11 +304,11 @@ def test_a_link_outage_keeps_only_the_nodes_heard_last_through_it(two, clock):
 
 def test_a_node_refreshed_through_a_live_link_during_the_outage_expires_normally(two, clock):
     # "both" lives on both brokers; its Redis copy happened to arrive last
-    two.update(d("both"), NATS)
-    two.update(d("both"), REDIS)
-    two.pause(REDIS)
+    two.update(d("both"), two.links[NATS])
+    two.update(d("both"), two.links[REDIS])
+    two.pause(two.links[REDIS])
     clock.tick(5)
-    two.update(d("both"), NATS)  # still heard through NATS: it now ages on NATS' clock
+    two.update(d("both"), two.links[NATS])  # still heard through NATS: it now ages on NATS' clock
     clock.tick(29.9)
     assert names(two) == ["both"]
     clock.tick(0.1)  # then silent for TTL on a live link: dead, whatever Redis would say
@@ -316,24 +316,24 @@ def test_a_node_refreshed_through_a_live_link_during_the_outage_expires_normally
 
 
 def test_a_node_heard_last_through_the_down_link_is_kept(two, clock):
-    two.update(d("both"), REDIS)
-    two.update(d("both"), NATS)
+    two.update(d("both"), two.links[REDIS])
+    two.update(d("both"), two.links[NATS])
     clock.tick(1)
-    two.update(d("both"), REDIS)  # the last word came through Redis, which then fails
-    two.pause(REDIS)
+    two.update(d("both"), two.links[REDIS])  # the last word came through Redis, which then fails
+    two.pause(two.links[REDIS])
     clock.tick(600)
     assert names(two) == ["both"]
 
 
 def test_each_link_pauses_on_its_own_clock_and_since_backdates_it(two, clock):
-    two.update(d("a"), NATS)
-    two.update(d("b"), REDIS)
+    two.update(d("a"), two.links[NATS])
+    two.update(d("b"), two.links[REDIS])
     clock.tick(25)
-    two.pause(REDIS, since=clock.mono - 20)  # Redis went silent at t=5
-    two.pause(NATS)  # NATS down now, at t=25
+    two.pause(two.links[REDIS], since=clock.mono - 20)  # Redis went silent at t=5
+    two.pause(two.links[NATS])  # NATS down now, at t=25
     clock.tick(100)
-    two.resume(NATS)
-    two.resume(REDIS)
+    two.resume(two.links[NATS])
+    two.resume(two.links[REDIS])
     assert not two.paused
     clock.tick(4.9)
     assert names(two) == ["a", "b"]  # a: 25 + 4.9; b: 5 + 4.9
@@ -344,25 +344,25 @@ def test_each_link_pauses_on_its_own_clock_and_since_backdates_it(two, clock):
 
 
 def test_next_expiry_looks_at_running_links_only(two, clock):
-    two.update(d("a"), NATS)
+    two.update(d("a"), two.links[NATS])
     clock.tick(10)
-    two.update(d("b"), REDIS)
+    two.update(d("b"), two.links[REDIS])
     assert two.next_expiry() == pytest.approx(20)
-    two.pause(NATS)
+    two.pause(two.links[NATS])
     assert two.next_expiry() == pytest.approx(30)
-    two.pause(REDIS)
+    two.pause(two.links[REDIS])
     assert two.next_expiry() is None
 
 
 def test_expiry_is_exact_across_links_whose_clocks_differ(two, clock):
     # a NATS outage makes NATS' clock lag: a record refreshed earlier through NATS may
     # now outlive one refreshed later through Redis; neither may show past its TTL
-    two.update(d("nats"), NATS)
+    two.update(d("nats"), two.links[NATS])
     clock.tick(5)
-    two.update(d("redis"), REDIS)
-    two.pause(NATS)
+    two.update(d("redis"), two.links[REDIS])
+    two.pause(two.links[NATS])
     clock.tick(14)
-    two.resume(NATS)
+    two.resume(two.links[NATS])
     clock.tick(16)  # redis silent 30 s; nats 35 s of which 14 paused: 21 s
     assert names(two) == ["nats"]
     clock.tick(9)
@@ -372,9 +372,9 @@ def test_expiry_is_exact_across_links_whose_clocks_differ(two, clock):
 def test_goodbye_and_changes_work_across_links(two, clock):
     seen: list[Change] = []
     two.add_listener(seen.append)
-    two.update(d("a", "x"), NATS)
-    assert not two.update(d("a", "x"), REDIS)  # same content through another link
-    assert two.update(d("a", "y"), NATS)
+    two.update(d("a", "x"), two.links[NATS])
+    assert not two.update(d("a", "x"), two.links[REDIS])  # same content through another link
+    assert two.update(d("a", "y"), two.links[NATS])
     assert len(two) == 1 and two.get("a") == Discovery("a", ("y",), 1_764_000_000)
     assert two.remove("a")
     assert names(two) == [] and not two.remove("a")
@@ -383,17 +383,17 @@ def test_goodbye_and_changes_work_across_links(two, clock):
         ("update", "a"),
         ("leave", "a"),
     ]
-    two.update(d("a"), REDIS)  # a record removed from its queue too: it can come back
+    two.update(d("a"), two.links[REDIS])  # a record removed from its queue too: it can come back
     clock.tick(30)
     assert names(two) == []
 
 
 def test_a_link_added_later_keeps_the_records_already_there(reg, clock):
     reg.update(d("a"))
-    assert reg.add_link() == 1
-    reg.update(d("b"), 1)
-    assert names(reg) == ["a", "b"] and reg.links == 2
-    reg.pause(1)
+    second = reg.add_link()
+    reg.update(d("b"), second)
+    assert names(reg) == ["a", "b"] and reg.links == (reg.first_link, second)
+    reg.pause(second)
     clock.tick(30)
     assert names(reg) == ["b"]
 
@@ -412,10 +412,10 @@ def test_refresh_many_is_refresh_in_a_loop(clock):
         for via, nodes in steps:
             clock.tick(10)
             if batched:
-                reg.refresh_many(nodes, via)
+                reg.refresh_many(nodes, reg.links[via])
             else:
                 for hostname, labels in nodes:
-                    reg.refresh(hostname, labels, via)
+                    reg.refresh(hostname, labels, reg.links[via])
         clock.tick(25)  # b and d (last heard at +20) expire; a, c (+30) do not
         return reg.discoveries(), changes
 
@@ -488,15 +488,15 @@ def test_own_record_under_a_new_hostname_replaces_the_old(reg, clock):
 def test_an_overdue_echo_holds_the_link_from_the_last_echo(reg, clock):
     reg.update(d("peer"))  # seen at 1000
     clock.tick(20)
-    reg.expect_echo(0, since=clock.mono, within=7.5)  # our echo at 1020
+    reg.expect_echo(reg.first_link, since=clock.mono, within=7.5)  # our echo at 1020
     clock.tick(7.4)
     assert not reg.paused and "peer" in reg
     clock.tick(0.2)  # the echo is overdue: no task had to notice it
-    assert reg.echo_overdue(0) and reg.paused
+    assert reg.echo_overdue(reg.first_link) and reg.paused
     clock.tick(3600)  # a hung broker: the peer aged only to 1020 on the link's clock
     assert "peer" in reg
-    reg.expect_echo(0, since=clock.mono, within=60)  # the echo is back
-    assert not reg.paused and not reg.echo_overdue(0)
+    reg.expect_echo(reg.first_link, since=clock.mono, within=60)  # the echo is back
+    assert not reg.paused and not reg.echo_overdue(reg.first_link)
     clock.tick(9.9)  # 20 s old at the hold, so 10 s left
     assert "peer" in reg
     clock.tick(0.2)
@@ -505,13 +505,13 @@ def test_an_overdue_echo_holds_the_link_from_the_last_echo(reg, clock):
 
 def test_an_echo_hold_and_a_link_down_must_both_resume(reg, clock):
     reg.update(d("peer"))
-    reg.expect_echo(0, since=clock.mono, within=1)
-    reg.pause(0, since=clock.mono)  # the driver says down
+    reg.expect_echo(reg.first_link, since=clock.mono, within=1)
+    reg.pause(reg.first_link, since=clock.mono)  # the driver says down
     clock.tick(5)
-    assert reg.echo_overdue(0)
-    reg.expect_echo(0, since=clock.mono, within=1)  # an echo, yet the driver is down
+    assert reg.echo_overdue(reg.first_link)
+    reg.expect_echo(reg.first_link, since=clock.mono, within=1)  # an echo, yet the driver is down
     assert reg.paused
-    reg.resume(0)
+    reg.resume(reg.first_link)
     assert not reg.paused
     clock.tick(29.9)
     assert "peer" in reg
@@ -520,7 +520,7 @@ def test_an_echo_hold_and_a_link_down_must_both_resume(reg, clock):
 def test_refresh_after_an_overdue_echo_does_not_expire_first(reg, clock):
     reg.update(d("a"))
     reg.update(d("b"))
-    reg.expect_echo(0, since=clock.mono, within=1)
+    reg.expect_echo(reg.first_link, since=clock.mono, within=1)
     clock.tick(100)  # a and b would be long dead on a running clock
     reg.refresh_many([("c", ())])  # the hot path reads the clock first
     assert sorted(x.hostname for x in reg.discoveries()) == ["a", "b", "c"]

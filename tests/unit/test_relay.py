@@ -92,8 +92,8 @@ async def test_one_registry_hears_every_link_and_counts_per_link(node):
 
 async def test_announces_on_every_link(node):
     p, nats, redis, _ = await node()
-    p._wake.set()
-    announcer = asyncio.create_task(p._announcer())
+    p.announcer.wake()
+    announcer = asyncio.create_task(p.announcer.run())
     await until(lambda: hi("me") in sent(nats) and hi("me") in sent(redis))
     announcer.cancel()
     assert all(link.announcements >= 1 for link in p.links)
@@ -107,7 +107,7 @@ async def test_each_link_pauses_only_the_nodes_heard_last_through_it(node):
     redis.inject("discovery", hi("r"))
     await until(lambda: len(p.registry) == 2)
     redis.set_up(False)
-    assert p.registry.link_paused(1) and not p.registry.link_paused(0)
+    assert p.registry.link_paused(p.links[1].clock) and not p.registry.link_paused(p.links[0].clock)
     assert p.link_stats()["Redis"]["expiry_paused"] and p.link_stats()["NATS"]["connected"]
     fake.now += 31
     assert [d.hostname for d in p.registry.discoveries()] == ["r"]
@@ -187,7 +187,7 @@ async def test_relay_with_a_full_queue_loses_and_counts(node):
     assert p.relay is not None
     p.relay._queue_max = 2
     for i in range(5):  # synchronously: the pump gets no turn in between
-        p.on_message(p.links[1], "discovery", hi(f"n{i}"))
+        p.receiver.on_message(p.links[1], "discovery", hi(f"n{i}"))
     await until(lambda: len(sent(nats)) == 2)
     assert p.relay.relayed == {"Redis->NATS": 2} and p.relay.lost == {"Redis->NATS": 3}
 

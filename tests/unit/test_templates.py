@@ -30,9 +30,9 @@ from lobby.templates import (
     RenderError,
     Template,
     TemplateConfigError,
+    TemplateData,
     TemplateRunner,
     TemplateSpec,
-    View,
     compile_template,
     load_templates,
     parse_templates,
@@ -47,9 +47,9 @@ def node(hostname: str, *labels: str) -> dict[str, Any]:
     return {"hostname": hostname, "labels": sorted(labels), "last_check": 0}
 
 
-def view(*nodes: dict[str, Any], me: dict[str, Any] | None = None, **environ: str) -> View:
+def view(*nodes: dict[str, Any], me: dict[str, Any] | None = None, **environ: str) -> TemplateData:
     discoveries = [Discovery(n["hostname"], tuple(n["labels"])) for n in nodes]
-    return View(
+    return TemplateData(
         nodes=list(nodes),
         me=me or node("me.example"),
         prometheus=lambda name: target_groups(discoveries, name, 9100),
@@ -63,7 +63,7 @@ def source(tmp_path: Path, text: str, name: str = "t.j2") -> Path:
     return path
 
 
-def rendered(tmp_path: Path, text: str, v: View) -> str:
+def rendered(tmp_path: Path, text: str, v: TemplateData) -> str:
     return render(compile_template(source(tmp_path, text)), v)
 
 
@@ -116,7 +116,7 @@ def test_wait_takes_min_and_max_with_units():
 
 def test_settings_defaults_and_one_line_errors():
     settings = config.load({})
-    assert (settings.templates, settings.template_wait) == ("", "2s:10s")
+    assert (settings.templates, settings.template_wait) == ((), (2.0, 10.0))
     assert settings.template_command_timeout == 60.0
     with pytest.raises(config.ConfigError, match="TEMPLATE_WAIT"):
         config.load({"TEMPLATE_WAIT": "10s:2s"})
