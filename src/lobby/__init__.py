@@ -4,7 +4,7 @@
 lives in `lobby.daemon` and is started by the `lobbyd` console script (`lobby.lobbyd`).
 
 The client names are loaded on first use (PEP 562), so `import lobby` stays cheap and
-the daemon never loads httpx; lobbyctl imports the client (and httpx) directly.
+the daemon never loads httpx; lobbyctl asks through lobby._http (http.client), not httpx.
 """
 
 from __future__ import annotations
