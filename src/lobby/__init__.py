@@ -9,9 +9,10 @@ the daemon never loads httpx; lobbyctl asks through lobby._http (http.client), n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (lobbyctl's start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from lobby.client import AsyncLobby, Lobby, LobbyException
 
 __version__ = "2.0.0"

@@ -11,14 +11,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote, urlencode
 
+# typing and dataclasses are a quarter of a `lobbyctl resolve` (bench/README.md,
+# "lobbyctl"): neither is imported at run time.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import ssl  # loaded when https is used: it costs lobbyctl's start-up a few ms
+    import ssl
+    from typing import Any, Generic, TypeVar
 
-T = TypeVar("T")
+    T = TypeVar("T")
+
+    class _Generic(Generic[T]):
+        pass
+else:
+    T = None
+
+    class _Generic:
+        """`Generic` for mypy; at run time `_Call[T]` is `_Call` itself."""
+
+        def __class_getitem__(cls, item: object) -> type:
+            return cls
+
 
 DEFAULT_TIMEOUT = 10.0
 PROTOCOLS = ("http", "https")
@@ -41,29 +55,43 @@ class LobbyException(Exception):
         self.url = url
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
     """An HTTP answer as both clients see it."""
 
-    status: int
-    reason: str
-    content_type: str
-    body: bytes
-    url: str
+    __slots__ = ("body", "content_type", "reason", "status", "url")
+
+    def __init__(self, status: int, reason: str, content_type: str, body: bytes, url: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.content_type = content_type
+        self.body = body
+        self.url = url
 
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
 
 
-@dataclass(frozen=True, slots=True)
-class _Call(Generic[T]):
-    method: str
-    path: str
-    read: Callable[[Any], T]  # turns the decoded answer into the method's result
-    params: dict[str, str] | None = None
-    body: bytes | None = None
-    plain: bool = False  # the answer is text ("OK"), not JSON
+class _Call(_Generic[T]):
+    """One API request: what to send and how to read the answer."""
+
+    __slots__ = ("body", "method", "params", "path", "plain", "read")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        read: Callable[[Any], T],  # turns the decoded answer into the method's result
+        params: dict[str, str] | None = None,
+        body: bytes | None = None,
+        plain: bool = False,  # the answer is text ("OK"), not JSON
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.read = read
+        self.params = params
+        self.body = body
+        self.plain = plain
 
     def headers(self) -> dict[str, str] | None:
         return {"Content-Type": "text/plain; charset=utf-8"} if self.body is not None else None

@@ -1,27 +1,39 @@
-"""A blocking lobbyd client on the standard library's http.client: what lobbyctl uses.
+"""A blocking lobbyd client on a plain socket: what lobbyctl uses to ask lobbyd.
 
 It has `Lobby`'s request methods and answers exactly as `Lobby` does (the same `_Call`s
-from lobby._calls, the same errors), but imports neither httpx nor asyncio, so a
-`lobbyctl resolve` starts in a fraction of the time (bench/README.md, "lobbyctl").
+from lobby._calls, the same errors), but it is built for a process that asks one
+question and exits: it imports neither httpx nor asyncio, nor even http.client, whose
+import alone (ssl and the email parser) takes longer than all the rest of a
+`lobbyctl resolve` (bench/README.md, "lobbyctl"). `ssl` is loaded only for https.
+
+The HTTP it speaks is the small part lobbyd needs: one HTTP/1.1 request per connection
+(`Connection: close`), an answer with a Content-Length, chunked, or read to the end.
 `watch` is not here: lobbyctl's `watch` uses `lobby.client.Lobby`, loaded when it runs.
-One connection is kept for the client's life (render asks several questions).
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
 from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from lobby import _calls
-from lobby._calls import DEFAULT_TIMEOUT, Answer, _Call
+from lobby._calls import DEFAULT_TIMEOUT, Answer
 
+TYPE_CHECKING = False  # no typing at run time (lobby._calls says why)
 if TYPE_CHECKING:
     import ssl
+    from typing import Any, Self, TypeVar
 
-T = TypeVar("T")
+    from lobby._calls import _Call
+
+    T = TypeVar("T")
+
+_MAX_HEAD = 64 * 1024  # status line and headers; lobbyd sends a few hundred bytes
+
+
+class _Disconnected(Exception):
+    """lobbyd closed the connection before its answer was complete."""
 
 
 class HttpLobby:
@@ -40,46 +52,50 @@ class HttpLobby:
     ) -> None:
         self.host, self.port, self.proto, self.base_url = _calls.base_url(host, port, proto)
         self.token = token
-        self._headers = {"Authorization": f"Token {token}"} if token else {}
-        connect_to = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        self._conn: http.client.HTTPConnection
-        if self.proto == "https":
-            self._conn = http.client.HTTPSConnection(
-                connect_to, self.port, timeout=timeout, context=_context(verify)
-            )
-        else:
-            self._conn = http.client.HTTPConnection(connect_to, self.port, timeout=timeout)
+        self.timeout = timeout
+        self._address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self._host_header = self.base_url.partition("://")[2]
+        self._context = _context(verify) if self.proto == "https" else None
 
     def _run(self, call: _Call[T]) -> T:
         target = call.target()
-        headers = {**self._headers, **(call.headers() or {})}
+        head = [
+            f"{call.method} {target} HTTP/1.1",
+            f"Host: {self._host_header}",
+            "Accept: */*",
+            "Connection: close",
+            "User-Agent: lobbyctl",
+        ]
+        if self.token:
+            head.append(f"Authorization: Token {self.token}")
+        for name, value in (call.headers() or {}).items():
+            head.append(f"{name}: {value}")
+        if call.body is not None or call.method in ("POST", "DELETE"):
+            head.append(f"Content-Length: {len(call.body or b'')}")
+        request = ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + (call.body or b"")
         try:
-            try:
-                response = self._ask(call, target, headers)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # the kept connection was closed by lobbyd between two questions
-                self._conn.close()
-                response = self._ask(call, target, headers)
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._conn.close()
+            status, reason, headers, body = self._exchange(request)
+        except (OSError, _Disconnected) as exc:
             raise _calls.unreachable(self.base_url, call, _reason(exc)) from exc
+        if not reason:
+            reason = _phrase(status)
         answer = Answer(
-            response.status,
-            response.reason,
-            response.getheader("Content-Type", ""),
-            body,
-            self.base_url + target,
+            status, reason, headers.get("content-type", ""), body, self.base_url + target
         )
-        if response.will_close:
-            self._conn.close()
         return call.answer(answer)
 
-    def _ask(
-        self, call: _Call[Any], target: str, headers: dict[str, str]
-    ) -> http.client.HTTPResponse:
-        self._conn.request(call.method, target, body=call.body, headers=headers)
-        return self._conn.getresponse()
+    def _exchange(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
+        """Send `request` on a new connection; the answer's status, reason, headers
+        (lower-case names) and body."""
+        sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
+        try:
+            if self._context is not None:
+                sock = self._context.wrap_socket(sock, server_hostname=self._address)
+            sock.sendall(request)
+            with sock.makefile("rb") as stream:
+                return _read_answer(stream)
+        finally:
+            sock.close()
 
     def get_discovery(self) -> dict[str, Any]:
         return self._run(_calls.discovery())
@@ -109,7 +125,7 @@ class HttpLobby:
         return self._run(_calls.labels("DELETE", labels))
 
     def close(self) -> None:
-        self._conn.close()
+        """Nothing to close: each request has its own connection."""
 
     def __enter__(self) -> Self:
         return self
@@ -139,10 +155,71 @@ def _context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
     return checked
 
 
+def _read_answer(stream: Any) -> tuple[int, str, dict[str, str], bytes]:
+    status_line = stream.readline(_MAX_HEAD)
+    if not status_line:
+        raise _Disconnected("Server disconnected without sending a response.")
+    version, _, rest = status_line.decode("latin-1").rstrip("\r\n").partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or not code.isdigit():
+        raise _Disconnected(f"not an HTTP answer: {status_line[:40]!r}")
+    headers: dict[str, str] = {}
+    size = len(status_line)
+    while True:
+        line = stream.readline(_MAX_HEAD)
+        size += len(line)
+        if not line.endswith(b"\n") or size > _MAX_HEAD:
+            raise _Disconnected("the answer's headers are cut short or too long")
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if int(code) in (204, 304) or 100 <= int(code) < 200:
+        return int(code), reason, headers, b""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _read_chunked(stream)
+    elif headers.get("content-length", "").isdigit():
+        length = int(headers["content-length"])
+        body = stream.read(length)
+        if len(body) != length:
+            raise _Disconnected("Server disconnected before the whole answer came.")
+    else:
+        body = stream.read()
+    return int(code), reason, headers, body
+
+
+def _read_chunked(stream: Any) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        line = stream.readline(1024)
+        size_text = line.split(b";", 1)[0].strip()
+        if not line.endswith(b"\n") or not size_text:
+            raise _Disconnected("Server disconnected before the whole answer came.")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _Disconnected(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            while stream.readline(_MAX_HEAD) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(parts)
+        chunk = stream.read(size + 2)
+        if len(chunk) != size + 2:
+            raise _Disconnected("Server disconnected before the whole answer came.")
+        parts.append(chunk[:size])
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus  # only for an answer without a reason phrase
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def _reason(exc: BaseException) -> str:
     """Why a request failed, worded as httpx words it for `Lobby`."""
-    if isinstance(exc, socket.timeout | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return f"timed out ({exc})" if str(exc) else "timed out"
-    if isinstance(exc, socket.gaierror):
-        return str(exc)
     return str(exc) or type(exc).__name__

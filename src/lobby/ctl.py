@@ -88,13 +88,16 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
 
 from lobby._calls import LobbyException
 from lobby._http import HttpLobby
 
+# Neither typing nor dataclasses is imported at run time: together they are a quarter of
+# a `lobbyctl resolve` (bench/README.md, "lobbyctl").
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TextIO
+
     from lobby.client import Lobby
 
 USAGE = """\
@@ -160,19 +163,29 @@ class UsageError(Exception):
     """Bad command line: print the message and the usage, exit 2."""
 
 
-@dataclass
 class Options:
-    host: str = "127.0.0.1"
-    port: int = 1313
-    proto: str = "http"
-    token: str = ""
-    cacert: str = ""
-    insecure: bool = False
-    json: bool = False
-    help: bool = False
-    version: bool = False
-    action: str = ""
-    args: list[str] = field(default_factory=list)
+    """What the command line asks for."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 1313
+        self.proto = "http"
+        self.token = ""
+        self.cacert = ""
+        self.insecure = False
+        self.json = False
+        self.help = False
+        self.version = False
+        self.action = ""
+        self.args: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Options) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
@@ -476,7 +489,8 @@ def write_json(value: object, out: TextIO) -> None:
 
 # -- running a command --------------------------------------------------------------------
 
-Render = Callable[[Any], list[Line]]
+if TYPE_CHECKING:
+    Render = Callable[[Any], list[Line]]
 
 
 def execute(lobby: HttpLobby, opts: Options) -> tuple[object, Render] | None:
