@@ -7,17 +7,20 @@ import alone (ssl and the email parser) takes longer than all the rest of a
 `lobbyctl resolve` (bench/README.md, "lobbyctl"). `ssl` is loaded only for https.
 
 The HTTP it speaks is the small part lobbyd needs: one HTTP/1.1 request per connection
-(`Connection: close`), an answer with a Content-Length, chunked, or read to the end.
+(`Connection: close`), an answer with a Content-Length, chunked, or read to the end;
+through the http:// proxy that HTTP_PROXY, HTTPS_PROXY or ALL_PROXY name unless NO_PROXY
+exempts the host (a tunnel for https), as httpx does for `Lobby`.
 `watch` is not here: lobbyctl's `watch` uses `lobby.client.Lobby`, loaded when it runs.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterable
 from types import TracebackType
 
-from lobby import _calls
+from lobby import __version__, _calls
 from lobby._calls import DEFAULT_TIMEOUT, Answer
 
 TYPE_CHECKING = False  # no typing at run time (lobby._calls says why)
@@ -60,11 +63,10 @@ class HttpLobby:
     def _run(self, call: _Call[T]) -> T:
         target = call.target()
         head = [
-            f"{call.method} {target} HTTP/1.1",
             f"Host: {self._host_header}",
             "Accept: */*",
             "Connection: close",
-            "User-Agent: lobbyctl",
+            f"User-Agent: lobbyctl/{__version__}",
         ]
         if self.token:
             head.append(f"Authorization: Token {self.token}")
@@ -72,9 +74,8 @@ class HttpLobby:
             head.append(f"{name}: {value}")
         if call.body is not None or call.method in ("POST", "DELETE"):
             head.append(f"Content-Length: {len(call.body or b'')}")
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("utf-8") + (call.body or b"")
         try:
-            status, reason, headers, body = self._exchange(request)
+            status, reason, headers, body = self._exchange(call.method, target, head, call.body)
         except (OSError, _Disconnected) as exc:
             raise _calls.unreachable(self.base_url, call, _reason(exc)) from exc
         if not reason:
@@ -84,14 +85,25 @@ class HttpLobby:
         )
         return call.answer(answer)
 
-    def _exchange(self, request: bytes) -> tuple[int, str, dict[str, str], bytes]:
-        """Send `request` on a new connection; the answer's status, reason, headers
-        (lower-case names) and body."""
-        sock = socket.create_connection((self._address, self.port), timeout=self.timeout)
+    def _exchange(
+        self, method: str, target: str, head: list[str], body: bytes | None
+    ) -> tuple[int, str, dict[str, str], bytes]:
+        """Send the request on a new connection (through the environment's proxy, as
+        httpx would); the answer's status, reason, headers (lower-case names), body."""
+        proxy = _proxy(self.proto, self._address)
+        address = (proxy[0], proxy[1]) if proxy else (self._address, self.port)
+        sock = socket.create_connection(address, timeout=self.timeout)
         try:
+            if proxy and self.proto == "http":  # the whole URL, to the proxy
+                target = self.base_url + target
+                if proxy[2]:
+                    head = [*head, f"Proxy-Authorization: {proxy[2]}"]
+            elif proxy:  # https: a tunnel through the proxy
+                _connect(sock, self._host_header, proxy[2])
             if self._context is not None:
                 sock = self._context.wrap_socket(sock, server_hostname=self._address)
-            sock.sendall(request)
+            lines = [f"{method} {target} HTTP/1.1", *head]
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + (body or b""))
             with sock.makefile("rb") as stream:
                 return _read_answer(stream)
         finally:
@@ -153,6 +165,53 @@ def _context(verify: bool | str | ssl.SSLContext) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
         return context
     return checked
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def _proxy(proto: str, host: str) -> tuple[str, int, str] | None:
+    """The proxy the environment names for `proto`://`host`, as httpx (so `Lobby`) uses
+    it: HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY, lower case first. (host, port,
+    Proxy-Authorization value or ""), or None for a direct connection."""
+    if not any(os.environ.get(n) or os.environ.get(n.upper()) for n in _PROXY_VARIABLES):
+        return None
+    import urllib.request  # only with a proxy set: it costs lobbyctl's start-up ~40 ms
+    from urllib.parse import unquote, urlsplit
+
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(proto) or proxies.get("all")
+    if not url or urllib.request.proxy_bypass(host):  # NO_PROXY
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise OSError(
+            f"proxy {parts.scheme}://{parts.hostname}: lobbyctl uses http:// proxies only"
+        )
+    auth = ""
+    if parts.username:
+        import base64
+
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode()).decode()
+    return parts.hostname, parts.port or 80, auth
+
+
+def _connect(sock: socket.socket, authority: str, auth: str) -> None:
+    """Open a tunnel to `authority` (host:port) through the proxy on `sock`."""
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+    if auth:
+        lines.append(f"Proxy-Authorization: {auth}")
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer:  # byte by byte: nothing of the tunnel is read here
+        byte = sock.recv(1)
+        if not byte or len(answer) > _MAX_HEAD:
+            raise _Disconnected("the proxy closed the connection")
+        answer += byte
+    status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    if status.split(" ")[1:2] != ["200"]:
+        raise _Disconnected(f"the proxy refused the tunnel: {status}")
 
 
 def _read_answer(stream: Any) -> tuple[int, str, dict[str, str], bytes]:

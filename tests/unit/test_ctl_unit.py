@@ -419,11 +419,15 @@ HEAVY = (
 
 
 def imported_after(code: str) -> set[str]:
+    # without proxy variables: with one, lobbyctl loads urllib.request to read them
+    proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
     run = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))"],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return set(run.stdout.split())
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lobby import LobbyException
+from lobby import Lobby, LobbyException
 from lobby._http import HttpLobby
 
 HOLD = b"<hold the connection open>"
@@ -115,3 +115,53 @@ def test_timeout_is_said(raw):
     answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n[" + HOLD)
     with pytest.raises(LobbyException, match="timed out"):
         HttpLobby("127.0.0.1", port, timeout=0.3).get_discoveries()
+
+
+# -- proxies from the environment, as httpx (and so lobby.Lobby) uses them -----------------
+
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("kind", [Lobby, HttpLobby], ids=["httpx", "socket"])
+def test_http_goes_through_the_proxy_the_environment_names(raw, no_proxy_env, kind):
+    port, answers, seen = raw
+    no_proxy_env.setenv("HTTP_PROXY", f"http://user:p%40ss@127.0.0.1:{port}")
+    answers.append(b'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n["a.ex"]')
+    with kind("lobbyd.example", 1313) as client:
+        assert client.resolve("x:1") == ["a.ex"]
+    head = seen[0].decode()
+    assert head.startswith("GET http://lobbyd.example:1313/v1/resolve?label=x%3A1 HTTP/1.1\r\n")
+    assert "\r\nProxy-Authorization: Basic dXNlcjpwQHNz\r\n" in head  # user:p@ss
+
+
+@pytest.mark.parametrize("kind", [Lobby, HttpLobby], ids=["httpx", "socket"])
+def test_no_proxy_goes_direct(raw, no_proxy_env, kind):
+    port, answers, seen = raw
+    no_proxy_env.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    no_proxy_env.setenv("no_proxy", "localhost,127.0.0.1")
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+    with kind("127.0.0.1", port) as client:
+        assert client.resolve("x") == []
+    assert seen[0].startswith(b"GET /v1/resolve?label=x HTTP/1.1\r\n")
+
+
+@pytest.mark.parametrize("kind", [Lobby, HttpLobby], ids=["httpx", "socket"])
+def test_https_asks_the_proxy_for_a_tunnel(raw, no_proxy_env, kind):
+    port, answers, seen = raw
+    no_proxy_env.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+    answers.append(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+    with (
+        kind("lobbyd.example", 1313, proto="https") as client,
+        pytest.raises(LobbyException) as caught,
+    ):
+        client.get_discovery()
+    assert caught.value.status_code is None and "407" in str(caught.value)
+    assert seen[0].startswith(b"CONNECT lobbyd.example:1313 HTTP/1.1\r\n")
