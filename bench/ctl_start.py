@@ -3,7 +3,7 @@
     .venv/bin/python bench/ctl_start.py [--runs 20] [--bundle DIR] [--lobbyctl PATH ...]
 
 Starts one lobbyd (this venv's, embedded nats-server, free loopback ports, stopped by
-PID), then runs each lobbyctl `--runs` times after 2 warm-ups: the venv's console
+PID), then runs each lobbyctl `--runs` times after 3 warm-ups: the venv's console
 script, the bundle's executable (DIR: an unpacked `./dev dist` tarball; by default
 build/dist/lobby-VERSION-linux-x86_64, where ./dev dist assembles it) and any other
 `--lobbyctl` (another checkout's venv, to compare). Prints a markdown table: median
@@ -101,12 +101,13 @@ def main() -> int:
                     if time.monotonic() > deadline or daemon.poll() is not None:
                         raise SystemExit("lobbyd did not start") from None
                     time.sleep(0.1)
+            time.sleep(3)  # lobbyd's own start-up work (first announces, imports) is done
             ctl_env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT", "TOKEN")}
             rows = []
             for name, path in candidates:
                 argv = [str(path), "-port", str(port), "resolve", LABEL]
                 report = Path(tmp) / "time.out"
-                for _ in range(2):
+                for _ in range(3):
                     measure(argv, ctl_env, report)
                 runs = [measure(argv, ctl_env, report) for _ in range(args.runs)]
                 if any(out != "bench.example\n" for _, _, out in runs):
@@ -117,7 +118,11 @@ def main() -> int:
         finally:
             daemon.terminate()
             daemon.wait(10)
-    print(f"`lobbyctl resolve {LABEL}`, median of {args.runs} runs, {os.cpu_count()} cores\n")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"`lobbyctl resolve {LABEL}`, median of {args.runs} runs, {os.cpu_count()} cores, "
+        f"load average {load}\n"
+    )
     print("| lobbyctl | wall | peak RSS |\n| --- | --- | --- |")
     print("\n".join(rows))
     return 0
