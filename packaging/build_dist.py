@@ -50,8 +50,11 @@ class BuildError(Exception):
     pass
 
 
+_STARTED = time.monotonic()
+
+
 def log(message: str) -> None:
-    print(f"dist: {message}", file=sys.stderr, flush=True)
+    print(f"dist: {time.monotonic() - _STARTED:5.0f} s  {message}", file=sys.stderr, flush=True)
 
 
 def run(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:

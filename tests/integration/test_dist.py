@@ -142,8 +142,13 @@ def test_bundle_runs_where_no_python_is(bundle: Path, tmp_path: Path) -> None:
         + "done\n"
         + 'echo "RESOLVE $out"\n'
         + f"'{bundle}/lobbyctl' -port {port} -json discovery\n"
+        # what lobbyctl imports only when asked: jinja2, httpx, the key code
+        + f"'{bundle}/lobbyctl' -port {port} render '{tmp_path}/t.j2'\n"
+        + f"timeout 3 '{bundle}/lobbyctl' -port {port} watch\n"
+        + f"'{bundle}/lobbyctl' keygen | wc -c\n"
         + 'kill -TERM $pid; wait $pid; echo "EXIT $?"\n'
     )
+    (tmp_path / "t.j2").write_text("RENDERED {{ nodes | length }} {{ nodes[0].hostname }}\n")
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
         "HOST": "127.0.0.1",
@@ -160,8 +165,12 @@ def test_bundle_runs_where_no_python_is(bundle: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr + log
     assert "PYTHON WORKS" not in done.stdout, done.stdout
     assert "RESOLVE bundle.example\n" in done.stdout, done.stdout + done.stderr + log
-    discovery = json.loads(done.stdout.split("RESOLVE bundle.example\n")[1].split("EXIT")[0])
+    after = done.stdout.split("RESOLVE bundle.example\n")[1]
+    discovery = json.loads(after.split("RENDERED")[0])
     assert discovery["hostname"] == "bundle.example" and discovery["labels"] == ["role:bundle"]
+    assert "RENDERED 1 bundle.example\n" in after
+    assert "join   bundle.example  role:bundle\n" in after
+    assert "45\n" in after  # keygen: 44 base64 characters and a newline
     assert "EXIT 0" in done.stdout, done.stdout + log
     assert "started embedded nats-server" in log and "Traceback" not in log, log
 
