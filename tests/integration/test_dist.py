@@ -75,6 +75,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     print(f"\nFIGURE ./dev dist built in {time.monotonic() - started:.0f} s")
+    print("".join(line + "\n" for line in done.stderr.splitlines() if line.startswith("dist:")))
     return top / "out"
 
 
