@@ -218,7 +218,8 @@ def glibc_needed(tree: Path) -> str:
             versions.update(re.findall(rb"GLIBC_(2\.\d+(?:\.\d+)?)\x00", path.read_bytes()))
     if not versions:
         raise BuildError("no GLIBC symbol versions found in the bundle")
-    return str(max(v.decode() for v in versions))
+    newest: bytes = max(versions, key=lambda v: tuple(int(part) for part in v.split(b".")))
+    return newest.decode()  # 2.34 is newer than 2.9
 
 
 def write_tarball(bundle: Path, target: Path, epoch: int) -> None:

@@ -210,7 +210,8 @@ def test_deb_contents_and_environment_file(dist: Path, tmp_path: Path) -> None:
     deb = dist / f"lobby_{VERSION}_amd64.deb"
     fields = run("dpkg-deb", "--field", deb).stdout
     assert f"Version: {VERSION}\n" in fields and "Architecture: amd64\n" in fields
-    assert re.search(r"^Depends: .*libc6 \(>= 2\.\d+\).*adduser", fields, re.M), fields
+    depends = re.search(r"^Depends: .*libc6 \(>= (2\.\d+)\).*adduser", fields, re.M)
+    assert depends, fields
     listing = run("dpkg-deb", "--contents", deb).stdout
     for path in (
         "./opt/lobby/lobbyd",
@@ -237,6 +238,14 @@ def test_deb_contents_and_environment_file(dist: Path, tmp_path: Path) -> None:
 
     unpacked = tmp_path / "root"
     assert run("dpkg-deb", "--extract", deb, unpacked).returncode == 0
+    # the libc6 it depends on is the newest glibc any of its ELF files asks for
+    wanted = set()
+    for elf in (unpacked / "opt" / "lobby").rglob("*"):
+        if elf.is_file() and not elf.is_symlink() and elf.read_bytes()[:4] == b"\x7fELF":
+            wanted.update(re.findall(rb"GLIBC_(2\.\d+)\x00", elf.read_bytes()))
+    newest = max(tuple(int(x) for x in v.split(b".")) for v in wanted)
+    assert tuple(int(x) for x in depends[1].split(".")) == newest, (depends[1], newest)
+    assert newest >= (2, 17)  # a modern bundle: the check above compares numbers
     settings = (unpacked / "etc" / "default" / "lobby").read_text()
     lines = settings.splitlines()
     assert all(not line or line.startswith("#") for line in lines)  # nothing set
