@@ -545,7 +545,7 @@ Copyright: the authors of each component
 License: various
  /opt/lobby/_internal holds the Python {py_version} runtime (PSF License) and the Python
  packages lobbyd depends on (listed in the *.dist-info directories there, with
- their licenses, all free: MIT, BSD, Apache-2.0, MPL-2.0), with the shared libraries
+ their licenses, all free: MIT, BSD, ISC, Apache-2.0, MPL-2.0, PSF-2.0), with the shared libraries
  their extension modules use (OpenSSL: Apache-2.0; zlib: Zlib; libffi: MIT; ...).
 
 Files: opt/lobby/nats-server
