@@ -22,11 +22,12 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mkdocs.config.defaults import MkDocsConfig
-from mkdocs.structure.files import File, Files
-from mkdocs.structure.pages import Page
+if TYPE_CHECKING:  # the generators need no MkDocs (tests/unit/test_config.py imports this)
+    from mkdocs.config.defaults import MkDocsConfig
+    from mkdocs.structure.files import Files
+    from mkdocs.structure.pages import Page
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
@@ -243,10 +244,10 @@ GENERATED = {
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     """The plots of bench/README.md, beside the benchmarks page."""
+    from mkdocs.structure.files import File
+
     for name in bench_images():
-        files.append(
-            File.generated(config, f"bench/{name}", abs_src_path=str(BENCH / name))
-        )
+        files.append(File.generated(config, f"bench/{name}", abs_src_path=str(BENCH / name)))
     return files
 
 
