@@ -221,15 +221,13 @@ def metrics_markdown() -> str:
 
 def bench_markdown() -> str:
     text = (BENCH / "README.md").read_text(encoding="utf-8")
-    title, _, body = text.partition("\n")  # the page has its own title
+    body = text.partition("\n")[2]  # the page has its own title
     return _IMAGE.sub(lambda m: f"![{m.group(1)}](bench/{m.group(2)})", body)
 
 
 def bench_images() -> list[str]:
-    return sorted(set(_IMAGE_NAMES.findall((BENCH / "README.md").read_text(encoding="utf-8"))))
-
-
-_IMAGE_NAMES = re.compile(r"!\[[^\]]*\]\(([^)/]+\.(?:png|svg))\)")
+    text = (BENCH / "README.md").read_text(encoding="utf-8")
+    return sorted({m.group(2) for m in _IMAGE.finditer(text)})
 
 
 # -- hooks --------------------------------------------------------------------------------

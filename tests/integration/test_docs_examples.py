@@ -30,6 +30,7 @@ test here keeps it so.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -50,7 +51,9 @@ BLOCK = re.compile(
     r"(?:<!-- (?P<marker>[^\n]*?) -->\n)?```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)\n```\n", re.S
 )
 OUTPUT = re.compile(r"\s*<!-- lobby-output -->\n```text\n(?P<body>.*?)\n```\n", re.S)
-TALKS_TO_LOBBYD = re.compile(r"localhost:13\d\d|127\.0\.0\.1:13\d\d|^\s*(\S*/)?lobbyctl |\bdig @", re.M)
+TALKS_TO_LOBBYD = re.compile(
+    r"localhost:13\d\d|127\.0\.0\.1:13\d\d|^\s*(\S*/)?lobbyctl |\bdig @", re.M
+)
 DEFAULT_CLUSTER = "getting-started.md"
 LAST_CHECK = re.compile(r'("last_check": ?)\d+(\.\d+)?')
 
@@ -124,6 +127,10 @@ def normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
 
 
+def lists(node: Lobbyd, names: list[str]) -> bool:
+    return node.hostnames() == names
+
+
 @dataclass
 class Cluster:
     nodes: dict[str, Lobbyd]  # by documented PORT
@@ -156,7 +163,8 @@ def clusters(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory):
             node.start()
         names = sorted(node.name for node in cluster.nodes.values())
         for node in cluster.nodes.values():
-            wait_for(lambda n=node: n.hostnames() == names, what="the cluster listed")
+            lists_all = functools.partial(lists, node, names)
+            wait_for(lists_all, what=f"{node.name} lists the cluster")
         return cluster
 
     try:
@@ -175,7 +183,9 @@ def run(script: str, cluster: Cluster) -> subprocess.CompletedProcess[str]:
 
     script = re.sub(r"(localhost|127\.0\.0\.1):(13\d\d)\b", address, script)
     script = re.sub(r"-port (13\d\d)\b", lambda m: f"-port {nodes[m.group(1)].port}", script)
-    script = re.sub(r"(dig @\S+ -p) (\d+)", lambda m: f"{m.group(1)} {cluster.dns[m.group(2)]}", script)
+    script = re.sub(
+        r"(dig @\S+ -p) (\d+)", lambda m: f"{m.group(1)} {cluster.dns[m.group(2)]}", script
+    )
     env = {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": os.environ.get("HOME", "/tmp"),

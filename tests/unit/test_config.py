@@ -1,6 +1,6 @@
 import dataclasses
-import re
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
