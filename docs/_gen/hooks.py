@@ -46,7 +46,7 @@ def cell(text: object) -> str:
 def settings_table(markdown: str) -> str:
     from lobby import config
 
-    if config.README_START not in markdown:
+    if f"\n{config.README_START}\n" not in f"\n{markdown}":  # on a line of its own
         return markdown
     return config.replace_table(markdown)
 
@@ -252,8 +252,10 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
     markdown = settings_table(markdown)
     for marker, make in GENERATED.items():
-        if marker in markdown:
-            markdown = markdown.replace(marker, make())
+        own_line = re.compile(rf"^{re.escape(marker)}$", re.M)  # not one quoted in the text
+        if own_line.search(markdown):
+            generated = make()
+            markdown = own_line.sub(lambda _: generated, markdown)
     return markdown
 
 
