@@ -254,8 +254,8 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
     for marker, make in GENERATED.items():
         own_line = re.compile(rf"^{re.escape(marker)}$", re.M)  # not one quoted in the text
         if own_line.search(markdown):
-            generated = make()
-            markdown = own_line.sub(lambda _: generated, markdown)
+            parts = own_line.split(markdown)
+            markdown = make().join(parts)
     return markdown
 
 
