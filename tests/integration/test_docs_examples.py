@@ -231,6 +231,21 @@ def test_readme_starts_the_documented_cluster() -> None:
         assert f'LABELS="{env["LABELS"]}"' in readme
 
 
+def test_readme_example_runs(clusters) -> None:
+    """The commands of README.md's 3-node example, after the lines that start the nodes."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```shell\n(.*?)\n```", readme, re.S) if "HOSTNAME=" in b)
+    commands = block.replace("\\\n", " ").splitlines()
+    asks = [
+        line for line in commands if line.strip() and not re.search(r"lobbyd &|dev run &", line)
+    ]
+    assert len(asks) >= 5, asks
+    result = run("\n".join(asks), clusters(DEFAULT_CLUSTER))
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert '"web1",\n  "web2"' in result.stdout  # resolve service:web
+    assert "web1\n" in result.stdout  # lobbyctl resolve service:smtp
+
+
 def test_every_block_that_talks_to_lobbyd_runs_or_says_why_not() -> None:
     unmarked = []
     for page in PAGES:
