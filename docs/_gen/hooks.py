@@ -175,6 +175,37 @@ def lobbyctl_markdown() -> str:
     return "\n".join(lines)
 
 
+def lobbyctl_output_markdown() -> str:
+    """What lobbyctl prints, from lobby.ctl's docstring: its list items, each with its
+    literal block (`::`, indented) as a fenced block inside the item."""
+    import textwrap
+
+    from lobby import ctl
+
+    doc = ctl.__doc__ or ""
+    lines = doc[doc.index("Human output") : doc.index("Start-up stays fast")].splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("  ") and not line.startswith("   "):
+            line = "  " + line  # a list item's own text, also after its literal block
+        if line.startswith("- ") and out and out[-1].strip():
+            out.append("")  # a new item, never a lazy continuation of the last one
+        if not line.endswith("::"):
+            out.append(line)
+            continue
+        out.append(line[:-1])  # "...::" -> "...:"
+        block: list[str] = []
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith("      ")):
+            block.append(lines[i])
+            i += 1
+        literal = textwrap.dedent("\n".join(block)).strip("\n").replace("\\\\", "\\")
+        out += ["", "    ```text", textwrap.indent(literal, "    "), "    ```", ""]
+    return "\n".join(out).strip()
+
+
 # -- metrics ------------------------------------------------------------------------------
 
 
@@ -235,6 +266,7 @@ def bench_images() -> list[str]:
 GENERATED = {
     "<!-- gen:openapi -->": lambda: openapi_markdown(openapi_document()),
     "<!-- gen:lobbyctl -->": lobbyctl_markdown,
+    "<!-- gen:lobbyctl-output -->": lobbyctl_output_markdown,
     "<!-- gen:metrics -->": metrics_markdown,
     "<!-- gen:bench -->": bench_markdown,
 }
