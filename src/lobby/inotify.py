@@ -8,7 +8,7 @@ registered with the event loop (`loop.add_reader`) and its events are drained wi
 `os.read`; ctypes calls the two libc functions Python has no binding for.
 
 What is watched is the directory's own entries (IN_ONLYDIR, not recursive): a file
-created, written (on close), attributes changed, moved in or out, deleted; and the
+created, modified, closed after writing, attributes changed, moved in or out, deleted; and the
 directory itself deleted or moved, after which the watch is gone (`DirWatch.drain`
 says so) and the caller starts over. An event queue overflow (IN_Q_OVERFLOW) only
 means "something changed", which is all the callers want to know.
@@ -24,6 +24,8 @@ from typing import Final
 IN_MODIFY: Final = 0x0002
 IN_ATTRIB: Final = 0x0004
 IN_CLOSE_WRITE: Final = 0x0008
+IN_CLOSE_NOWRITE: Final = 0x0010
+IN_OPEN: Final = 0x0020
 IN_MOVED_FROM: Final = 0x0040
 IN_MOVED_TO: Final = 0x0080
 IN_CREATE: Final = 0x0100
@@ -31,8 +33,10 @@ IN_DELETE: Final = 0x0200
 IN_DELETE_SELF: Final = 0x0400
 IN_MOVE_SELF: Final = 0x0800
 IN_UNMOUNT: Final = 0x2000
+IN_Q_OVERFLOW: Final = 0x4000
 IN_IGNORED: Final = 0x8000
 IN_ONLYDIR: Final = 0x01000000
+IN_ISDIR: Final = 0x40000000
 IN_NONBLOCK: Final = os.O_NONBLOCK
 IN_CLOEXEC: Final = os.O_CLOEXEC
 
@@ -47,6 +51,9 @@ WATCHED: Final = (
     | IN_DELETE_SELF
     | IN_MOVE_SELF
 )
+# ...and who has a file open (lobby.labels: a file opened for writing may be torn);
+# our own reads make these events too, so a watch that re-reads on any event must not
+OPENS: Final = IN_OPEN | IN_CLOSE_NOWRITE
 GONE: Final = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED  # the watch ends
 
 _EVENT: Final = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; name
@@ -73,17 +80,18 @@ def _error(path: os.PathLike[str] | str | None = None) -> OSError:
 class DirWatch:
     """An inotify descriptor watching one directory; `fd` is for `loop.add_reader`.
 
+    `mask` is what to watch, WATCHED by default (add OPENS to see opens and reads).
     Raises OSError when it cannot start: ENOENT or ENOTDIR (no such directory),
     EMFILE (the inotify instances or descriptors are used up), ENOSPC (the watches
     are), EACCES.
     """
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, mask: int = WATCHED) -> None:
         libc = _lib()
         fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             raise _error()
-        if libc.inotify_add_watch(fd, os.fsencode(path), WATCHED | IN_ONLYDIR) < 0:
+        if libc.inotify_add_watch(fd, os.fsencode(path), mask | IN_ONLYDIR) < 0:
             exc = _error(path)
             os.close(fd)
             raise exc
@@ -92,7 +100,14 @@ class DirWatch:
     def drain(self) -> tuple[int, bool]:
         """Read every pending event: how many, and whether the directory itself went
         (deleted, moved away, unmounted: the watch is over)."""
-        events = 0
+        events, gone = self.events()
+        return len(events), gone
+
+    def events(self) -> tuple[list[tuple[int, str]], bool]:
+        """Read every pending event: each one's mask and file name ("" for the directory
+        itself, or for a queue overflow), in order, and whether the directory itself
+        went (deleted, moved away, unmounted: the watch is over)."""
+        events: list[tuple[int, str]] = []
         gone = False
         while True:
             try:
@@ -102,8 +117,10 @@ class DirWatch:
             offset = 0
             while offset + _EVENT.size <= len(data):
                 _, mask, _, size = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size + size
-                events += 1
+                start = offset + _EVENT.size
+                offset = start + size
+                raw = data[start:offset].rstrip(b"\0")  # the name is NUL-padded
+                events.append((mask, os.fsdecode(raw)))
                 if mask & GONE:
                     gone = True
 

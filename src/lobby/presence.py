@@ -49,7 +49,7 @@ from lobby._ratelimit import RateLimitedLog
 from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.config import Settings
 from lobby.drivers.base import Driver, DriverError, Topic
-from lobby.labels import LocalLabels, parse_env_labels, watch_label_dir
+from lobby.labels import LocalLabels, parse_env_labels
 from lobby.model import (
     GOODBYE,
     HI,
@@ -127,6 +127,7 @@ class Presence:
         self._system_hostname = system_hostname
         self.hostname = settings.hostname or system_hostname()
         self._extra_labels = extra_labels
+        self.local.read()  # at start-up; then off the loop, by watch_labels
         self.labels = self._read_labels()
         self.links: list[Link] = []
         # counters (GET /v1/stats); received, sent and send_failures are per Link
@@ -266,8 +267,9 @@ class Presence:
         return loops
 
     async def watch_labels(self, stopping: asyncio.Event) -> None:
-        """Re-read the labels whenever the label directory changes."""
-        await watch_label_dir(self.local.path, self.refresh_labels, stopping)
+        """Re-read the labels (off the event loop) whenever the label directory changes,
+        and at every keep-alive check."""
+        await self.local.watch(self.refresh_labels, stopping)
 
     async def leave(self) -> None:
         """Say goodbye on every live link and give it up to 0.5 s to leave this node."""
@@ -479,17 +481,21 @@ class Presence:
     # -- local labels -------------------------------------------------------------
 
     def _read_labels(self, check_only: bool = False) -> tuple[str, ...]:
-        local = self.local.refresh() if check_only else self.local.read()
+        if check_only:
+            self.local.request_check()  # watch_labels reads off the loop, then calls back
+        local = self.local.current()  # no I/O on the loop; runtime writes are in already
         if self._extra_labels is None:
             return local
         return tuple(sorted(set(local).union(self._extra_labels())))
 
     def refresh_labels(self, *, check_only: bool = False) -> bool:
-        """Re-read the labels; announce at once when they changed.
+        """Take the labels as last read; announce at once when they changed.
 
-        `check_only` is the periodic path: stat the label sources and re-read only what
-        changed (no file is opened per keep-alive). A source that cannot be read keeps
-        its last good labels (lobby.labels.LocalLabels).
+        The label files are read off the event loop by `watch_labels`, which calls
+        this after each read; a runtime label write updates them at once.
+        `check_only` is the periodic path: it also asks the watch to stat the label
+        sources and re-read only what changed (no file is opened per keep-alive). A
+        source that cannot be read keeps its last good labels (lobby.labels.LocalLabels).
         """
         labels = self._read_labels(check_only)
         if labels == self.labels:
