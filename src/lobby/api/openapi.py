@@ -87,6 +87,21 @@ def _operation(route: Route, protected: bool, blocking: bool) -> dict[str, Any]:
     return op
 
 
+def _named(value: Any, schemas: dict[str, Any]) -> Any:
+    """`value` with every schema that has a `title` moved to `schemas` under that name
+    and referred to (`$ref`), so the document names the shapes it shares."""
+    if isinstance(value, dict):
+        value = {key: _named(item, schemas) for key, item in value.items()}
+        title = value.get("title")
+        if isinstance(title, str) and "type" in value:
+            schemas[title] = value
+            return {"$ref": f"#/components/schemas/{title}"}
+        return value
+    if isinstance(value, list):
+        return [_named(item, schemas) for item in value]
+    return value
+
+
 def document(routes: Iterable[Route], protected: bool, blocking: bool) -> bytes:
     """The OpenAPI 3.1 document; `protected`: TOKEN or READ_TOKEN is set; `blocking`:
     there is a change feed (blocking queries)."""
@@ -95,6 +110,8 @@ def document(routes: Iterable[Route], protected: bool, blocking: bool) -> bytes:
         if route.documented:
             operation = _operation(route, protected, blocking)
             paths.setdefault(route.path, {})[route.method.lower()] = operation
+    schemas: dict[str, Any] = {}
+    paths = _named(paths, schemas)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -104,16 +121,17 @@ def document(routes: Iterable[Route], protected: bool, blocking: bool) -> bytes:
         },
         "paths": paths,
     }
+    components: dict[str, Any] = {"schemas": dict(sorted(schemas.items()))} if schemas else {}
     if protected:
-        doc["components"] = {
-            "securitySchemes": {
-                "token": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Authorization",
-                    "description": "`Token <TOKEN>`",
-                }
+        components["securitySchemes"] = {
+            "token": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "Authorization",
+                "description": "`Token <TOKEN>`",
             }
         }
         doc["security"] = [{"token": []}]
+    if components:
+        doc["components"] = components
     return orjson.dumps(doc)

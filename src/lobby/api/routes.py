@@ -90,6 +90,7 @@ class Route:
 # -- shapes of the answers, for the document ---------------------------------------
 
 DISCOVERY: Final = {
+    "title": "Discovery",  # a named schema of /openapi.json's components
     "type": "object",
     "description": "One node's discovery packet as the API returns it.",
     "properties": {
@@ -107,6 +108,7 @@ DISCOVERY: Final = {
     "required": ["hostname", "labels", "last_check"],
 }
 TARGET_GROUP: Final = {
+    "title": "TargetGroup",
     "type": "object",
     "description": "One HTTP SD target group (keys as the Go daemon wrote them).",
     "properties": {
@@ -128,6 +130,7 @@ _INDEX: Final = {"type": "integer", "minimum": 0}
 _NUMBER: Final = {"type": "number"}
 _STR: Final = {"type": "string"}
 CHECK: Final = {
+    "title": "Check",
     "type": "object",
     "description": "One health check (SPEC §19) as GET /v1/checks returns it.",
     "properties": {
