@@ -1,5 +1,5 @@
 # Thin wrappers around ./dev, which also works where make is not installed.
-.PHONY: run test lint bench bench-quick
+.PHONY: run test lint bench bench-quick dist
 run:
 	./dev run
 test:
@@ -10,3 +10,5 @@ bench:
 	./dev bench
 bench-quick:
 	./dev bench --quick
+dist:
+	./dev dist

@@ -4,14 +4,15 @@
 lives in `lobby.daemon` and is started by the `lobbyd` console script (`lobby.lobbyd`).
 
 The client names are loaded on first use (PEP 562), so `import lobby` stays cheap and
-the daemon never loads httpx; lobbyctl imports the client (and httpx) directly.
+the daemon never loads httpx; lobbyctl asks through lobby._http (http.client), not httpx.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (lobbyctl's start-up)
 if TYPE_CHECKING:
+    from typing import Any
+
     from lobby.client import AsyncLobby, Lobby, LobbyException
 
 __version__ = "2.0.0"

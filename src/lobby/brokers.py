@@ -19,7 +19,6 @@ import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lobby._packages import defer_init
 from lobby.backoff import reconnect_backoff
 from lobby.drivers.base import Driver
 
@@ -136,10 +135,6 @@ def nats_options(s: BrokerSettings) -> dict[str, Any]:
 
 
 def nats_driver(s: BrokerSettings, servers: list[str], name: str) -> Driver:
-    # nats-py's client, not its JetStream (nats.js: imported by the client, used only
-    # if a message has headers) nor nats/__init__ (lobby._packages)
-    defer_init("nats")
-    defer_init("nats.js")
     from lobby.drivers.nats import NatsDriver
 
     return NatsDriver(
@@ -167,10 +162,6 @@ def redis_tls(s: BrokerSettings, wanted: bool) -> dict[str, Any] | None:
 
 
 def redis_driver(s: BrokerSettings) -> Driver:
-    # redis-py's asyncio client and connection, not the cluster, Sentinel and sync
-    # clients that redis/__init__ and redis/asyncio/__init__ import (lobby._packages)
-    defer_init("redis")
-    defer_init("redis.asyncio")
     from lobby.drivers.redis import RedisDriver
 
     return RedisDriver(

@@ -10,239 +10,84 @@ line), a comma inside a filter (the API splits `labels=`/`prefixes=` on commas),
 name — and leaves the rest (label syntax, empty resolve label) to the daemon, the
 authority, whose 400 comes back as `LobbyException`.
 
-This module must stay light: lobbyctl imports it, so no pydantic, no lobby.model.
+What both share without I/O lives in lobby._calls; lobbyctl asks through lobby._http (the
+standard library's http.client) and loads this module only for `watch`. No pydantic,
+no lobby.model here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
-from urllib.parse import quote
+from typing import Any, Self, TypeVar
 
 import httpx
 
+from lobby import _calls
+from lobby._calls import (
+    DEFAULT_TIMEOUT,
+    PROTOCOLS,
+    RECONNECT_DELAY,
+    STREAM_READ_TIMEOUT,
+    Answer,
+    EventParser,
+    LobbyException,
+    _Call,
+    _obj,
+    by_labels,
+    by_prefixes,
+    checks,
+    discoveries,
+    discovery,
+    error_message,
+    prometheus,
+    resolve,
+    tls,
+    unreachable,
+    watch_params,
+)
+
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 10.0
-PROTOCOLS = ("http", "https")
+__all__ = ["DEFAULT_TIMEOUT", "PROTOCOLS", "AsyncLobby", "Lobby", "LobbyException"]
+
+# the pieces' old names here (lobby.client._EventParser, ...), for whoever used them
+_EventParser = EventParser
+_tls = tls
+_port = _calls._port
 
 
-class LobbyException(Exception):
-    """lobbyd answered something other than 200, or could not be reached.
-
-    `str(exc)` is the daemon's message ("access denied", "query parameter label is
-    required", ...) or the reason the connection failed; `status_code` is the HTTP
-    status, None when no answer came; `url` is what was requested.
-    """
-
-    def __init__(self, message: str, status_code: int | None = None, url: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-        self.url = url
+def _answer(call: _Call[T], response: httpx.Response) -> T:
+    return call.answer(_read(response))
 
 
-# -- what to send and how to read the answer (shared by both twins) ---------------------
+def _read(response: httpx.Response) -> Answer:
+    return Answer(
+        response.status_code,
+        response.reason_phrase,
+        response.headers.get("content-type", ""),
+        response.content,
+        str(response.request.url),
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class _Call(Generic[T]):
-    method: str
-    path: str
-    read: Callable[[Any], T]  # turns the decoded answer into the method's result
-    params: dict[str, str] | None = None
-    body: bytes | None = None
-    plain: bool = False  # the answer is text ("OK"), not JSON
-
-    def request(self) -> dict[str, Any]:
-        """Keyword arguments for httpx's `request`."""
-        headers = {"Content-Type": "text/plain; charset=utf-8"} if self.body is not None else None
-        return {
-            "method": self.method,
-            "url": self.path,
-            "params": self.params,
-            "content": self.body,
-            "headers": headers,
-        }
-
-    def answer(self, response: httpx.Response) -> T:
-        url = str(response.request.url)
-        if response.status_code != 200:
-            raise LobbyException(_error_message(response), response.status_code, url)
-        if self.plain:
-            return self.read(response.text)
-        try:
-            value = response.json()
-        except ValueError:
-            shown = response.text[:60]
-            raise LobbyException(f"the answer is not JSON: {shown!r}", 200, url) from None
-        try:
-            return self.read(value)
-        except TypeError as exc:
-            raise LobbyException(f"unexpected answer: {exc}", response.status_code, url) from None
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The daemon's message: plain text, or `message` of a JSON body (the 403)."""
-    text = response.text.strip()
-    if response.headers.get("content-type", "").startswith("application/json"):
-        try:
-            doc = response.json()
-        except ValueError:
-            doc = None
-        if isinstance(doc, dict) and isinstance(doc.get("message"), str):
-            return str(doc["message"])
-    return text or response.reason_phrase or f"HTTP {response.status_code}"
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _objs(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise TypeError("expected a JSON list of objects")
-    return value
-
-
-def _strs(value: Any) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a JSON list of strings")
-    return value
-
-
-def _text(value: Any) -> str:
-    return str(value)
-
-
-def _as_list(what: str, items: Iterable[str]) -> list[str]:
-    # A bare string is iterable too: "service:web" would become 11 one-letter labels.
-    if isinstance(items, str):
-        raise TypeError(f"{what} must be a list of strings, not a string")
-    out = list(items)
-    for item in out:
-        if not isinstance(item, str):
-            raise TypeError(f"{what} must be strings, got {item!r}")
-    return out
-
-
-def _label_body(labels: Iterable[str]) -> bytes:
-    """One label per line, as POST/DELETE /v1/labels expect."""
-    items = _as_list("labels", labels)
-    for label in items:
-        if "\n" in label or "\r" in label:
-            raise ValueError(f"label {label!r} contains a line break")
-        if not label.strip():
-            raise ValueError("a label is empty")
-    return "".join(f"{label}\n" for label in items).encode()
-
-
-def _filter(what: str, items: Iterable[str]) -> str:
-    """`a,b` for `labels=`/`prefixes=`; the API splits on commas, so none may hold one."""
-    values = _as_list(what, items)
-    if not values:
-        raise ValueError(f"give at least one of the {what}")
-    for value in values:
-        if not value:
-            raise ValueError(f"empty string among the {what}")
-        if "," in value:
-            raise ValueError(f"{value!r} contains a comma: the API cannot filter on it")
-    return ",".join(values)
-
-
-def _discovery() -> _Call[dict[str, Any]]:
-    return _Call("GET", "/v1/discovery", _obj)
-
-
-def _discoveries(params: dict[str, str] | None = None) -> _Call[list[dict[str, Any]]]:
-    return _Call("GET", "/v1/discoveries", _objs, params)
-
-
-def _resolve(label: str) -> _Call[list[str]]:
-    return _Call("GET", "/v1/resolve", _strs, {"label": label})
-
-
-def _prometheus(name: str) -> _Call[list[dict[str, Any]]]:
-    if not name:
-        raise ValueError("the Prometheus service name is empty")
-    return _Call("GET", f"/v1/prometheus/{quote(name, safe='')}", _objs)
-
-
-def _checks() -> _Call[list[dict[str, Any]]]:
-    return _Call("GET", "/v1/checks", _objs)
-
-
-def _labels(method: str, labels: Iterable[str]) -> _Call[str]:
-    return _Call(method, "/v1/labels", _text, body=_label_body(labels), plain=True)
-
-
-# -- the event stream (GET /v1/events) --------------------------------------------------
-
-# A stream is quiet between events except for a comment every 15 s; a minute without
-# even that means the connection is dead.
-_STREAM_READ_TIMEOUT = 60.0
-_RECONNECT_DELAY = 1.0
-
-
-def _watch_params(
-    labels: Iterable[str] | None, prefixes: Iterable[str] | None
-) -> dict[str, str] | None:
-    if labels is not None:
-        return {"labels": _filter("labels", labels)}
-    if prefixes is not None:
-        return {"prefixes": _filter("prefixes", prefixes)}
-    return None
-
-
-class _EventParser:
-    """Server-Sent Events, line by line; remembers the last id to resume from."""
-
-    def __init__(self) -> None:
-        self.last_id = ""
-        self._kind = ""
-        self._data: list[str] = []
-
-    def headers(self) -> dict[str, str]:
-        return {"Last-Event-ID": self.last_id} if self.last_id else {}
-
-    def feed(self, line: str) -> dict[str, Any] | None:
-        """A finished event (a dict with its name under "event"), or None."""
-        if not line:
-            kind, data = self._kind, self._data
-            self._kind, self._data = "", []
-            if not kind and not data:
-                return None
-            try:
-                event = json.loads("\n".join(data)) if data else {}
-            except ValueError:
-                event = {}
-            if not isinstance(event, dict):
-                event = {"data": event}
-            event["event"] = kind or "message"
-            return event
-        if line.startswith(":"):
-            return None  # comment: the server's keep-alive
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            self._kind = value
-        elif name == "data":
-            self._data.append(value)
-        elif name == "id":
-            self.last_id = value
-        return None
+def _request(call: _Call[Any]) -> dict[str, Any]:
+    """Keyword arguments for httpx's `request`."""
+    return {
+        "method": call.method,
+        "url": call.path,
+        "params": call.params,
+        "content": call.body,
+        "headers": call.headers(),
+    }
 
 
 def _stream_error(response: httpx.Response) -> LobbyException:
-    return LobbyException(_error_message(response), response.status_code, str(response.request.url))
+    answer = _read(response)
+    return LobbyException(error_message(answer), response.status_code, answer.url)
 
 
 # -- the two clients ---------------------------------------------------------------------
@@ -268,28 +113,18 @@ class _Base:
         timeout: float = DEFAULT_TIMEOUT,
         verify: bool | str | ssl.SSLContext = True,
     ) -> None:
-        proto = str(proto).lower()
-        if proto not in PROTOCOLS:
-            raise ValueError(f"proto must be http or https, not {proto!r}")
-        self.port = _port(port)
-        if not host or any(c.isspace() or c in "/?#@" for c in host):
-            raise ValueError(f"invalid host {host!r}")
-        self.host = host
-        self.proto = proto
+        self.host, self.port, self.proto, self.base_url = _calls.base_url(host, port, proto)
         self.token = token
-        # A bare IPv6 address needs brackets in a URL.
-        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        self.base_url = f"{proto}://{shown}:{self.port}"
         try:
             httpx.URL(self.base_url)
         except httpx.InvalidURL as exc:
             raise ValueError(f"invalid host {host!r}: {exc}") from None
         headers = {"Authorization": f"Token {token}"} if token else {}
-        self._stream_timeout = httpx.Timeout(timeout, read=_STREAM_READ_TIMEOUT)
+        self._stream_timeout = httpx.Timeout(timeout, read=STREAM_READ_TIMEOUT)
         options: dict[str, Any] = {"base_url": self.base_url, "timeout": timeout}
         options["headers"] = headers
         if proto == "https":
-            options["verify"] = _tls(verify)
+            options["verify"] = tls(verify)
         self._open(options)
 
     def _open(self, options: dict[str, Any]) -> None:
@@ -300,31 +135,6 @@ class _Base:
         return f"{type(self).__name__}({self.base_url!r})"
 
 
-def _tls(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
-    """httpx's `verify`, with True meaning the system's CAs (httpx alone would use
-    certifi's bundle) and a path meaning that PEM file of CAs."""
-    if isinstance(verify, ssl.SSLContext) or verify is False:
-        return verify
-    if verify is True:
-        return ssl.create_default_context()
-    if isinstance(verify, str):
-        try:
-            return ssl.create_default_context(cafile=verify)
-        except (OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-            raise ValueError(f"cannot use {verify!r} as CA file: {reason}") from None
-    raise ValueError(f"verify must be a bool, a CA file path or an SSLContext, not {verify!r}")
-
-
-def _port(port: int | str) -> int:
-    # lobby-python built its URL with string formatting, so a port from os.environ worked.
-    if isinstance(port, str) and port.strip().isdigit():
-        port = int(port)
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be a number from 1 to 65535, not {port!r}")
-    return port
-
-
 def _reason(exc: httpx.RequestError) -> str:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
@@ -333,8 +143,7 @@ def _reason(exc: httpx.RequestError) -> str:
 
 
 def _unreachable(base_url: str, call: _Call[Any], exc: httpx.RequestError) -> LobbyException:
-    message = f"cannot reach lobbyd at {base_url}: {_reason(exc)}"
-    return LobbyException(message, None, base_url + call.path)
+    return unreachable(base_url, call, _reason(exc))
 
 
 # watch(on_link=...): told (False, reason) once when the daemon is lost, (True, "") when back
@@ -371,46 +180,46 @@ class Lobby(_Base):
 
     def _run(self, call: _Call[T]) -> T:
         try:
-            response = self._http.request(**call.request())
+            response = self._http.request(**_request(call))
         except httpx.RequestError as exc:
             raise _unreachable(self.base_url, call, exc) from exc
-        return call.answer(response)
+        return _answer(call, response)
 
     def get_discovery(self) -> dict[str, Any]:
         """The packet of the node this client talks to."""
-        return self._run(_discovery())
+        return self._run(discovery())
 
     def get_discoveries(self) -> list[dict[str, Any]]:
         """Every live discovery, sorted by hostname."""
-        return self._run(_discoveries())
+        return self._run(discoveries())
 
     def find_by_labels(self, labels: Iterable[str]) -> list[dict[str, Any]]:
         """Discoveries with any of `labels`, each carrying only its matching labels."""
-        return self._run(_discoveries({"labels": _filter("labels", labels)}))
+        return self._run(by_labels(labels))
 
     def find_by_prefixes(self, prefixes: Iterable[str]) -> list[dict[str, Any]]:
         """Discoveries with a label starting with any of `prefixes` (matching labels only)."""
-        return self._run(_discoveries({"prefixes": _filter("prefixes", prefixes)}))
+        return self._run(by_prefixes(prefixes))
 
     def resolve(self, label: str) -> list[str]:
         """Hostnames of the nodes that carry `label`."""
-        return self._run(_resolve(label))
+        return self._run(resolve(label))
 
     def prometheus(self, name: str) -> list[dict[str, Any]]:
         """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
-        return self._run(_prometheus(name))
+        return self._run(prometheus(name))
 
     def checks(self) -> list[dict[str, Any]]:
         """The node's health checks: labels, state, last result (GET /v1/checks)."""
-        return self._run(_checks())
+        return self._run(checks())
 
     def add_labels(self, labels: Iterable[str]) -> str:
         """Add runtime labels to the node; returns "OK"."""
-        return self._run(_labels("POST", labels))
+        return self._run(_calls.labels("POST", labels))
 
     def delete_labels(self, labels: Iterable[str]) -> str:
         """Remove runtime labels from the node; returns "OK"."""
-        return self._run(_labels("DELETE", labels))
+        return self._run(_calls.labels("DELETE", labels))
 
     def watch(
         self,
@@ -429,8 +238,8 @@ class Lobby(_Base):
         connection fails or the daemon refuses. `on_link(False, reason)` is called once
         when the daemon cannot be reached any more, `on_link(True, "")` when it is back.
         """
-        params = _watch_params(labels, prefixes)
-        parser = _EventParser()
+        params = watch_params(labels, prefixes)
+        parser = EventParser()
         link = _WatchLink(on_link)
         while True:
             try:
@@ -456,7 +265,7 @@ class Lobby(_Base):
                 link.down(exc)
             if not reconnect:
                 return
-            time.sleep(_RECONNECT_DELAY)
+            time.sleep(RECONNECT_DELAY)
 
     def close(self) -> None:
         self._http.close()
@@ -481,46 +290,46 @@ class AsyncLobby(_Base):
 
     async def _run(self, call: _Call[T]) -> T:
         try:
-            response = await self._http.request(**call.request())
+            response = await self._http.request(**_request(call))
         except httpx.RequestError as exc:
             raise _unreachable(self.base_url, call, exc) from exc
-        return call.answer(response)
+        return _answer(call, response)
 
     async def get_discovery(self) -> dict[str, Any]:
         """The packet of the node this client talks to."""
-        return await self._run(_discovery())
+        return await self._run(discovery())
 
     async def get_discoveries(self) -> list[dict[str, Any]]:
         """Every live discovery, sorted by hostname."""
-        return await self._run(_discoveries())
+        return await self._run(discoveries())
 
     async def find_by_labels(self, labels: Iterable[str]) -> list[dict[str, Any]]:
         """Discoveries with any of `labels`, each carrying only its matching labels."""
-        return await self._run(_discoveries({"labels": _filter("labels", labels)}))
+        return await self._run(by_labels(labels))
 
     async def find_by_prefixes(self, prefixes: Iterable[str]) -> list[dict[str, Any]]:
         """Discoveries with a label starting with any of `prefixes` (matching labels only)."""
-        return await self._run(_discoveries({"prefixes": _filter("prefixes", prefixes)}))
+        return await self._run(by_prefixes(prefixes))
 
     async def resolve(self, label: str) -> list[str]:
         """Hostnames of the nodes that carry `label`."""
-        return await self._run(_resolve(label))
+        return await self._run(resolve(label))
 
     async def prometheus(self, name: str) -> list[dict[str, Any]]:
         """Prometheus HTTP SD target groups (`Targets`, `Labels`) for service `name`."""
-        return await self._run(_prometheus(name))
+        return await self._run(prometheus(name))
 
     async def checks(self) -> list[dict[str, Any]]:
         """The node's health checks: labels, state, last result (GET /v1/checks)."""
-        return await self._run(_checks())
+        return await self._run(checks())
 
     async def add_labels(self, labels: Iterable[str]) -> str:
         """Add runtime labels to the node; returns "OK"."""
-        return await self._run(_labels("POST", labels))
+        return await self._run(_calls.labels("POST", labels))
 
     async def delete_labels(self, labels: Iterable[str]) -> str:
         """Remove runtime labels from the node; returns "OK"."""
-        return await self._run(_labels("DELETE", labels))
+        return await self._run(_calls.labels("DELETE", labels))
 
     async def watch(
         self,
@@ -531,8 +340,8 @@ class AsyncLobby(_Base):
         on_link: LinkReport | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """`Lobby.watch` as an async generator: `async for event in lobby.watch(): ...`."""
-        params = _watch_params(labels, prefixes)
-        parser = _EventParser()
+        params = watch_params(labels, prefixes)
+        parser = EventParser()
         link = _WatchLink(on_link)
         while True:
             try:
@@ -558,7 +367,7 @@ class AsyncLobby(_Base):
                 link.down(exc)
             if not reconnect:
                 return
-            await asyncio.sleep(_RECONNECT_DELAY)
+            await asyncio.sleep(RECONNECT_DELAY)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -74,8 +74,10 @@ and NO_COLOR is unset or empty. Control characters from the daemon are printed e
   same code, lobby.templates, on the daemon's view fetched over the API), on stdout
   or written atomically to FILE.
 
-Start-up stays fast: this module imports the client and httpx, nothing of the daemon;
-`render` alone imports lobby.templates (jinja2), when it runs.
+Start-up stays fast: this module imports the standard library's http.client (through
+lobby._http), neither httpx nor asyncio, nothing of the daemon; `watch` alone imports
+the httpx client (lobby.client), `render` alone lobby.templates (jinja2), `keygen`
+lobby.signing, and colour rich, each when it runs.
 """
 
 from __future__ import annotations
@@ -86,15 +88,17 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TextIO
 
-# httpx's package __init__ imports its own command-line tool, which pulls in rich, click
-# and pygments (~30 ms) whenever they are installed. lobbyctl never uses it, so stop that
-# import in this process; httpx then falls back to a stub for `httpx.main`.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+from lobby._calls import LobbyException
+from lobby._http import HttpLobby
 
-from lobby.client import Lobby, LobbyException  # noqa: E402 - after the guard above
+# Neither typing nor dataclasses is imported at run time: together they are a quarter of
+# a `lobbyctl resolve` (bench/README.md, "lobbyctl").
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+    from lobby.client import Lobby
 
 USAGE = """\
 Usage: lobbyctl [-host H] [-port P] [-proto http|https] [-token T] [-cacert FILE]
@@ -159,19 +163,29 @@ class UsageError(Exception):
     """Bad command line: print the message and the usage, exit 2."""
 
 
-@dataclass
 class Options:
-    host: str = "127.0.0.1"
-    port: int = 1313
-    proto: str = "http"
-    token: str = ""
-    cacert: str = ""
-    insecure: bool = False
-    json: bool = False
-    help: bool = False
-    version: bool = False
-    action: str = ""
-    args: list[str] = field(default_factory=list)
+    """What the command line asks for."""
+
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 1313
+        self.proto = "http"
+        self.token = ""
+        self.cacert = ""
+        self.insecure = False
+        self.json = False
+        self.help = False
+        self.version = False
+        self.action = ""
+        self.args: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Options) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
 
 
 def parse_args(argv: Sequence[str], env: Mapping[str, str]) -> Options:
@@ -475,10 +489,11 @@ def write_json(value: object, out: TextIO) -> None:
 
 # -- running a command --------------------------------------------------------------------
 
-Render = Callable[[Any], list[Line]]
+if TYPE_CHECKING:
+    Render = Callable[[Any], list[Line]]
 
 
-def execute(lobby: Lobby, opts: Options) -> tuple[object, Render] | None:
+def execute(lobby: HttpLobby, opts: Options) -> tuple[object, Render] | None:
     """Ask lobbyd; the answer and how to print it, or None for nothing to print."""
     args = opts.args
     match opts.action:
@@ -544,7 +559,7 @@ def watch(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> None:
         out.flush()
 
 
-def render_template(lobby: Lobby, opts: Options, out: TextIO, err: TextIO) -> int:
+def render_template(lobby: HttpLobby, opts: Options, out: TextIO, err: TextIO) -> int:
     """`render SOURCE [-o FILE]`: the template against lobbyd's view, as lobbyd renders it.
 
     The template module (jinja2, lobby.model) is imported only here. Exit status 2 for
@@ -626,10 +641,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     verify: bool | str = False if opts.insecure else (opts.cacert or True)
     try:
-        with Lobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as lobby:
-            if opts.action.startswith("watch"):
-                watch(lobby, opts, out, err)
-                return 0
+        if opts.action.startswith("watch"):
+            from lobby.client import Lobby  # httpx: a stream that reconnects
+
+            with Lobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as streamer:
+                watch(streamer, opts, out, err)
+            return 0
+        with HttpLobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as lobby:
             if opts.action == "render":
                 return render_template(lobby, opts, out, err)
             result = execute(lobby, opts)

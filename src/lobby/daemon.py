@@ -63,7 +63,7 @@ class Daemon:
         )
         self.feed = ChangeFeed(self.registry)
         self.answers = Answers(self.registry, wall=clock.wall)  # kept until it changes
-        # what the API reads (lobby.api.app.Node) besides stats: presence's own
+        # what the API reads (lobby.api.answers.Node) besides stats: presence's own
         self.own_discovery = self.presence.own_discovery
         self.add_labels = self.presence.add_labels
         self.delete_labels = self.presence.delete_labels
@@ -89,7 +89,7 @@ class Daemon:
         self._api: Any = None
         self.dns: Any = None  # lobby.dns_server.DnsServer when DNS_PORT is set
 
-    # -- what the API reads (lobby.api.app.Node) -------------------------------------
+    # -- what the API reads (lobby.api.answers.Node) -------------------------------------
 
     @property
     def hostname(self) -> str:
@@ -183,11 +183,11 @@ class Daemon:
         return self.exit_status
 
     def _start_api(self, sock: socket.socket) -> None:
-        from lobby.api.fast import create_fast_app
-        from lobby.api.server import ApiServer
+        from lobby.api.dispatch import Api
+        from lobby.api.server import ApiServer, api_limits
 
         s = self.settings
-        app = create_fast_app(
+        api = Api(
             self,
             s.token,
             self.feed,
@@ -195,8 +195,10 @@ class Daemon:
             read_token=s.read_token,
             checks=self.checks.report if self.checks else None,
             metrics=self.metrics,
+            limits=api_limits(s),
+            access_log=s.access_log,
         )
-        self._api = ApiServer.from_settings(s, app, sock)
+        self._api = ApiServer.from_settings(s, api, sock)
         self._spawn(self._api.serve(), "api")
 
     def _start_runners(self) -> None:

@@ -7,7 +7,7 @@ the index moves. `Watcher` is one reader's bounded queue of changes; when a read
 falls too far behind, its queue is replaced by one OVERFLOW marker and the reader
 starts over from a snapshot.
 
-Blocking queries and the event stream (`lobby.api.events`) are this module's HTTP
+Blocking queries (`lobby.api.blocking`) and the event stream (`lobby.api.events`) are its HTTP
 faces; the DNS interface and templates wait on the same feed.
 """
 

@@ -29,7 +29,7 @@ Using it for a new listener (DNS over TCP, say):
 
 The factory gets the connection's `Slot`; the protocol must call `slot.release()`
 in `connection_lost` (release is idempotent) and arm its own read/idle timers from
-`slot.limits`. The HTTP API's protocol (`lobby.api.limits`) is the worked example.
+`slot.limits`. The HTTP API's protocol (`lobby.api.protocol`) is the worked example.
 Counters are plain attributes of `ListenerLimits` (and `stats()`), for /v1/stats and
 /metrics.
 """

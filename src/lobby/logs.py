@@ -1,13 +1,13 @@
 """lobbyd's log: one formatter for every line, and the peers' comings and goings (SPEC §14.2).
 
 `setup` puts one handler on the root logger, so every line lobbyd prints goes
-through the same formatter: ours, uvicorn's (its own handlers are never installed:
-lobby.api.server passes `log_config=None`), nats-py's, asyncio's and warnings'.
+through the same formatter: ours, nats-py's, asyncio's and warnings'.
 `LOG_FORMAT=text` writes `TIME LEVEL LOGGER: MESSAGE`; `LOG_FORMAT=json` writes one
 JSON object per line with `ts` (UTC, RFC 3339), `level`, `logger`, `msg`, the
-fields a line was given (`extra=`), `exc` for a traceback, and for uvicorn's access
-lines `client`, `method`, `path` and `status`. `ACCESS_LOG=true` turns uvicorn's
-access lines on, whatever LOG_LEVEL says.
+fields a line was given (`extra=`), `exc` for a traceback, and for the access lines
+`client`, `method`, `path` and `status`. `ACCESS_LOG=true` turns the access lines on,
+whatever LOG_LEVEL says: one per answer, logged by lobby.api.dispatch under the
+logger name and in the format uvicorn used (`uvicorn.access`), which log readers know.
 
 `NodeEventLog` listens to the registry and logs every join, label change, goodbye
 and expiry at INFO, one line each, with the event's fields; past `limit` events in a
@@ -83,7 +83,7 @@ def setup(
     sys.excepthook = _log_uncaught  # a crash, too, is one line (a JSON object) with `exc`
     for noisy in ("httpx", "httpcore"):  # httpx: a line per http check run
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # uvicorn's start-up chatter repeats what lobbyd says itself; its warnings stay
+    # the access log keeps the logger name uvicorn gave it (lobby.api.dispatch)
     quiet = max(logging.WARNING, root.level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi", "uvicorn.access"):
         logger = logging.getLogger(name)  # no handler of its own: through ours

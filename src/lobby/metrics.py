@@ -16,7 +16,7 @@ Everything is counted where it happens, never recomputed at a scrape:
 
 - rare events are counters and histograms that their hooks increment: node events
   (a registry listener, `node_event`), callback runs (`callback_run`), HTTP requests
-  (`http_request`, from lobby.api.ops and the fast path);
+  (`http_request`, from lobby.api.dispatch, once per answer);
 - the per-packet counts are plain integers that presence and the drivers keep
   anyway for GET /v1/stats, one `+= 1` each on the hot path; the scrape reads them
   as they stand, so /metrics and /v1/stats never disagree;

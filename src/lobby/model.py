@@ -3,7 +3,7 @@
 The wire format is the Go implementation's, byte for byte (SPEC §1-2). Decoding is
 the daemon's hot path, so `decode_packet` uses orjson and direct checks instead of
 a pydantic model and returns a plain tuple (`decode_envelope` is the same as objects,
-for tests and tools); `lobby.api._schema` describes the same shapes for the OpenAPI
+for tests and tools); `lobby.api.routes` describes the same shapes for the OpenAPI
 document.
 """
 

@@ -141,7 +141,7 @@ def test_metrics_health_and_the_json_log_of_a_node(nats_server, channel, spawn, 
         what="rejected packets counted",
     )
 
-    # an invalid request's line (lobby.api.limits answers it, not uvicorn), same formatter
+    # an invalid request's line (lobby.api.protocol answers it), same formatter
     with socket.create_connection(("127.0.0.1", a.port)) as raw:
         raw.sendall(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
         raw.recv(1024)

@@ -9,10 +9,10 @@ import logging
 import re
 from typing import Any
 
-import httpx
 import pytest
+from apiwire import client as api_client
 
-from lobby.api import create_app
+from lobby.api import Api
 from lobby.cache import Answers
 from lobby.metrics import Metrics
 from lobby.model import Discovery
@@ -56,9 +56,8 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 async def http(node: Node, metrics: Metrics):
-    app = create_app(node, TOKEN, metrics=metrics)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://lobby") as client:
+    app = Api(node, TOKEN, metrics=metrics)
+    async with api_client(app) as client:
         yield client
 
 
@@ -67,7 +66,7 @@ async def test_put_on_labels_names_every_allowed_method(http) -> None:
     assert r.status_code == 405
     assert r.headers["allow"] == "POST, DELETE"
     r = await http.patch("/v1/discoveries", headers=AUTH)
-    assert (r.status_code, r.headers["allow"]) == (405, "GET")
+    assert (r.status_code, r.headers["allow"]) == (405, "GET, HEAD")
 
 
 async def test_a_failed_runtime_label_write_is_logged(http, caplog) -> None:

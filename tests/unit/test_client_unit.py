@@ -18,6 +18,7 @@ from support import free_port
 
 import lobby
 from lobby import AsyncLobby, Lobby, LobbyException
+from lobby._http import HttpLobby
 
 
 @dataclass
@@ -80,9 +81,11 @@ def server() -> Iterator[Recorder]:
     httpd.server_close()
 
 
-@pytest.fixture
-def client(server: Recorder) -> Iterator[Lobby]:
-    with Lobby("127.0.0.1", server.port) as c:
+@pytest.fixture(params=[Lobby, HttpLobby], ids=["httpx", "http.client"])
+def client(request, server: Recorder) -> Iterator[Lobby | HttpLobby]:
+    """Both blocking clients: lobby.Lobby (httpx) and lobbyctl's (http.client) must send
+    the same bytes and read answers alike."""
+    with request.param("127.0.0.1", server.port) as c:
         yield c
 
 
@@ -139,7 +142,7 @@ def test_repr_names_the_daemon():
 
 def test_labels_go_one_per_line_with_the_token(server, client):
     server.answer(200, b"OK")
-    c = Lobby("127.0.0.1", server.port, token="s3cret")
+    c = type(client)("127.0.0.1", server.port, token="s3cret")
     assert c.add_labels(["service:web", "note:a b & c #1?"]) == "OK"
     assert c.delete_labels(["service:web"]) == "OK"
     c.close()
@@ -248,9 +251,10 @@ def test_answers_are_returned_as_parsed(server, client):
     assert client.resolve("x") == ["a.example", "b.example"]
 
 
-def test_connection_refused_is_a_lobby_exception_without_status():
+@pytest.mark.parametrize("kind", [Lobby, HttpLobby])
+def test_connection_refused_is_a_lobby_exception_without_status(kind):
     port = free_port()
-    with Lobby("127.0.0.1", port) as c, pytest.raises(LobbyException) as caught:
+    with kind("127.0.0.1", port) as c, pytest.raises(LobbyException) as caught:
         c.get_discoveries()
     exc = caught.value
     assert exc.status_code is None

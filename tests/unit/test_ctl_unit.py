@@ -398,6 +398,9 @@ def test_json_output_matches_the_daemons_format():
 # -- start-up ---------------------------------------------------------------------------
 
 HEAVY = (
+    "httpx",
+    "httpcore",
+    "asyncio",
     "fastapi",
     "uvicorn",
     "pydantic",
@@ -416,11 +419,15 @@ HEAVY = (
 
 
 def imported_after(code: str) -> set[str]:
+    # without proxy variables: with one, lobbyctl loads urllib.request to read them
+    proxies = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    env = {k: v for k, v in os.environ.items() if k.lower() not in proxies}
     run = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys; print(' '.join(sorted(sys.modules)))"],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     return set(run.stdout.split())
 
@@ -431,8 +438,22 @@ def heavy_in(modules: set[str]) -> set[str]:
 
 def test_importing_lobbyctl_loads_nothing_heavy():
     modules = imported_after("import lobby.ctl")
-    assert "lobby.client" in modules and "httpx" in modules  # the probe sees real imports
+    assert "lobby._http" in modules and "socket" in modules  # the probe sees real imports
     assert heavy_in(modules) == set()
+
+
+def test_lobbyctl_asks_lobbyd_without_httpx_asyncio_or_ssl():
+    """The start-up cost of `lobbyctl resolve` (bench/README.md, "lobbyctl"): a request
+    that fails still went through the whole client path, and loaded none of them."""
+    code = f"from lobby import ctl\nctl.main(['-port', '{free_port()}', 'resolve', 'x:y'])"
+    modules = imported_after(code)
+    assert "lobby._http" in modules
+    assert {"httpx", "httpcore", "asyncio", "lobby.client", "anyio"} & modules == set()
+    # nor http.client and ssl (with the email parser, more than the rest of a resolve)
+    assert {"http.client", "ssl", "email.parser", "typing", "dataclasses"} & modules == set()
+    # watch streams through httpx: it is loaded when watch runs
+    watch = f"from lobby import ctl\nctl.main(['-port', '{free_port()}', 'watch'])"
+    assert {"httpx", "lobby.client"} <= imported_after(watch)
 
 
 def test_plain_output_does_not_load_rich():

@@ -3,13 +3,13 @@
 import asyncio
 from collections.abc import Callable
 
-import httpx
 import orjson
 import pytest
+from apiwire import client as api_client
 from support import until
 
 from lobby import config
-from lobby.api import create_app
+from lobby.api import Api
 from lobby.daemon import Daemon
 from lobby.drivers.memory import MemoryBroker
 from lobby.model import Discovery, encode_envelope
@@ -150,10 +150,9 @@ async def test_hostname_change_says_goodbye_for_the_old_name(tmp_path, broker):
 async def test_api_in_process(make, tmp_path):
     a = make("a", LABELS="service:web", TOKEN="s3cret")
     await until(lambda: hosts(a) == ["a"])
-    app = create_app(a, token="s3cret")
-    transport = httpx.ASGITransport(app=app)
+    app = Api(a, token="s3cret")
     auth = {"Authorization": "Token s3cret"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+    async with api_client(app, base_url="http://t") as http:
         r = await http.get("/v1/discoveries")
         assert r.status_code == 403
         assert r.content == b'{\n "message": "access denied"\n}\n'

@@ -1,9 +1,6 @@
-"""The fast path (lobby.api.fast) answers exactly what the FastAPI routes answer.
-
-Every hot GET is sent both to the fast path and to the FastAPI app alone
-(`lobby.api.create_app`), over httpx's ASGI transport, and the answers must agree in
-status, body and headers. Then what only the fast path does: gzip copies, streamed
-big lists, no framework until a request needs it.
+"""The one dispatch (lobby.api.dispatch.Api): what each hot route answers, the fast
+synchronous path (a cached answer is a `Response` at once, no coroutine), gzip copies,
+streamed big lists, blocking queries, request metrics, and no framework imported.
 """
 
 from __future__ import annotations
@@ -17,13 +14,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from apiwire import client as api_client
 
 from lobby import answer
-from lobby.api import create_app
-from lobby.api.fast import FastApp, accepts_gzip, create_fast_app
+from lobby.api.dispatch import Api, accepts_gzip
+from lobby.api.http import Request, Response
 from lobby.cache import Answers
 from lobby.feed import ChangeFeed
 from lobby.model import Discovery, pretty
+from lobby.prometheus import PrometheusSD
 from lobby.registry import Registry
 
 
@@ -57,96 +56,155 @@ def fill(registry: Registry, n: int) -> None:
         registry.update(Discovery(f"node-{i:05d}.example", tuple(sorted(labels))))
 
 
-PATHS = [
-    "/",
-    "/v1/discoveries",
-    "/v1/discoveries?labels=service:web,location:dc1",
-    "/v1/discoveries?labels=nothing:here",
-    "/v1/discoveries?prefixes=location:,service:d",
-    "/v1/discoveries?labels=&prefixes=public_ip4:",
-    "/v1/discoveries?labels=a&labels=service:db",
-    "/v1/discoveries?unknown=1",
-    "/v1/resolve?label=service:db",
-    "/v1/resolve?label=nobody",
-    "/v1/resolve?label=",
-    "/v1/resolve",
-    "/v1/discovery",
-    "/v1/stats",
-    "/v1/prometheus/node",
-    "/v1/prometheus/none",
-    "/v1/prometheus/",
-    "/v1/discoveries/",
-    "/v1/health",
-    "/v1/health?x=1",
-    "/nothing",
-]
-
-
-def compared(response: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
-    headers = {k: v for k, v in response.headers.items() if k not in ("vary",)}
-    return response.status_code, response.content, headers
-
-
 @pytest.fixture
 def registry() -> Registry:
     return Registry(ttl=300)
 
 
-async def both(registry: Registry, token: str = "", feed: bool = True, read_token: str = "") -> Any:
-    node = FakeNode(registry)
+def make(registry: Registry, token: str = "", feed: bool = True, **kwargs: Any) -> Api:
     changes = ChangeFeed(registry) if feed else None
-    fast = create_fast_app(node, token, changes, node_exporter_port=9100, read_token=read_token)
-    slow = create_app(node, token, changes, node_exporter_port=9100, read_token=read_token)
-    return fast, slow
+    return Api(FakeNode(registry), token, changes, node_exporter_port=9100, **kwargs)
 
 
-def client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(  # httpx asks for gzip unless told otherwise
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://lobby",
-        headers={"Accept-Encoding": "identity"},
-    )
+def client(api: Api) -> httpx.AsyncClient:
+    return api_client(api, headers={"Accept-Encoding": "identity"})
+
+
+def listing(registry: Registry, **query: str) -> bytes:
+    from lobby.api.answers import discoveries_answer
+
+    prepared = discoveries_answer(Answers(registry), query.get("labels"), query.get("prefixes"))
+    assert prepared is not None
+    body = prepared()
+    return body if isinstance(body, bytes) else body.body
 
 
 @pytest.mark.parametrize("n", [0, 3, 200])
 @pytest.mark.parametrize("feed", [True, False])
-async def test_same_answers_as_the_framework(registry, n, feed):
+async def test_each_hot_route_answers_its_bytes(registry, n, feed):
     fill(registry, n)
-    fast, slow = await both(registry, feed=feed)
-    async with client(fast) as f, client(slow) as s:
-        for path in PATHS:
-            a, b = await f.get(path), await s.get(path)
-            assert compared(a) == compared(b), path
-            if a.status_code == 200 and feed and not path.startswith("/v1/health"):
-                assert int(a.headers["x-lobby-index"]) == registry.index
+    api = make(registry, feed=feed)
+    web = [d.hostname for d in registry.discoveries() if "service:web" in d.labels]
+    expected = {
+        "/": (200, listing(registry)),
+        "/v1/discoveries": (200, listing(registry)),
+        "/v1/discoveries?labels=service:web,location:dc1": (
+            200,
+            listing(registry, labels="service:web,location:dc1"),
+        ),
+        "/v1/discoveries?labels=nothing:here": (200, b"[]\n"),
+        "/v1/discoveries?prefixes=location:,service:d": (
+            200,
+            listing(registry, prefixes="location:,service:d"),
+        ),
+        "/v1/discoveries?labels=&prefixes=public_ip4:": (
+            200,
+            listing(registry, prefixes="public_ip4:"),
+        ),
+        "/v1/discoveries?labels=a&labels=service:db": (200, listing(registry, labels="service:db")),
+        "/v1/discoveries?unknown=1": (200, listing(registry)),
+        "/v1/resolve?label=service:web": (200, pretty(web)),
+        "/v1/resolve?label=nobody": (200, b"[]\n"),
+        "/v1/resolve?label=": (400, b"query parameter label is required\n"),
+        "/v1/resolve": (400, b"query parameter label is required\n"),
+        "/v1/discovery": (200, pretty(Discovery("me.example", ("service:me",)).to_dict())),
+        "/v1/stats": (200, pretty({"nodes": len(registry), "index": registry.index})),
+        "/v1/prometheus/none": (200, b"[]\n"),
+        "/v1/prometheus/": (404, b"Not Found\n"),
+        "/v1/health": (200, pretty({"status": "ok", "brokers": {}})),
+        "/v1/health?x=1": (200, pretty({"status": "ok", "brokers": {}})),
+        "/nothing": (404, b"Not Found\n"),
+    }
+    async with client(api) as c:
+        for path, (status, body) in expected.items():
+            r = await c.get(path)
+            assert (r.status_code, r.content) == (status, body), path
+            if status == 200:
+                assert r.headers["content-type"] == "application/json; charset=UTF-8"
+                assert int(r.headers["content-length"]) == len(body)
+            hot = status == 200 and path.startswith(("/v1/d", "/v1/r", "/v1/s", "/?", "/v1/p"))
+            if hot and feed:
+                assert int(r.headers["x-lobby-index"]) == registry.index, path
+            if path.startswith("/v1/health"):
+                assert "x-lobby-index" not in r.headers
+        redirect = await c.get("/v1/discoveries/?labels=x")
+        assert (redirect.status_code, redirect.headers["location"]) == (
+            307,
+            "/v1/discoveries?labels=x",
+        )
+        sd = PrometheusSD(Answers(registry), 9100).cached("node")
+        want = sd.body if isinstance(sd, answer.Answer) else b"".join(sd.chunks())
+        assert (await c.get("/v1/prometheus/node")).content == want
 
 
 @pytest.mark.parametrize(
     ("token", "read_token"), [("s3cret", ""), ("s3cret", "r3ad"), ("", "r3ad")]
 )
-async def test_same_answers_with_a_token(registry, token, read_token):
+async def test_tokens(registry, token, read_token):
     fill(registry, 5)
-    fast, slow = await both(registry, token=token, read_token=read_token)
-    tokens = [{}, {"Authorization": "Token wrong"}, {"Authorization": "s3cret"}]
-    tokens += [{"Authorization": f"Token {t}"} for t in (token, read_token) if t]
-    async with client(fast) as f, client(slow) as s:
-        for headers in tokens:
-            for path in PATHS:
-                a, b = await f.get(path, headers=headers), await s.get(path, headers=headers)
-                assert compared(a) == compared(b), (path, headers)
-        r = await f.get("/v1/discoveries")
-        assert r.status_code == 403
-        assert r.content == b'{\n "message": "access denied"\n}\n'
+    api = make(registry, token, read_token=read_token)
+    wrong = [{}, {"Authorization": "Token wrong"}, {"Authorization": "s3cret"}]
+    right = [{"Authorization": f"Token {t}"} for t in (token, read_token) if t]
+    async with client(api) as c:
+        for path in ("/", "/v1/discoveries", "/v1/resolve?label=x", "/v1/stats", "/nothing"):
+            for headers in wrong:
+                r = await c.get(path, headers=headers)
+                assert r.status_code == 403, (path, headers)
+                assert r.content == b'{\n "message": "access denied"\n}\n'
+                assert r.headers["content-type"] == "application/json; charset=UTF-8"
+            for headers in right:
+                assert (await c.get(path, headers=headers)).status_code != 403
+        for headers in wrong:  # public
+            assert (await c.get("/v1/health", headers=headers)).status_code == 200
+            assert (await c.get("/docs", headers=headers)).status_code == 200
+            assert (await c.get("/ui/", headers=headers)).status_code == 200
+        if read_token:  # a write with the read token: 403
+            r = await c.post("/v1/labels", content="x:1\n", headers=right[-1])
+            assert r.status_code == 403
+
+
+async def test_cached_gets_are_answered_at_once_without_a_coroutine(registry):
+    fill(registry, 20)
+    api = make(registry)
+    for path, query in [
+        ("/v1/discoveries", b""),
+        ("/v1/discoveries", b"labels=service:web"),
+        ("/v1/resolve", b"label=service:web"),
+        ("/v1/prometheus/node", b""),
+        ("/v1/health", b""),
+        ("/v1/stats", b""),
+        ("/nothing", b""),
+    ]:
+        answer = api.dispatch(Request("GET", path, query))
+        assert isinstance(answer, Response) and isinstance(answer.body, bytes), path
+    held = api.dispatch(Request("GET", "/v1/discoveries", b"index=%d" % registry.index))
+    assert not isinstance(held, Response)  # a blocking query waits: a coroutine
+    held.close()
+    assert api.limits.watchers == 1  # its slot: given back when it ends
+    api.limits.release_watcher()
+    labels = api.dispatch(Request("POST", "/v1/labels", b"", [], b"x:1\n"))
+    assert not isinstance(labels, Response)  # an async handler
+    labels.close()
+
+
+async def test_respond_answers_without_a_socket(registry):
+    fill(registry, 3)
+    api = make(registry)
+    answer = await api.respond(Request("GET", "/v1/discoveries", b"labels=service:db"))
+    assert answer.status == 200
+    assert await answer.read() == listing(registry, labels="service:db")
+    answer = await api.respond(Request("PUT", "/v1/discoveries"))
+    assert (answer.status, dict(answer.headers)[b"allow"]) == (405, b"GET, HEAD")
 
 
 async def test_big_lists_are_streamed_and_not_kept(registry, monkeypatch):
     monkeypatch.setattr("lobby.cache.KEEP_MAX", 4096)
     fill(registry, 300)
     expected = pretty([d.to_dict() for d in registry.discoveries()])
-    fast, slow = await both(registry)
-    async with client(fast) as f, client(slow) as s:
+    api = make(registry)
+    async with client(api) as f:
         r = await f.get("/v1/discoveries")
-        assert r.content == expected == (await s.get("/v1/discoveries")).content
+        assert r.content == expected
         assert "content-length" not in r.headers  # chunked: encoded while sent
         assert isinstance(Answers(registry).listing(), answer.Slices)
         assert Answers(registry).all_json() == expected
@@ -163,8 +221,8 @@ async def test_big_lists_are_streamed_and_not_kept(registry, monkeypatch):
 
 async def test_gzip_copy_for_clients_that_accept_it(registry):
     fill(registry, 200)
-    fast, _ = await both(registry)
-    async with client(fast) as f:
+    api = make(registry)
+    async with client(api) as f:
         plain = await f.get("/v1/discoveries", headers={"Accept-Encoding": "identity"})
         assert "content-encoding" not in plain.headers
         assert plain.headers["vary"] == "Accept-Encoding"
@@ -181,6 +239,7 @@ async def test_gzip_copy_for_clients_that_accept_it(registry):
             assert gzip.decompress(packed) == want
         small = await f.get("/v1/discovery", headers={"Accept-Encoding": "gzip"})
         assert "content-encoding" not in small.headers  # not worth it under 1 KiB
+        assert "vary" not in small.headers
     answers = Answers(registry)
     assert answers.listing().gzip() is answers.listing().gzip()  # kept beside the plain
 
@@ -207,90 +266,77 @@ def test_accept_encoding(value, ok):
     assert accepts_gzip(value) is ok
 
 
-async def call(app: Any, path: str, query: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
-    """One GET straight through the ASGI interface, the way uvicorn makes it."""
-    messages: list[dict[str, Any]] = []
-    asked = False
-    gone = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal asked
-        if not asked:
-            asked = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-
-    scope = {"type": "http", "method": "GET", "path": path, "query_string": query, "headers": []}
-    await app(scope, receive, send)
-    gone.set()
-    start, *bodies = messages
-    return start["status"], dict(start["headers"]), b"".join(m["body"] for m in bodies)
-
-
-async def test_blocking_query_on_the_fast_path(registry):
+async def test_blocking_query(registry):
     fill(registry, 2)
-    fast, _ = await both(registry)
+    api = make(registry)
     index = registry.index
-    held = asyncio.ensure_future(call(fast, "/v1/discoveries", b"index=%d&wait=30s" % index))
+    held = asyncio.ensure_future(
+        api.respond(Request("GET", "/v1/discoveries", b"index=%d&wait=30s" % index))
+    )
     await asyncio.sleep(0.05)
     assert not held.done()
+    assert api.limits.watchers == 1
     registry.update(Discovery("new.example", ("service:web",)))
-    status, headers, body = await asyncio.wait_for(held, 10)
-    assert status == 200
+    answer = await asyncio.wait_for(held, 10)
+    headers = dict(answer.headers)
+    assert answer.status == 200
     assert int(headers[b"x-lobby-index"]) == registry.index > index
-    assert b"new.example" in body
-    status, _, body = await call(fast, "/v1/resolve", b"label=service:web&index=x")
-    assert (status, body) == (400, b"invalid index 'x': expected a non-negative integer\n")
-    status, _, _ = await call(fast, "/v1/stats", b"index=%d&wait=10ms" % registry.index)
-    assert status == 200  # the wait ran out
+    assert b"new.example" in await answer.read()
+    assert api.limits.watchers == 0
+    answer = await api.respond(Request("GET", "/v1/resolve", b"label=service:web&index=x"))
+    assert (answer.status, answer.body) == (
+        400,
+        b"invalid index 'x': expected a non-negative integer\n",
+    )
+    answer = await api.respond(Request("GET", "/v1/stats", b"index=%d&wait=10ms" % registry.index))
+    assert answer.status == 200  # the wait ran out
+    # a client that goes away: the held request is cancelled and gives its slot back
+    gone = asyncio.ensure_future(
+        api.respond(Request("GET", "/v1/discoveries", b"index=%d" % registry.index))
+    )
+    await asyncio.sleep(0.05)
+    assert api.limits.watchers == 1
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    assert api.limits.watchers == 0
 
 
-async def test_the_framework_is_built_only_when_needed(registry):
-    fill(registry, 2)
-    node = FakeNode(registry)
-    fast = create_fast_app(node, "", ChangeFeed(registry))
-    assert isinstance(fast, FastApp)
-    async with client(fast) as f:
-        for path in ("/", "/v1/discoveries?labels=service:web", "/v1/stats", "/v1/prometheus/x"):
-            assert (await f.get(path)).status_code == 200
-        assert (await f.get("/v1/health")).status_code == 200  # a load balancer's probe
-        assert not fast.slow_loaded
-        assert (await f.get("/openapi.json")).status_code == 200
-        assert fast.slow_loaded
+async def test_watchers_past_the_cap_get_503(registry):
+    from lobby.listener import ListenerLimits
+
+    api = make(registry, limits=ListenerLimits(max_watchers=1))
+    first = asyncio.ensure_future(
+        api.respond(Request("GET", "/v1/discoveries", b"index=%d" % registry.index))
+    )
+    await asyncio.sleep(0.01)
+    busy = await api.respond(Request("GET", "/v1/events"))
+    assert busy.status == 503
+    assert busy.body == b"too many event streams and blocking queries (1 open); try again later\n"
+    assert (b"retry-after", b"5") in busy.headers and (b"connection", b"close") in busy.headers
+    assert api.limits.watchers_refused == 1
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    stream = await api.respond(Request("GET", "/v1/events"))
+    assert stream.status == 200 and api.limits.watchers == 1
+    await stream.aclose()
+    assert api.limits.watchers == 0
 
 
-async def test_both_paths_keep_one_set_of_prometheus_parts(registry):
-    fill(registry, 4)
-    fast = create_fast_app(FakeNode(registry), "", ChangeFeed(registry))
-    assert isinstance(fast, FastApp)
-    async with client(fast) as f:
-        # a GET with a body goes to the framework's route
-        answer = await f.get("/v1/prometheus/node", headers={"content-length": "0"})
-        assert answer.status_code == 200 and len(answer.json()) == 2
-        assert fast.slow_loaded
-    assert list(fast.prometheus._parts) == ["node"]  # built by the framework's route
-
-
-async def test_a_degraded_health_is_the_same_503(registry):
+async def test_a_degraded_health_is_503(registry):
     node = FakeNode(registry)
     node.health = lambda: (False, {"NATS": "down", "Redis": "up"})  # type: ignore[method-assign]
-    fast = create_fast_app(node, "s3cret", ChangeFeed(registry))
-    slow = create_app(node, "s3cret", ChangeFeed(registry))
-    async with client(fast) as f, client(slow) as s:
-        a, b = await f.get("/v1/health"), await s.get("/v1/health")
-        assert a.status_code == 503 and compared(a) == compared(b)
-        assert a.json() == {"status": "degraded", "brokers": {"NATS": "down", "Redis": "up"}}
-    assert not fast.slow_loaded
+    api = Api(node, "s3cret", ChangeFeed(registry))
+    async with client(api) as c:
+        r = await c.get("/v1/health")
+        assert r.status_code == 503
+        assert r.json() == {"status": "degraded", "brokers": {"NATS": "down", "Redis": "up"}}
 
 
-def test_the_daemon_imports_no_framework_to_serve_reads():
+def test_the_daemon_imports_no_framework_to_serve():
     code = (
-        "import sys, lobby.daemon, lobby.api.fast, lobby.api.server; "
-        "print(sorted(m for m in ('fastapi', 'pydantic', 'starlette') if m in sys.modules))"
+        "import sys, lobby.daemon, lobby.api.dispatch, lobby.api.server; "
+        "print(sorted(m for m in ('fastapi', 'pydantic', 'starlette', 'uvicorn') "
+        "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -304,22 +350,25 @@ class Counted:
         assert seconds >= 0
         self.seen.append((route, code))
 
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        return b"", "text/plain"
 
-async def test_fast_answers_are_counted_by_route_template(registry):
+
+async def test_answers_are_counted_by_route_template(registry):
     fill(registry, 3)
     metrics = Counted()
-    fast = create_fast_app(FakeNode(registry), "s3cret", ChangeFeed(registry), metrics=metrics)
+    api = make(registry, "s3cret", metrics=metrics)
     auth = {"Authorization": "Token s3cret"}
-    async with client(fast) as f:
+    async with client(api) as f:
         assert (await f.get("/v1/prometheus/node", headers=auth)).status_code == 200
         assert (await f.get("/v1/discoveries?labels=x", headers=auth)).status_code == 200
         assert (await f.get("/v1/resolve?label=x")).status_code == 403
-    answer = fast.instant("/v1/discovery", b"", [(b"authorization", b"Token s3cret")])
-    assert answer is not None and answer[0] == 200
-    assert fast.instant("/v1/discoveries", b"index=1", []) is None  # blocking: not at once
+        assert (await f.get("/no/such", headers=auth)).status_code == 404
+        assert (await f.put("/v1/stats", headers=auth)).status_code == 405
     assert metrics.seen == [
         ("/v1/prometheus/{name}", 200),
         ("/v1/discoveries", 200),
         ("/v1/resolve", 403),
-        ("/v1/discovery", 200),
+        ("unmatched", 404),
+        ("/v1/stats", 405),
     ]

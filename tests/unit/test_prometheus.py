@@ -7,13 +7,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from apiwire import client as api_client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lobby.api import create_app
+from lobby.api import Api
 from lobby.cache import Answers
 from lobby.model import Discovery, decode_envelope, pretty
 from lobby.prometheus import target, target_groups
@@ -513,9 +513,8 @@ def registry() -> Registry:
 
 @pytest.fixture
 async def client(registry: Registry):
-    app = create_app(FakeNode(registry), node_exporter_port=9100)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://lobby") as c:
+    app = Api(FakeNode(registry), node_exporter_port=9100)
+    async with api_client(app) as c:
         yield c
 
 
@@ -606,9 +605,9 @@ async def test_route_is_documented(client):
     doc = (await client.get("/openapi.json")).json()
     get = doc["paths"]["/v1/prometheus/{name}"]["get"]
     schema = get["responses"]["200"]["content"]["application/json"]["schema"]
-    assert schema["type"] == "array"
-    model = doc["components"]["schemas"]["TargetGroupModel"]
-    assert list(model["properties"]) == ["Targets", "Labels"]
+    assert schema == {"type": "array", "items": {"$ref": "#/components/schemas/TargetGroup"}}
+    group = doc["components"]["schemas"]["TargetGroup"]
+    assert list(group["properties"]) == ["Targets", "Labels"]
 
 
 async def test_route_wrong_method(client):

@@ -1,19 +1,12 @@
-"""The HTTP layer: the fast path (`fast`), routes (`app`), the token guard (`auth`),
-blocking queries (`blocking`), the change feed's HTTP faces (`events`), the server
-(`server`). Only `app` and `events` import FastAPI: `create_app` is imported from
-`app` when it is first asked for, so importing this package imports no framework.
+"""The HTTP API: one route table (`routes`), one dispatch (`dispatch.Api`: token,
+blocking queries, gzip, metrics, access log), one protocol (`protocol`, on httptools)
+and the server around it (`server`). A request can be answered without a socket:
+`await Api(node).respond(Request("GET", path, query))`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from lobby.api.dispatch import Api
+from lobby.api.http import Request, Response
 
-__all__ = ["create_app"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "create_app":
-        from lobby.api.app import create_app
-
-        return create_app
-    raise AttributeError(f"module 'lobby.api' has no attribute {name!r}")
+__all__ = ["Api", "Request", "Response"]

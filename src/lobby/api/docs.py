@@ -1,7 +1,6 @@
 """GET /docs: Swagger UI served from the package, so it works offline (SPEC §14.3).
 
-FastAPI's own /docs page loads Swagger UI from a CDN (blank without internet) and
-/redoc does too; both are switched off and replaced by this page, whose assets
+Swagger UI is usually loaded from a CDN (blank without internet); this page's assets
 lobbyd serves itself from `lobby/api/swagger/` (see its README: swagger-ui-dist,
 stored gzipped, sent as they are to browsers that accept gzip).
 
@@ -14,17 +13,11 @@ with every request it makes, "Try it out" included (`swagger/docs.js`).
 
 from __future__ import annotations
 
-import gzip
 from functools import cache
 from importlib import resources
 from typing import Final
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, Response
-from starlette.exceptions import HTTPException
-
-PREFIX: Final = "/docs"
-STATIC: Final = "/docs/static/"
+from lobby.api.http import Response
 
 # name -> (file in lobby/api/swagger, content type); nothing else is served
 ASSETS: Final = {
@@ -63,11 +56,6 @@ PAGE: Final = """\
 """
 
 
-def is_public(path: str) -> bool:
-    """The page and its assets: no token needed (the API calls still need it)."""
-    return path == PREFIX or (path.startswith(STATIC) and path[len(STATIC) :] in ASSETS)
-
-
 @cache
 def _asset(name: str) -> bytes:
     return resources.files("lobby.api").joinpath("swagger", name).read_bytes()
@@ -75,24 +63,37 @@ def _asset(name: str) -> bytes:
 
 @cache
 def _gunzipped(name: str) -> bytes:
+    import gzip  # for the rare client that takes no gzip: not imported before
+
     return gzip.decompress(_asset(name))
 
 
-def add_routes(app: FastAPI) -> None:
-    @app.get(PREFIX, include_in_schema=False)
-    async def docs_page() -> Response:
-        return HTMLResponse(PAGE, headers={"Cache-Control": "no-cache"})
+def page() -> Response:
+    body = PAGE.encode()
+    return Response(
+        200,
+        [
+            (b"cache-control", b"no-cache"),
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"text/html; charset=utf-8"),
+        ],
+        body,
+    )
 
-    @app.get(STATIC + "{name}", include_in_schema=False)
-    async def docs_asset(name: str, request: Request) -> Response:
-        if name not in ASSETS:
-            raise HTTPException(404, "Not Found")
-        filename, content_type = ASSETS[name]
-        headers = {"Cache-Control": "public, max-age=3600"}
-        if not filename.endswith(".gz"):
-            return Response(_asset(filename), media_type=content_type, headers=headers)
-        headers["Vary"] = "Accept-Encoding"
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return Response(_asset(filename), media_type=content_type, headers=headers)
-        return Response(_gunzipped(filename), media_type=content_type, headers=headers)
+
+def asset(name: str, gzip_ok: bool) -> Response:
+    """One of ASSETS (the route admits no other name); stored gzipped ones are sent as
+    they are to a client that accepts gzip."""
+    filename, content_type = ASSETS[name]
+    headers = [(b"cache-control", b"public, max-age=3600")]
+    if not filename.endswith(".gz"):
+        body = _asset(filename)
+    else:
+        headers.append((b"vary", b"Accept-Encoding"))
+        if gzip_ok:
+            headers.append((b"content-encoding", b"gzip"))
+            body = _asset(filename)
+        else:
+            body = _gunzipped(filename)
+    headers += [(b"content-length", b"%d" % len(body)), (b"content-type", content_type.encode())]
+    return Response(200, headers, body)

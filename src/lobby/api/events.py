@@ -1,85 +1,26 @@
-"""The change feed's HTTP faces: blocking queries and the event stream.
+"""The change feed's event stream: `GET /v1/events` (route in `lobby.api.routes`).
 
-Blocking queries (`lobby.api.blocking`, here re-exported) work as in Consul: every
-read answer carries `X-Lobby-Index`; a request with `?index=N` is held until the index
-is no longer N or `wait` runs out, then answered as usual.
-
-`GET /v1/events` is a Server-Sent Events stream: a snapshot of the (filtered) view as
-`join` events, then `join`/`update`/`leave` as they happen, a comment every 15 s so
-proxies keep the connection open, and resumption from `Last-Event-ID` (or `?index=`)
-while the change is still in the history; otherwise a `reset` event and a fresh
-snapshot. With a filter the stream describes the filtered view: a node whose labels
-stop matching leaves it (reason `unmatched`), one that starts matching joins it.
+A Server-Sent Events stream: a snapshot of the (filtered) view as `join` events, then
+`join`/`update`/`leave` as they happen, a comment every 15 s so proxies keep the
+connection open, and resumption from `Last-Event-ID` (or `?index=`) while the change
+is still in the history; otherwise a `reset` event and a fresh snapshot. With a filter
+the stream describes the filtered view: a node whose labels stop matching leaves it
+(reason `unmatched`), one that starts matching joins it. Blocking queries are
+`lobby.api.blocking`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
-from fastapi import FastAPI, Header, Query
-from fastapi.responses import StreamingResponse
 
-from lobby.api.blocking import UNBLOCKED, Blocking, is_watcher, split_list
 from lobby.feed import CLOSED, OVERFLOW, ChangeFeed, Watcher
-from lobby.registry import Change, Registry, View, make_view
+from lobby.registry import Change, Registry, View
 
-__all__ = [
-    "UNBLOCKED",
-    "Blocking",
-    "add_routes",
-    "document_blocking",
-    "is_watcher",
-    "render",
-    "split_list",
-    "stream",
-]
-
-
-def document_blocking(app: FastAPI) -> None:
-    """Describe `index`, `wait` and `X-Lobby-Index` on every GET in the OpenAPI document."""
-    original = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = original()
-        for path, ops in schema.get("paths", {}).items():
-            get = ops.get("get")
-            if get is None or path in UNBLOCKED or path == "/v1/stats":
-                continue
-            params = get.setdefault("parameters", [])
-            params += [
-                {
-                    "name": "index",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "integer", "minimum": 0},
-                    "description": "blocking query: hold the answer until the change index "
-                    "is no longer this value (see X-Lobby-Index)",
-                },
-                {
-                    "name": "wait",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?(ms|s|m|h)?$"},
-                    "description": "how long to hold a blocking query (default 5m, max 10m)",
-                },
-            ]
-            for response in get.get("responses", {}).values():
-                response.setdefault("headers", {})["X-Lobby-Index"] = {
-                    "description": "the registry's change index this answer reflects",
-                    "schema": {"type": "integer"},
-                }
-            get.setdefault("responses", {}).setdefault(
-                "400", {"description": "invalid index or wait", "content": {"text/plain": {}}}
-            )
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+__all__ = ["render", "stream"]
 
 
 # -- event stream -------------------------------------------------------------------
@@ -162,33 +103,3 @@ async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> Async
                 yield event
     finally:
         feed.watchers.discard(watcher)
-
-
-def add_routes(app: FastAPI, feed: ChangeFeed) -> None:
-    @app.get(
-        "/v1/events",
-        summary="Server-Sent Events: join, update, leave",
-        response_class=StreamingResponse,
-        responses={
-            200: {
-                "description": "an event stream: `join`/`update`/`leave` events whose data is "
-                "`{hostname, labels, index[, reason]}`; `reset` before a fresh snapshot",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            }
-        },
-    )
-    async def events(
-        labels: Annotated[str | None, Query(description="comma-separated labels")] = None,
-        prefixes: Annotated[str | None, Query(description="comma-separated prefixes")] = None,
-        index: Annotated[int | None, Query(ge=0, description="resume after this index")] = None,
-        last_event_id: Annotated[str | None, Header()] = None,
-    ) -> StreamingResponse:
-        view = make_view(split_list(labels), split_list(prefixes))
-        resume = index
-        if last_event_id and last_event_id.isdigit():
-            resume = int(last_event_id)
-        return StreamingResponse(
-            stream(feed, view, resume),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )

@@ -1,7 +1,7 @@
 """The web dashboard (SPEC §16): `GET /ui/` and its two assets, from the package.
 
-The page holds no data: it is served without a token (the Guard lets `/ui` through
-for GET and HEAD), and every data call it makes carries the token itself. The files
+The page holds no data: it is served without a token (its routes are public in
+`lobby.api.routes`), and every data call it makes carries the token itself. The files
 are read once, at start. `index.html` names its assets with a content hash
 (`app.js?v=1a2b3c4d`), so the assets are cached for a year and the page is
 revalidated on every load (ETag, 304), and a new lobbyd never serves a stale script.
@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse, Response
+from lobby.api.http import Response
 
-from lobby.api.auth import UI_PREFIX
-
-PREFIX: Final = UI_PREFIX
 ASSETS: Final = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
@@ -59,38 +55,20 @@ def load() -> dict[str, Asset]:
     return assets
 
 
-def _answer(request: Request, asset: Asset, cache: str) -> Response:
-    headers = {
-        "ETag": asset.etag,
-        "Cache-Control": cache,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    }
+def answer(asset: Asset, fresh: bool, if_none_match: bytes | None) -> Response:
+    """`fresh`: asked by its versioned name (cached for a year), else revalidated."""
+    headers = [
+        (b"etag", asset.etag.encode()),
+        (b"cache-control", (_IMMUTABLE if fresh else _REVALIDATE).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
     if asset.content_type.startswith("text/html"):
-        headers["Content-Security-Policy"] = CSP
-        headers["X-Frame-Options"] = "DENY"
-    if request.headers.get("if-none-match") == asset.etag:
-        return Response(status_code=304, headers=headers)
-    return Response(asset.body, media_type=asset.content_type, headers=headers)
-
-
-def add_routes(app: FastAPI) -> None:
-    """GET /ui (redirect), /ui/ (the page), /ui/app.js and /ui/app.css; nothing else."""
-    assets = load()
-
-    @app.get(PREFIX, include_in_schema=False)
-    async def ui_redirect() -> Response:
-        return RedirectResponse(PREFIX + "/", status_code=308)
-
-    @app.get(PREFIX + "/", include_in_schema=False)
-    async def ui_page(request: Request) -> Response:
-        return _answer(request, assets["index.html"], _REVALIDATE)
-
-    async def ui_asset(request: Request) -> Response:
-        name = request.url.path.removeprefix(PREFIX + "/")
-        asset = assets[name]
-        fresh = request.query_params.get("v") == asset.version
-        return _answer(request, asset, _IMMUTABLE if fresh else _REVALIDATE)
-
-    for name in ASSETS:
-        app.add_api_route(f"{PREFIX}/{name}", ui_asset, methods=["GET"], include_in_schema=False)
+        headers += [(b"content-security-policy", CSP.encode()), (b"x-frame-options", b"DENY")]
+    if if_none_match == asset.etag.encode():
+        return Response(304, headers)
+    headers += [
+        (b"content-length", b"%d" % len(asset.body)),
+        (b"content-type", asset.content_type.encode()),
+    ]
+    return Response(200, headers, asset.body)
