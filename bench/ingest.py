@@ -255,8 +255,8 @@ def hot_path(n: int = 10_000, rounds: int = 10) -> dict[str, float]:
 
     from simulate import Signer, hostname, node_labels
 
-    from lobby.model import decode_envelope
-    from lobby.signing import Gate, Keyring, decode_key
+    from lobby.core.model import decode_envelope
+    from lobby.core.signing import Gate, Keyring, decode_key
 
     key = base64.b64encode(os.urandom(32)).decode()
     signer = Signer(key)

@@ -25,10 +25,10 @@ import time
 
 from simulate import hostname, node_labels
 
-from lobby.cache import Answers
-from lobby.model import Discovery, pretty
-from lobby.prometheus import PrometheusSD, target_groups
-from lobby.registry import Registry
+from lobby.core.model import Discovery, pretty
+from lobby.view.cache import Answers
+from lobby.view.prometheus import PrometheusSD, target_groups
+from lobby.view.registry import Registry
 
 
 def main(argv: list[str]) -> None:

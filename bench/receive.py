@@ -22,11 +22,11 @@ import time
 from simulate import hostname, node_labels
 
 from lobby import config
-from lobby.clock import Clock
+from lobby.core.clock import Clock
+from lobby.core.model import Discovery, encode_envelope
 from lobby.drivers.memory import MemoryBroker
-from lobby.model import Discovery, encode_envelope
-from lobby.presence import Presence
-from lobby.registry import Registry
+from lobby.node.presence import Presence
+from lobby.view.registry import Registry
 
 N = 10_000
 BATCH = 64

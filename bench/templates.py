@@ -28,10 +28,10 @@ from pathlib import Path
 
 from simulate import hostname, node_labels
 
-from lobby.files import write_atomic
-from lobby.model import Discovery
-from lobby.registry import Registry
-from lobby.templates import compile_template, registry_view, render
+from lobby.core.model import Discovery
+from lobby.hooks.templates import compile_template, registry_view, render
+from lobby.system.files import write_atomic
+from lobby.view.registry import Registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -14,7 +14,7 @@ import httpx
 from lobby.api.dispatch import Api
 from lobby.api.http import MAX_BODY, Request, Response
 from lobby.api.protocol import HttpProtocol, ServerState
-from lobby.listener import ListenerLimits
+from lobby.system.listener import ListenerLimits
 
 
 class _Stream(httpx.AsyncByteStream):

@@ -16,7 +16,7 @@ import pytest
 from support import Broker, Lobbyd, NatsServer, Proc, RedisServer, unique
 
 from lobby import config
-from lobby.clock import SYSTEM_CLOCK, Clock
+from lobby.core.clock import SYSTEM_CLOCK, Clock
 from lobby.daemon import Daemon
 from lobby.drivers.memory import MemoryBroker
 

@@ -12,7 +12,7 @@ replaced by what the code says now, so the site cannot drift from it:
 - `<!-- gen:bench -->`: bench/README.md, its plots copied beside the page.
 
 Kept thin on purpose: everything comes from public names (`lobby.config`, `lobby.ctl`,
-`lobby.metrics`, `lobby.api.dispatch.Api`, `lobby.daemon.Daemon`).
+`lobby.ops.metrics`, `lobby.api.dispatch.Api`, `lobby.daemon.Daemon`).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class _Link:
 def metric_families() -> Iterator[tuple[str, str, str, list[str]]]:
     """(name as scraped, type, help, label names) of every family a daemon exposes."""
     from lobby import __version__
-    from lobby.metrics import Metrics
+    from lobby.ops.metrics import Metrics
 
     metrics = Metrics(__version__)
     metrics.track(

@@ -26,8 +26,8 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
-from lobby import _calls
-from lobby._calls import (
+from lobby.calls import requests as _calls
+from lobby.calls.requests import (
     DEFAULT_TIMEOUT,
     PROTOCOLS,
     RECONNECT_DELAY,

@@ -5,7 +5,7 @@ works unchanged. An empty value is treated as unset. Variables we add have defau
 that change nothing for an old unit.
 
 Each setting is declared once, as a field of `Settings` (the machinery is
-`lobby.settings_framework`), grouped by topic: node, brokers, NATS, Redis, API,
+`lobby.system.settings`), grouped by topic: node, brokers, NATS, Redis, API,
 security, hooks (callback, templates), DNS, health checks, logging. Every value is
 parsed once, into its type (LABELS into a tuple of labels, TEMPLATES into template
 entries, CHECKS into check specs, TEMPLATE_WAIT into a (min, max) pair, ...), and
@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from lobby import settings_framework as framework
-from lobby.settings_framework import (
+from lobby.system import settings as framework
+from lobby.system.settings import (
     README_END,
     README_START,
     ConfigError,
@@ -51,11 +51,11 @@ from lobby.settings_framework import (
     redacted_repr,
     setting,
 )
-from lobby.urls import nats_urls_problem, redact_all
+from lobby.system.urls import nats_urls_problem, redact_all
 
 if TYPE_CHECKING:
-    from lobby.checks import CheckSpec
-    from lobby.templates import TemplateSpec
+    from lobby.hooks.templates import TemplateSpec
+    from lobby.node.checks import CheckSpec
 
 __all__ = [
     "README_END",
@@ -81,8 +81,8 @@ __all__ = [
 
 
 def _labels(text: str) -> tuple[str, ...]:
-    from lobby.labels import parse_env_labels
-    from lobby.model import LabelError
+    from lobby.core.model import LabelError
+    from lobby.node.labels import parse_env_labels
 
     try:
         return tuple(parse_env_labels(text))
@@ -91,7 +91,7 @@ def _labels(text: str) -> tuple[str, ...]:
 
 
 def _hostname(text: str) -> str:
-    from lobby.model import label_problem
+    from lobby.core.model import label_problem
 
     problem = label_problem(text) if text else None
     if problem is not None:
@@ -103,7 +103,7 @@ def _hostname(text: str) -> str:
 def _templates(text: str) -> tuple[TemplateSpec, ...]:
     if not text.strip():
         return ()
-    from lobby.templates import TemplateConfigError, parse_templates  # jinja2: only if used
+    from lobby.hooks.templates import TemplateConfigError, parse_templates  # jinja2: only if used
 
     try:
         return tuple(parse_templates(text))
@@ -114,7 +114,7 @@ def _templates(text: str) -> tuple[TemplateSpec, ...]:
 def _checks(text: str) -> tuple[CheckSpec, ...]:
     if not text.strip():
         return ()
-    from lobby.checks import CheckError, parse_checks  # lobby.checks: only if used
+    from lobby.node.checks import CheckError, parse_checks  # lobby.checks: only if used
 
     try:
         return tuple(parse_checks(text))
@@ -130,7 +130,7 @@ def _min_max(text: str) -> tuple[float, float]:
 
 
 def _signing_keys(text: str) -> tuple[bytes, ...]:
-    from lobby.signing import SigningKeyError, parse_keys
+    from lobby.core.signing import SigningKeyError, parse_keys
 
     try:
         return tuple(parse_keys(text))
@@ -215,7 +215,7 @@ def _pem_file(path: str) -> bool:
 
 
 def _keys_file(path: str) -> bool:
-    from lobby.signing import SigningKeyError, parse_keys_file
+    from lobby.core.signing import SigningKeyError, parse_keys_file
 
     try:
         text = read_file(path).decode()
@@ -611,7 +611,7 @@ def _check_ca(path: str, var: str) -> None:
 
 def _check_templates(specs: tuple[TemplateSpec, ...]) -> None:
     """Every template source exists and compiles."""
-    from lobby.templates import TemplateConfigError, load_templates
+    from lobby.hooks.templates import TemplateConfigError, load_templates
 
     try:
         load_templates(specs)
@@ -621,7 +621,7 @@ def _check_templates(specs: tuple[TemplateSpec, ...]) -> None:
 
 def _check_checks_file(path: str, labels_path: str) -> None:
     """CHECKS_FILE is readable, outside the label directory, and every line an entry."""
-    from lobby.checks import CheckError, read_checks_file
+    from lobby.node.checks import CheckError, read_checks_file
 
     try:
         read_checks_file(path, labels_path, strict=True)

@@ -89,8 +89,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from lobby._calls import LobbyException
-from lobby._http import HttpLobby
+from lobby.calls.requests import LobbyException
+from lobby.calls.transport import HttpLobby
 
 # Neither typing nor dataclasses is imported at run time: together they are a quarter of
 # a `lobbyctl resolve` (bench/README.md, "lobbyctl").
@@ -567,9 +567,14 @@ def render_template(lobby: HttpLobby, opts: Options, out: TextIO, err: TextIO) -
     """
     from pathlib import Path
 
-    from lobby.files import write_atomic
-    from lobby.templates import RenderError, TemplateConfigError, TemplateData, compile_template
-    from lobby.templates import render as render_text
+    from lobby.hooks.templates import (
+        RenderError,
+        TemplateConfigError,
+        TemplateData,
+        compile_template,
+    )
+    from lobby.hooks.templates import render as render_text
+    from lobby.system.files import write_atomic
 
     source, output = opts.args
     try:
@@ -635,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(f"lobbyctl {__version__}\n")
         return 0
     if opts.action == "keygen":
-        from lobby.signing import generate_key
+        from lobby.core.signing import generate_key
 
         out.write(generate_key() + "\n")
         return 0

@@ -1,9 +1,9 @@
 """lobbyd: wiring and lifecycle, nothing else (SPEC §3).
 
 One asyncio loop holds everything. The daemon builds the registry, the node's
-presence on the bus (`lobby.presence`), the change feed, and, when configured, the
+presence on the bus (`lobby.node.presence`), the change feed, and, when configured, the
 API server, the callback, the templates, the DNS interface and the health checks
-(`lobby.checks`, which give presence the labels that pass); it supervises their tasks
+(`lobby.node.checks`, which give presence the labels that pass); it supervises their tasks
 (one dying stops the daemon with status 1) and shuts them down in order: goodbye
 first, then the rest. Data flows one way: driver -> presence -> registry -> feed ->
 api / callback / templates, and registry -> dns.
@@ -17,19 +17,20 @@ import socket
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lobby import __version__, report
-from lobby.cache import Answers
-from lobby.clock import SYSTEM_CLOCK, Clock, StallClock
+from lobby import __version__
 from lobby.config import Settings
+from lobby.core.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.drivers.base import Driver
-from lobby.feed import ChangeFeed
-from lobby.logs import NodeEventLog
-from lobby.presence import Presence
-from lobby.registry import Registry
+from lobby.node import report
+from lobby.node.presence import Presence
+from lobby.ops.logs import NodeEventLog
+from lobby.view.cache import Answers
+from lobby.view.feed import ChangeFeed
+from lobby.view.registry import Registry
 
 if TYPE_CHECKING:
-    from lobby.checks import Checks
-    from lobby.metrics import Metrics
+    from lobby.node.checks import Checks
+    from lobby.ops.metrics import Metrics
 
 log = logging.getLogger("lobby")
 
@@ -51,7 +52,7 @@ class Daemon:
         self.registry = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
         self.checks: Checks | None = None  # lobby.checks is imported only with CHECKS(_FILE)
         if settings.has_checks:
-            from lobby.checks import Checks
+            from lobby.node.checks import Checks
 
             self.checks = Checks.from_settings(settings, clock)
         self.presence = Presence(
@@ -74,7 +75,7 @@ class Daemon:
         self.registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), settings.ttl))
         self.metrics: Metrics | None = None
         if not settings.disable_api:
-            from lobby.metrics import Metrics
+            from lobby.ops.metrics import Metrics
 
             self.metrics = report.track(
                 Metrics(__version__), self.registry, self.presence, self.feed
@@ -144,7 +145,7 @@ class Daemon:
                 log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
                 return 1
         if s.dns_port:
-            from lobby.dns_server import from_settings
+            from lobby.nameserver.server import from_settings
 
             self.dns = from_settings(s, self.registry)  # None: cannot listen (logged)
             if self.dns is None:
@@ -153,7 +154,7 @@ class Daemon:
                 return 1
         try:
             if not self.drivers:
-                from lobby.brokers import BrokerSetupError, make_drivers
+                from lobby.node.brokers import BrokerSetupError, make_drivers
 
                 try:
                     self.drivers, self.embedded = await make_drivers(s, self.hostname)
@@ -162,7 +163,7 @@ class Daemon:
                     return 1
             await self.presence.start(self.drivers)
             if self.embedded is not None:
-                from lobby.embedded import keep_serving
+                from lobby.drivers.embedded import keep_serving
 
                 nats = dict(self.drivers)["NATS"]
                 self._spawn(keep_serving(self.embedded, lambda: nats.connected), "embedded")
@@ -205,7 +206,7 @@ class Daemon:
         """CALLBACK and TEMPLATES: each runs after registry changes (startup counts)."""
         s = self.settings
         if s.callback:
-            from lobby.callback import CallbackRunner
+            from lobby.hooks.callback import CallbackRunner
 
             on_run = self.metrics.callback_run if self.metrics is not None else None
             callback = self.callback = CallbackRunner.from_settings(
@@ -214,7 +215,7 @@ class Daemon:
             self.registry.add_listener(lambda change: callback.mark_dirty())
             self._spawn(callback.run(), "callback")
         if s.templates:
-            from lobby.templates import TemplateRunner
+            from lobby.hooks.templates import TemplateRunner
 
             templates = self.templates = TemplateRunner.from_settings(
                 s, self.registry, self.own_discovery

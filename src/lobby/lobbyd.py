@@ -14,9 +14,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from lobby import __version__, _process, config, logs
+from lobby import __version__, config
 from lobby.config import Settings
 from lobby.daemon import Daemon
+from lobby.ops import logs
+from lobby.system import process as _process
 
 log = logging.getLogger("lobby")
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from support import Lobbyd, until, wait_for
 
-from lobby.clock import Clock
+from lobby.core.clock import Clock
+from lobby.core.model import label_problem
 from lobby.daemon import Daemon
-from lobby.model import label_problem
 
 pytestmark = pytest.mark.fault
 

@@ -20,12 +20,12 @@ import pytest
 from support import Lobbyd, free_port, wait_for
 
 from lobby import config
+from lobby.core.model import Discovery
 from lobby.daemon import Daemon
-from lobby.dns import Answers
-from lobby.dns_server import DnsServer, bind
 from lobby.drivers.memory import MemoryBroker
-from lobby.model import Discovery
-from lobby.registry import Registry
+from lobby.nameserver.answers import Answers
+from lobby.nameserver.server import DnsServer, bind
+from lobby.view.registry import Registry
 
 DIG = shutil.which("dig") or "/usr/bin/dig"
 MANY = [f"ip4:10.0.1.{i}" for i in range(1, 41)]  # 40 A records: too big for 512 bytes

@@ -26,7 +26,7 @@ import pytest
 from support import wait_for
 
 from lobby import config, ctl
-from lobby.metrics import Metrics
+from lobby.ops.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MKDOCS = Path(sys.executable).parent / "mkdocs"

@@ -47,7 +47,7 @@ NOT_AT_IDLE = (
     "multiprocessing",
     "logging.config",
     "logging.handlers",
-    "lobby.checks",
+    "lobby.node.checks",
     "watchfiles",
     "encodings.idna",
     "fastapi",

@@ -13,7 +13,7 @@ import time
 import orjson
 from support import Broker, Lobbyd, envelope, wait_for
 
-from lobby.signing import Keyring, decode_key
+from lobby.core.signing import Keyring, decode_key
 
 K1 = base64.b64encode(os.urandom(32)).decode()
 K2 = base64.b64encode(os.urandom(32)).decode()

@@ -18,7 +18,7 @@ from support import free_port
 
 import lobby
 from lobby import AsyncLobby, Lobby, LobbyException
-from lobby._http import HttpLobby
+from lobby.calls.transport import HttpLobby
 
 
 @dataclass

@@ -411,10 +411,10 @@ HEAVY = (
     "rich",
     "click",
     "pygments",
-    "lobby.model",
+    "lobby.core.model",
     "lobby.api",
     "lobby.daemon",
-    "lobby.registry",
+    "lobby.view.registry",
 )
 
 
@@ -438,7 +438,7 @@ def heavy_in(modules: set[str]) -> set[str]:
 
 def test_importing_lobbyctl_loads_nothing_heavy():
     modules = imported_after("import lobby.ctl")
-    assert "lobby._http" in modules and "socket" in modules  # the probe sees real imports
+    assert "lobby.calls.transport" in modules and "socket" in modules  # the probe sees real imports
     assert heavy_in(modules) == set()
 
 
@@ -447,7 +447,7 @@ def test_lobbyctl_asks_lobbyd_without_httpx_asyncio_or_ssl():
     that fails still went through the whole client path, and loaded none of them."""
     code = f"from lobby import ctl\nctl.main(['-port', '{free_port()}', 'resolve', 'x:y'])"
     modules = imported_after(code)
-    assert "lobby._http" in modules
+    assert "lobby.calls.transport" in modules
     assert {"httpx", "httpcore", "asyncio", "lobby.client", "anyio"} & modules == set()
     # nor http.client and ssl (with the email parser, more than the rest of a resolve)
     assert {"http.client", "ssl", "email.parser", "typing", "dataclasses"} & modules == set()
@@ -496,7 +496,7 @@ def test_keygen_prints_a_new_key_without_any_daemon(capsys):
 
 def test_keygen_loads_nothing_heavy():
     modules = imported_after("from lobby import ctl\nimport io\nctl.main(['keygen'])")
-    assert "lobby.signing" in modules and heavy_in(modules) == set()
+    assert "lobby.core.signing" in modules and heavy_in(modules) == set()
 
 
 def test_a_missing_ca_file_is_a_usage_error(capsys):

@@ -10,9 +10,9 @@ from support import until
 
 from lobby import config
 from lobby.api import Api
+from lobby.core.model import Discovery, encode_envelope
 from lobby.daemon import Daemon
 from lobby.drivers.memory import MemoryBroker
-from lobby.model import Discovery, encode_envelope
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ async def test_env_labels_cannot_be_deleted(make):
 
 
 async def test_too_many_labels_are_refused(make):
-    from lobby.model import LabelError
+    from lobby.core.model import LabelError
 
     a = make("a")
     with pytest.raises(LabelError, match="bytes"):

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from lobby.answer import Answer, Slices
 from lobby.api.blocking import split_list
-from lobby.cache import Answers
-from lobby.model import Discovery, pretty
-from lobby.registry import Registry, make_view
+from lobby.core.answer import Answer, Slices
+from lobby.core.model import Discovery, pretty
+from lobby.view.cache import Answers
+from lobby.view.registry import Registry, make_view
 
 Body = Answer | Slices | bytes
 Prepared = Callable[[], Body] | None

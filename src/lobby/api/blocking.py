@@ -13,7 +13,7 @@ import random
 from collections.abc import Mapping
 
 from lobby.api.http import HttpError
-from lobby.feed import DEFAULT_WAIT, ChangeFeed, parse_index, parse_wait
+from lobby.view.feed import DEFAULT_WAIT, ChangeFeed, parse_index, parse_wait
 
 
 def split_list(value: str | None) -> list[str]:

@@ -27,16 +27,16 @@ from functools import cached_property
 from typing import Any, Final
 from urllib.parse import quote
 
-from lobby.answer import Answer, Slices
 from lobby.api.answers import Node
 from lobby.api.auth import Guard
 from lobby.api.blocking import held_for, hold
 from lobby.api.http import JSON_TYPE, HttpError, Request, Response, denied, json_answer, plain
 from lobby.api.ops import UNMATCHED, Metrics
 from lobby.api.routes import ROUTES, Route
-from lobby.feed import ChangeFeed
-from lobby.listener import ListenerLimits
-from lobby.prometheus import PrometheusSD
+from lobby.core.answer import Answer, Slices
+from lobby.system.listener import ListenerLimits
+from lobby.view.feed import ChangeFeed
+from lobby.view.prometheus import PrometheusSD
 
 log = logging.getLogger("lobby")
 access_log = logging.getLogger("uvicorn.access")  # the name logs and their readers know

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from lobby.feed import CLOSED, OVERFLOW, ChangeFeed, Watcher
-from lobby.registry import Change, Registry, View
+from lobby.view.feed import CLOSED, OVERFLOW, ChangeFeed, Watcher
+from lobby.view.registry import Change, Registry, View
 
 __all__ = ["render", "stream"]
 

@@ -3,7 +3,7 @@ and gives, and what `lobby.api.protocol` parses into and writes out.
 
 Headers are `(name, value)` byte pairs, names in lower case. A `Response` body is the
 whole answer (`bytes`) or an iterator of chunks (sync: a big list encoded slice by
-slice, `lobby.answer.Slices`; async: an event stream), which the protocol sends with
+slice, `lobby.core.answer.Slices`; async: an event stream), which the protocol sends with
 chunked transfer encoding. A streamed response may hold a watcher slot
 (API_MAX_WATCHERS): whoever consumes it calls `aclose()` once done, which ends the
 stream and gives the slot back.

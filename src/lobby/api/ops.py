@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from lobby.api.http import Response, json_answer
-from lobby.model import pretty
+from lobby.core.model import pretty
 
 UNMATCHED: Final = "unmatched"
 

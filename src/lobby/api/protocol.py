@@ -1,6 +1,6 @@
 """HTTP/1.1 on httptools' parser, for `lobby.api.dispatch.Api`: the API's own protocol.
 
-One `HttpProtocol` per connection, made by `lobby.listener.Listener` with the
+One `HttpProtocol` per connection, made by `lobby.system.listener.Listener` with the
 connection's `Slot`. It parses requests into `lobby.api.http.Request`s, hands each to
 `Api.dispatch`, and writes the answers back in request order (keep-alive,
 pipelining):
@@ -51,7 +51,7 @@ import httptools
 
 from lobby.api.dispatch import Api
 from lobby.api.http import MAX_BODY, TEXT_TYPE, Request, Response
-from lobby.listener import ListenerLimits, Slot
+from lobby.system.listener import ListenerLimits, Slot
 
 log = logging.getLogger("lobby")
 

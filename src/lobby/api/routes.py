@@ -20,13 +20,13 @@ Flags:
 - `documented`: in /openapi.json (the pages and their files are not).
 
 A handler gets the app, the request and the path parameters, and returns a
-`Response`, or a JSON body (bytes, `lobby.answer.Answer` or `Slices`) for the dispatch
+`Response`, or a JSON body (bytes, `lobby.core.answer.Answer` or `Slices`) for the dispatch
 to send with its headers; it raises `HttpError` for a plain-text error. A synchronous
 handler whose answer is ready bytes is answered from the protocol's callback without
 a task; an `async` one runs in a task.
 
 Hot answers come from the answer cache through `lobby.api.answers` and
-`lobby.prometheus.PrometheusSD`; everything the Go daemon answered as plain text stays
+`lobby.view.prometheus.PrometheusSD`; everything the Go daemon answered as plain text stays
 plain text; JSON is indented by two spaces and ends with a newline, like Go's
 JSONPretty.
 """
@@ -43,8 +43,8 @@ from lobby.api.answers import Body, discoveries_answer, resolve_answer
 from lobby.api.blocking import split_list
 from lobby.api.events import stream
 from lobby.api.http import HttpError, Request, Response
-from lobby.model import LabelError, parse_label_body, pretty
-from lobby.registry import make_view
+from lobby.core.model import LabelError, parse_label_body, pretty
+from lobby.view.registry import make_view
 
 if TYPE_CHECKING:
     from lobby.api.dispatch import Api

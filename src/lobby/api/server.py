@@ -2,7 +2,7 @@
 
 The socket is bound first so that a port in use fails the start at once (exit 1)
 instead of after the broker connected. Connections are accepted by
-`lobby.listener.Listener` and served by `lobby.api.protocol.HttpProtocol`, which hands
+`lobby.system.listener.Listener` and served by `lobby.api.protocol.HttpProtocol`, which hands
 every request to `lobby.api.dispatch.Api`: the API's bounds (connections, watchers,
 header deadline, idle timeout, header size) hold for every request. With TLS_CERT and
 TLS_KEY (checked when the settings were loaded) the same socket serves HTTPS.
@@ -25,7 +25,7 @@ import ssl
 from lobby.api.dispatch import Api
 from lobby.api.protocol import REFUSAL, HttpProtocol, ServerState
 from lobby.config import Settings
-from lobby.listener import Listener, ListenerLimits, Slot, fd_budget_warning, open_file_limit
+from lobby.system.listener import Listener, ListenerLimits, Slot, fd_budget_warning, open_file_limit
 
 log = logging.getLogger("lobby")
 

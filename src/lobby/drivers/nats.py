@@ -31,7 +31,7 @@ Back-off: nats-py waits a fixed `reconnect_time_wait` before trying a server it
 tried last less than that long ago, for the first connection as for reconnects, and
 reads that option from `Client.options` at each attempt. So after every failed
 attempt (nats-py calls `error_cb` with it) the driver sets the next wait there from
-a `lobby.backoff.Backoff` (0.1 s doubling to 10 s, with jitter), and starts over
+a `lobby.drivers.backoff.Backoff` (0.1 s doubling to 10 s, with jitter), and starts over
 after a success. (nats-py's `reconnect_to_server_handler` would give the delay only
 for reconnects, not for a broker that is down when lobbyd starts.) The failures are
 logged through a `BackoffLog`: each of the first five, then one line per doubling
@@ -51,8 +51,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError
 
-from lobby._ratelimit import RateLimitedLog
-from lobby.backoff import Backoff, BackoffLog
+from lobby.drivers.backoff import Backoff, BackoffLog
 from lobby.drivers.base import (
     BatchHandler,
     DriverError,
@@ -63,7 +62,8 @@ from lobby.drivers.base import (
 )
 from lobby.drivers.nats_lean import Deliver, LeanClient, TlsNotOffered
 from lobby.drivers.nats_lean import LeanClient as Client  # what the driver builds
-from lobby.urls import redact
+from lobby.system.ratelimit import RateLimitedLog
+from lobby.system.urls import redact
 
 log = logging.getLogger("lobby.nats")
 

@@ -64,8 +64,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from lobby._ratelimit import RateLimitedLog
-from lobby.backoff import Backoff, BackoffLog
+from lobby.drivers.backoff import Backoff, BackoffLog
 from lobby.drivers.base import (
     BatchHandler,
     DriverError,
@@ -74,6 +73,7 @@ from lobby.drivers.base import (
     Topic,
     deliverer,
 )
+from lobby.system.ratelimit import RateLimitedLog
 
 log = logging.getLogger("lobby.redis")
 

@@ -1,0 +1,1 @@
+"""What runs when the cluster changes: the CALLBACK runner and TEMPLATES."""
