@@ -19,8 +19,9 @@ checked in one place:
   it right after `load`, in the order the checks ran when they were all made at load.
 
 Either raises ConfigError, whose text is the one line lobbyd prints before it exits 2.
-`VARIABLES`, `lobbyd --help` and README's table (`python -m lobby.config
---update-readme README.md`) are derived from the fields.
+`VARIABLES`, `lobbyd --help`, the settings page of the documentation (written at build
+time: docs/_gen/hooks.py) and `python -m lobby.config --markdown` are derived from the
+fields.
 
 This module is the top of the settings: the node layer (presence and its parts,
 checks, brokers, labels, relay) does not import it; each names what it reads in a
@@ -655,7 +656,7 @@ def help_text() -> str:
 
 
 def markdown_table() -> str:
-    """README's configuration table (between README_START and README_END)."""
+    """The settings table of the documentation (docs/reference/settings.md)."""
     return framework.markdown_table(VARIABLES)
 
 
@@ -668,13 +669,7 @@ def _main(argv: list[str]) -> int:
     if argv == ["--markdown"]:
         print(markdown_table())
         return 0
-    if len(argv) == 2 and argv[0] == "--update-readme":
-        with open(argv[1], encoding="utf-8") as file:
-            text = file.read()
-        with open(argv[1], "w", encoding="utf-8") as file:
-            file.write(replace_table(text))
-        return 0
-    print("usage: python -m lobby.config --markdown | --update-readme README.md", file=sys.stderr)
+    print("usage: python -m lobby.config --markdown", file=sys.stderr)
     return 2
 
 
