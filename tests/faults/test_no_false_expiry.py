@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 from support import ApiPoller, Lobbyd, NatsServer, envelope, nats_capture, wait_for
@@ -85,19 +86,28 @@ def listing_everyone(node: Lobbyd, crowd: Crowd) -> bool:
     )
 
 
+def crowd_and_node(
+    make_nats: Any, spawn: Any, channel: str, keep_alive: int, ttl: int
+) -> tuple[NatsServer, Crowd, Lobbyd]:
+    """A nats-server of the test's own, the crowd announcing on it, and the node under
+    test listing them all."""
+    server = make_nats()
+    crowd = Crowd(server, channel, keep_alive)
+    crowd.start()
+    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
+    node = spawn("me.example", {**env, "KEEP_ALIVE": str(keep_alive), "TTL": str(ttl)})
+    wait_for(lambda: listing_everyone(node, crowd), 20, what="the node lists the crowd")
+    return server, crowd, node
+
+
 @pytest.mark.parametrize("offset", [0.05, 0.4, 0.8], ids=["at-echo", "mid", "late"])
 def test_a_frozen_broker_expires_nobody(make_nats, spawn, channel, offset):
     """The hang must be caught before TTL - KEEP_ALIVE: KEEP_ALIVE 2 and TTL 6 leave 4 s.
     (Caught at 2 x KEEP_ALIVE plus a watchdog tick, a quarter of the peers expired when
     the broker froze right after the node's own echo.)"""
     keep_alive, ttl = 2, 6
-    server = make_nats()
-    crowd = Crowd(server, channel, keep_alive)
-    crowd.start()
-    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
-    node = spawn("me.example", {**env, "KEEP_ALIVE": str(keep_alive), "TTL": str(ttl)})
+    server, crowd, node = crowd_and_node(make_nats, spawn, channel, keep_alive, ttl)
     try:
-        wait_for(lambda: listing_everyone(node, crowd), 20, what="the node lists the crowd")
         with ApiPoller([node], interval=0.1) as poller:
             own_echo(server, channel, node.name)
             time.sleep(offset * keep_alive)
@@ -122,13 +132,8 @@ def test_a_frozen_lobbyd_expires_nobody_and_answers_whole_when_it_wakes(
     """KEEP_ALIVE 1, TTL 4, frozen 8 s while the API is asked all along: the requests
     that waited are answered after the wake-up, and none may miss a node."""
     keep_alive, ttl = 1, 4
-    server = make_nats()
-    crowd = Crowd(server, channel, keep_alive)
-    crowd.start()
-    env = {"NATS_URL": server.url, "NATS_DISCOVERY_CHANNEL": channel}
-    node = spawn("me.example", {**env, "KEEP_ALIVE": str(keep_alive), "TTL": str(ttl)})
+    server, crowd, node = crowd_and_node(make_nats, spawn, channel, keep_alive, ttl)
     try:
-        wait_for(lambda: listing_everyone(node, crowd), 20, what="the node lists the crowd")
         with ApiPoller([node], interval=0.05) as poller:
             own_echo(server, channel, node.name)
             time.sleep(offset * keep_alive)
