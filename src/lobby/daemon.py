@@ -28,7 +28,12 @@ from lobby.view.cache import Answers
 from lobby.view.feed import ChangeFeed
 from lobby.view.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # each imported only when its setting asks for it
+    from lobby.api.server import ApiServer
+    from lobby.drivers.embedded import EmbeddedNats
+    from lobby.hooks.callback import CallbackRunner
+    from lobby.hooks.templates import TemplateRunner
+    from lobby.nameserver.server import DnsServer
     from lobby.node.checks import Checks
     from lobby.ops.metrics import Metrics
 
@@ -80,15 +85,15 @@ class Daemon:
             self.metrics = report.track(
                 Metrics(__version__), self.registry, self.presence, self.feed
             )
-        self.embedded: Any = None
-        self.callback: Any = None
-        self.templates: Any = None
+        self.embedded: EmbeddedNats | None = None
+        self.callback: CallbackRunner | None = None
+        self.templates: TemplateRunner | None = None
         self.started = clock.wall()
         self.exit_status = 0
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._api: Any = None
-        self.dns: Any = None  # lobby.dns_server.DnsServer when DNS_PORT is set
+        self._tasks: list[asyncio.Task[object]] = []
+        self._api: ApiServer | None = None
+        self.dns: DnsServer | None = None  # when DNS_PORT is set
 
     # -- what the API reads (lobby.api.answers.Node) -------------------------------------
 
@@ -110,13 +115,13 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
         """Start a task that must live as long as the daemon; if it dies, so do we."""
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
+    def _task_done(self, task: asyncio.Task[object]) -> None:
         if task.cancelled() or self._stopping.is_set():
             return
         exc = task.exception()
