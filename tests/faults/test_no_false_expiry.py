@@ -151,6 +151,19 @@ def test_a_frozen_lobbyd_expires_nobody_and_answers_whole_when_it_wakes(
         assert poller.missing([*crowd.names, node.name]) == [], "a live node vanished"
         stalls = node.stats()["stalls"]
         assert stalls["count"] >= 1 and stalls["seconds"] >= ttl, stalls
+        # the freeze is the heartbeat's worst lateness, in /v1/stats and in /metrics
+        assert stalls["lag_max_seconds"] >= 2 * ttl - 1 and stalls["beats_late_over_50ms"] >= 1
+        lag = re.search(
+            r'^lobby_event_loop_lag_seconds_bucket\{le="10.0"\} (\S+)$',
+            node.get("/metrics").text,
+            re.M,
+        )
+        late = re.search(
+            r'^lobby_event_loop_lag_seconds_bucket\{le="2.5"\} (\S+)$',
+            node.get("/metrics").text,
+            re.M,
+        )
+        assert lag and late and float(lag.group(1)) > float(late.group(1)), "the freeze's beat"
     finally:
         crowd.stop.set()
         crowd.join(5)

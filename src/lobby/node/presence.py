@@ -86,6 +86,7 @@ class Presence:
         self.clock = clock
         self.links: list[Link] = []
         self.relay = Relay(lambda: self.identity.hostname) if settings.relay else None
+        self.loop_lag = LoopLag()
         self.gate = Gate(
             load_keyring(settings),
             ttl=settings.ttl,
@@ -188,7 +189,13 @@ class Presence:
         clock = self.clock.monotonic
         if not isinstance(clock, StallClock):
             return None
-        return {"count": clock.stalls, "seconds": round(clock.stalled, 3)}
+        lag = self.loop_lag
+        return {
+            "count": clock.stalls,
+            "seconds": round(clock.stalled, 3),
+            "lag_max_seconds": round(lag.max, 3),  # the heartbeat's, every 0.25 s
+            "beats_late_over_50ms": lag.over_50ms,
+        }
 
     def _signing_stats(self) -> dict[str, Any]:
         gate = self.gate
@@ -236,7 +243,7 @@ class Presence:
             "echo-watchdog": self.link_health.echo_watchdog(),
         }
         if isinstance(self.clock.monotonic, StallClock):
-            loops["stall-watch"] = stall_watch(self.clock.monotonic)
+            loops["stall-watch"] = stall_watch(self.clock.monotonic, self.loop_lag)
         if self.relay is not None:
             loops["relay"] = self.relay.run()
         return loops
@@ -290,12 +297,38 @@ class Presence:
         await self.identity.delete_labels(labels)
 
 
-async def stall_watch(clock: StallClock) -> None:
-    """Read the clock every beat, so a gap in its reads means a stall; say so."""
+class LoopLag:
+    """How much later than asked the event loop ran the heartbeat: the loop's own stalls
+    (a long render, a big list, a freeze), as `/v1/stats` and `/metrics` show them."""
+
+    __slots__ = ("beats", "max", "observe", "over_50ms")
+
+    def __init__(self) -> None:
+        self.beats = 0
+        self.max = 0.0
+        self.over_50ms = 0
+        self.observe: Callable[[float], None] | None = None  # lobby_event_loop_lag_seconds
+
+    def record(self, late: float) -> None:
+        self.beats += 1
+        self.max = max(self.max, late)
+        if late > 0.05:
+            self.over_50ms += 1
+        if self.observe is not None:
+            self.observe(late)
+
+
+async def stall_watch(clock: StallClock, lag: LoopLag | None = None) -> None:
+    """Read the clock every beat, so a gap in its reads means a stall; say so. How late
+    each beat ran is `lag`'s."""
     seen = clock.stalls
+    loop = asyncio.get_running_loop()
     while True:
+        asked = loop.time() + clock.beat
         await asyncio.sleep(clock.beat)
         clock.beat_once()
+        if lag is not None:
+            lag.record(max(0.0, loop.time() - asked))
         if clock.stalls != seen:
             seen = clock.stalls
             log.warning(

@@ -35,6 +35,8 @@ class Tracker(Protocol):
 
     def node_event(self, kind: str, reason: str = "") -> None: ...
 
+    def loop_lag(self, seconds: float) -> None: ...
+
 
 T = TypeVar("T", bound=Tracker)
 
@@ -93,4 +95,5 @@ def track(metrics: T, registry: Registry, presence: Presence, feed: ChangeFeed) 
         blocking=lambda: feed.waiting,
     )
     registry.add_listener(lambda change: metrics.node_event(change.kind, change.reason))
+    presence.loop_lag.observe = metrics.loop_lag
     return metrics

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 NODE_EVENTS: Final = ("join", "update", "leave", "expire")
 CALLBACK_RESULTS: Final = ("ok", "failed", "timeout")
+LAG_BUCKETS: Final = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 CALLBACK_BUCKETS: Final = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 HTTP_BUCKETS: Final = (
     0.0005,
@@ -191,6 +192,7 @@ class Metrics:
         self._callback_runs = {result: _Count() for result in CALLBACK_RESULTS}
         self._callback_bounds = (*CALLBACK_BUCKETS, float("inf"))
         self._callback_duration = _Histogram(self._callback_bounds)
+        self._loop_lag = _Histogram((*LAG_BUCKETS, float("inf")))
         self._http_bounds = (*HTTP_BUCKETS, float("inf"))
         self._http_requests: dict[tuple[str, str], _Count] = {}  # (route, code)
         self._http_durations: dict[str, _Histogram] = {}  # by route
@@ -232,6 +234,10 @@ class Metrics:
         """A CALLBACK run ended: ok, failed or timeout, after `seconds`."""
         self._callback_runs[result].value += 1
         self._callback_duration.observe(seconds)
+
+    def loop_lag(self, seconds: float) -> None:
+        """How much later than asked the event loop ran lobbyd's heartbeat."""
+        self._loop_lag.observe(seconds)
 
     def http_request(self, route: str, code: int, seconds: float) -> None:
         children = self._http_children.get((route, code))
@@ -345,6 +351,12 @@ class Metrics:
             "lobby_callback_duration_seconds",
             "how long CALLBACK runs took",
             [({}, self._callback_duration)],
+        )
+        yield histogram(
+            "lobby_event_loop_lag_seconds",
+            "how much later than asked the event loop ran lobbyd's heartbeat (every 0.25 s):"
+            " its stalls",
+            [({}, self._loop_lag)],
         )
         yield counter(
             "lobby_http_requests",

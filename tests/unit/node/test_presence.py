@@ -292,3 +292,27 @@ async def test_a_batch_is_applied_in_order_and_a_failing_packet_loses_only_itsel
     assert "c.example" in p.registry and "a.example" not in p.registry
     assert link.received == 5 and p.rejected["not_json"] == 1
     assert any("listener bug" in r.getMessage() for r in caplog.records)
+
+
+def test_loop_lag_keeps_the_worst_counts_the_late_and_tells_the_metrics():
+    from lobby.node.presence import LoopLag
+
+    seen: list[float] = []
+    lag = LoopLag()
+    lag.observe = seen.append
+    for late in (0.001, 0.2, 0.04, 8.0, 0.0):
+        lag.record(late)
+    assert (lag.beats, lag.max, lag.over_50ms) == (5, 8.0, 2)
+    assert seen == [0.001, 0.2, 0.04, 8.0, 0.0]
+
+
+def test_the_loop_lag_histogram_is_exposed():
+    from lobby.ops.metrics import Metrics
+
+    metrics = Metrics("test")
+    metrics.loop_lag(0.003)
+    metrics.loop_lag(0.3)
+    text = metrics.render()[0].decode()
+    assert 'lobby_event_loop_lag_seconds_bucket{le="0.005"} 1.0' in text
+    assert 'lobby_event_loop_lag_seconds_bucket{le="0.5"} 2.0' in text
+    assert "lobby_event_loop_lag_seconds_count 2.0" in text
