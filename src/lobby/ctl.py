@@ -89,6 +89,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from lobby import __version__  # the package itself, loaded already: costs nothing
 from lobby.calls.requests import LobbyException
 from lobby.calls.transport import HttpLobby
 
@@ -635,8 +636,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(USAGE)
         return 0
     if opts.version:
-        from lobby import __version__
-
         out.write(f"lobbyctl {__version__}\n")
         return 0
     if opts.action == "keygen":
@@ -652,7 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with Lobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as streamer:
                 watch(streamer, opts, out, err)
             return 0
-        with HttpLobby(opts.host, opts.port, opts.token, opts.proto, verify=verify) as lobby:
+        agent = f"lobbyctl/{__version__}"
+        with HttpLobby(
+            opts.host, opts.port, opts.token, opts.proto, verify=verify, user_agent=agent
+        ) as lobby:
             if opts.action == "render":
                 return render_template(lobby, opts, out, err)
             result = execute(lobby, opts)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from lobby.api import docs, ops, ui
 from lobby.api.answers import Body, discoveries_answer, resolve_answer
@@ -47,12 +47,34 @@ from lobby.core.model import LabelError, parse_label_body, pretty
 from lobby.view.registry import make_view
 
 if TYPE_CHECKING:
-    from lobby.api.dispatch import Api
+    from lobby.api.answers import Node
+    from lobby.api.ops import Metrics
+    from lobby.view.cache import Answers
+    from lobby.view.feed import ChangeFeed
+    from lobby.view.prometheus import PrometheusSD
+
+
+class Context(Protocol):
+    """What a handler reads of the dispatch that calls it (lobby.api.dispatch.Api): a
+    protocol, so that the table does not import the dispatch that imports the table."""
+
+    node: Node
+    answers: Answers
+    feed: ChangeFeed | None
+    checks: Callable[[], list[dict[str, Any]]] | None
+    metrics: Metrics | None
+    prometheus: PrometheusSD
+
+    @property
+    def ui_assets(self) -> dict[str, Any]: ...
+
+    def openapi(self) -> Response: ...
+
 
 log = logging.getLogger("lobby.api")
 
 Reply = Response | Body
-Handler = Callable[["Api", Request, Mapping[str, str]], Reply | Awaitable[Reply]]
+Handler = Callable[["Context", Request, Mapping[str, str]], Reply | Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +103,7 @@ class Route:
     body: bool = False
     blocking: bool = False
     gzip: bool = False
-    when: Callable[[Api], bool] | None = None
+    when: Callable[[Context], bool] | None = None
     documented: bool = True
     operation_id: str = ""
 
@@ -203,18 +225,18 @@ LABELS_BODY: Final = {
 # -- handlers ------------------------------------------------------------------------
 
 
-def discoveries(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def discoveries(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     query = req.params
     prepared = discoveries_answer(api.answers, query.get("labels"), query.get("prefixes"))
     assert prepared is not None
     return prepared()
 
 
-def discovery(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def discovery(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return pretty(api.node.own_discovery().to_dict())
 
 
-def resolve(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def resolve(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     label = req.params.get("label")
     if not label:
         raise HttpError(400, "query parameter label is required")
@@ -223,7 +245,7 @@ def resolve(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
     return prepared()
 
 
-def prometheus_targets(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def prometheus_targets(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return api.prometheus.cached(args["name"])
 
 
@@ -255,32 +277,32 @@ async def _change_labels(apply: Callable[[list[str]], Awaitable[None]], req: Req
     )
 
 
-async def add_labels(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+async def add_labels(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return await _change_labels(api.node.add_labels, req)
 
 
-async def delete_labels(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+async def delete_labels(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return await _change_labels(api.node.delete_labels, req)
 
 
-def stats(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def stats(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return pretty(api.node.stats())
 
 
-def checks(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def checks(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return pretty(api.checks() if api.checks is not None else [])
 
 
-def health(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def health(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return ops.health_answer(api.node.health)
 
 
-def metrics(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def metrics(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     assert api.metrics is not None
     return ops.metrics_answer(api.metrics, req.header(b"accept"))
 
 
-def events(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def events(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     assert api.feed is not None
     query = req.params
     resume: int | None = None
@@ -304,27 +326,27 @@ def events(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
     )
 
 
-def openapi(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def openapi(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return api.openapi()
 
 
-def docs_page(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def docs_page(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return docs.page()
 
 
-def docs_asset(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def docs_asset(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return docs.asset(args["name"], b"gzip" in (req.header(b"accept-encoding") or b""))
 
 
-def ui_redirect(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def ui_redirect(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return Response(308, [(b"location", req.path.encode() + b"/"), (b"content-length", b"0")])
 
 
-def ui_page(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def ui_page(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return ui.answer(api.ui_assets["index.html"], False, req.header(b"if-none-match"))
 
 
-def ui_asset(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
+def ui_asset(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     asset = api.ui_assets.get(args["name"]) if args["name"] in ui.ASSETS else None
     if asset is None:
         raise HttpError(404, "Not Found")  # public: any file name under /ui/ tells nothing
@@ -332,11 +354,11 @@ def ui_asset(api: Api, req: Request, args: Mapping[str, str]) -> Reply:
     return ui.answer(asset, fresh, req.header(b"if-none-match"))
 
 
-def _has_metrics(api: Api) -> bool:
+def _has_metrics(api: Context) -> bool:
     return api.metrics is not None
 
 
-def _has_feed(api: Api) -> bool:
+def _has_feed(api: Context) -> bool:
     return api.feed is not None
 
 

@@ -20,7 +20,6 @@ import socket
 from collections.abc import Iterable
 from types import TracebackType
 
-from lobby import __version__
 from lobby.calls import requests as _calls
 from lobby.calls.requests import DEFAULT_TIMEOUT, Answer
 
@@ -53,10 +52,13 @@ class HttpLobby:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         verify: bool | str | ssl.SSLContext = True,
+        user_agent: str = "lobbyctl",
     ) -> None:
+        """`user_agent`: lobbyctl passes its version too (`lobbyctl/2.0.0`)."""
         self.host, self.port, self.proto, self.base_url = _calls.base_url(host, port, proto)
         self.token = token
         self.timeout = timeout
+        self.user_agent = user_agent
         self._address = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self._host_header = self.base_url.partition("://")[2]
         self._context = _context(verify) if self.proto == "https" else None
@@ -67,7 +69,7 @@ class HttpLobby:
             f"Host: {self._host_header}",
             "Accept: */*",
             "Connection: close",
-            f"User-Agent: lobbyctl/{__version__}",
+            f"User-Agent: {self.user_agent}",
         ]
         if self.token:
             head.append(f"Authorization: Token {self.token}")

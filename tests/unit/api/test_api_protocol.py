@@ -14,7 +14,7 @@ from apiwire import Wire, answers
 
 from lobby.api.dispatch import Api
 from lobby.api.http import Response
-from lobby.api.routes import ROUTES, Route
+from lobby.api.routes import ROUTES, Context, Route
 from lobby.core.model import Discovery
 from lobby.system.listener import ListenerLimits
 from lobby.view.cache import Answers
@@ -209,7 +209,7 @@ async def test_event_stream_heartbeats_and_ends_when_the_feed_closes(registry: R
 
 
 async def test_stop_ends_what_is_left_quietly(registry: Registry, caplog) -> None:
-    async def hangs(api: Api, req: Any, args: Any) -> Response:
+    async def hangs(api: Context, req: Any, args: Any) -> Response:
         await asyncio.Event().wait()
         raise AssertionError
 
@@ -217,7 +217,7 @@ async def test_stop_ends_what_is_left_quietly(registry: Registry, caplog) -> Non
         yield b"part"
         await asyncio.Event().wait()
 
-    def started(api: Api, req: Any, args: Any) -> Response:
+    def started(api: Context, req: Any, args: Any) -> Response:
         return Response(200, [], part())
 
     routes = (*ROUTES, Route("GET", "/hangs", hangs), Route("GET", "/started", started))
@@ -239,10 +239,10 @@ async def test_stop_ends_what_is_left_quietly(registry: Registry, caplog) -> Non
 
 
 async def test_a_failing_handler_gets_500_and_the_connection_closes(registry: Registry) -> None:
-    def broken(api: Api, req: Any, args: Any) -> Response:
+    def broken(api: Context, req: Any, args: Any) -> Response:
         raise RuntimeError("a bug")
 
-    async def broken_later(api: Api, req: Any, args: Any) -> Response:
+    async def broken_later(api: Context, req: Any, args: Any) -> Response:
         raise RuntimeError("a bug")
 
     routes = (*ROUTES, Route("GET", "/broken", broken), Route("GET", "/later", broken_later))

@@ -16,7 +16,7 @@ from support import until
 
 from lobby.api.dispatch import Api
 from lobby.api.http import Response
-from lobby.api.routes import ROUTES, Route
+from lobby.api.routes import ROUTES, Context, Route
 from lobby.api.server import ApiServer, bind
 from lobby.core.model import Discovery
 from lobby.view.cache import Answers
@@ -41,7 +41,7 @@ class Node:
         return True, {}
 
 
-async def never(api: Api, req: Any, args: Any) -> Response:
+async def never(api: Context, req: Any, args: Any) -> Response:
     await asyncio.Event().wait()
     raise AssertionError
 
@@ -51,7 +51,7 @@ async def part() -> Any:
     await asyncio.Event().wait()
 
 
-def started(api: Api, req: Any, args: Any) -> Response:  # its headers, then hangs mid-body
+def started(api: Context, req: Any, args: Any) -> Response:  # its headers, then hangs mid-body
     return Response(200, [], part())
 
 
