@@ -19,11 +19,27 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import httpbench
 import procs
+
+
+def sizes(sim: procs.Sim, daemons: dict[str, procs.Lobbyd], ns: list[int]) -> Iterator[int]:
+    """Each cluster size of `ns`, smallest first, once both daemons list its nodes (and
+    each other) and the simulator keeps them alive, one label change a second."""
+    have = 0
+    for n in sorted(ns):
+        sim.call("stop")
+        if n > have:
+            sim.call("fill", start=have, stop=n, rate=0)
+            have = n
+        for daemon in daemons.values():
+            procs.wait_for(partial(daemon.has_nodes, n + 2), 60, f"{n} nodes", every=0.05)
+        sim.call("keepalive", n=n, every=httpbench.KEEP_ALIVE, flip=True)
+        yield n
 
 
 def main() -> int:
@@ -54,15 +70,7 @@ def main() -> int:
             daemon.start()
         sim = sc.add(procs.Sim(broker, workdir))
         sim.call("prepare", n=max(ns))
-        have = 0
-        for n in sorted(ns):
-            sim.call("stop")
-            if n > have:
-                sim.call("fill", start=have, stop=n, rate=0)
-                have = n
-            for daemon in daemons.values():
-                procs.wait_for(partial(daemon.has_nodes, n + 2), 60, f"{n} nodes", every=0.05)
-            sim.call("keepalive", n=n, every=httpbench.KEEP_ALIVE, flip=True)
+        for n in sizes(sim, daemons, ns):
             for name in endpoints:
                 path, headers = httpbench.ENDPOINTS[name], httpbench.HEADERS.get(name)
                 runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}

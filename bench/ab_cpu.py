@@ -18,11 +18,11 @@ import statistics
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import httpbench
 import procs
+from ab import sizes
 
 
 def main() -> int:
@@ -58,15 +58,7 @@ def main() -> int:
         sim = sc.add(procs.Sim(broker, workdir))
         ns = [int(n) for n in args.ns.split(",")]
         sim.call("prepare", n=max(ns))
-        have = 0
-        for n in sorted(ns):
-            sim.call("stop")
-            if n > have:
-                sim.call("fill", start=have, stop=n, rate=0)
-                have = n
-            for daemon in daemons.values():
-                procs.wait_for(partial(daemon.has_nodes, n + 2), 60, f"{n} nodes", every=0.05)
-            sim.call("keepalive", n=n, every=httpbench.KEEP_ALIVE, flip=True)
+        for n in sizes(sim, daemons, ns):
             for name in args.endpoints.split(","):
                 path, headers = httpbench.ENDPOINTS[name], httpbench.HEADERS.get(name)
                 rps: dict[str, list[float]] = {"old": [], "new": []}

@@ -222,16 +222,9 @@ class Api:
         if route in self._async:
             return self._awaited(route, req, args, started, release)
         try:
-            reply = route.answer(self, req, args)
-            answer = self._finish(route, req, reply, release)
-        except HttpError as exc:
-            if release is not None:
-                release()
-            answer = plain(exc.status, exc.message, exc.headers)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
+            answer = self._finish(route, req, route.answer(self, req, args), release)
+        except BaseException as exc:
+            answer = _failed(exc, release)
         return self._done(req, answer, route.path, started)
 
     async def _awaited(
@@ -246,14 +239,8 @@ class Api:
             reply = route.answer(self, req, args)
             assert isinstance(reply, Awaitable)
             answer = self._finish(route, req, await reply, release)
-        except HttpError as exc:
-            if release is not None:
-                release()
-            answer = plain(exc.status, exc.message, exc.headers)
-        except BaseException:
-            if release is not None:
-                release()
-            raise
+        except BaseException as exc:
+            answer = _failed(exc, release)
         return self._done(req, answer, route.path, started)
 
     async def _held(
@@ -368,6 +355,16 @@ class Api:
                 answer.status,
             )
         return answer
+
+
+def _failed(exc: BaseException, release: Callable[[], None] | None) -> Response:
+    """A handler failed: its slot is given back either way; an HttpError is its answer,
+    anything else (a bug, a cancellation) goes on up."""
+    if release is not None:
+        release()
+    if not isinstance(exc, HttpError):
+        raise exc
+    return plain(exc.status, exc.message, exc.headers)
 
 
 class _Redirect(HttpError):
