@@ -275,6 +275,11 @@ class Settings:
     announce: bool = setting(
         True, "announce this node; false: listen and serve only", env="REGISTER", go=True
     )
+    listen: bool = setting(
+        True,
+        "hear every node and answer agents' queries (a listener); false: an agent, which"
+        " announces but subscribes to nothing and asks a listener for cluster reads (SPEC §20)",
+    )
     keep_alive: int = setting(5, "seconds between keep-alive announcements", low=1, go=True)
     ttl: int = setting(30, "seconds of silence after which a node is dead", low=1, go=True)
     clean_every: int = setting(
@@ -548,6 +553,14 @@ def load(environ: Mapping[str, str]) -> Settings:
         if set_ and not settings.redis_sentinels:
             shown = None if name.endswith("PASSWORD") else "true"
             raise ConfigError(name, shown, "REDIS_SENTINELS beside it (it is for them)")
+    if not settings.listen and settings.dns_port:
+        raise ConfigError(
+            "DNS_PORT",
+            str(settings.dns_port),
+            "",
+            line=f"DNS_PORT={settings.dns_port} with LISTEN=false: DNS is served by listeners"
+            " only (an agent knows no other node); unset DNS_PORT or set LISTEN=true",
+        )
     return settings
 
 

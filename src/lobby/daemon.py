@@ -23,13 +23,16 @@ from lobby.core.clock import SYSTEM_CLOCK, Clock, StallClock
 from lobby.drivers.base import Driver
 from lobby.node import report
 from lobby.node.presence import Presence
+from lobby.node.queries import Asker, Responder
 from lobby.ops.logs import NodeEventLog
 from lobby.view.cache import Answers
 from lobby.view.feed import ChangeFeed
 from lobby.view.registry import Registry
 
 if TYPE_CHECKING:  # each imported only when its setting asks for it
+    from lobby.api.dispatch import Api
     from lobby.api.server import ApiServer
+    from lobby.core.query import Query, Reply
     from lobby.drivers.embedded import EmbeddedNats
     from lobby.hooks.callback import CallbackRunner
     from lobby.hooks.templates import TemplateRunner
@@ -78,6 +81,19 @@ class Daemon:
         self.drivers = list(drivers) or ([(settings.drivers[0], driver)] if driver else [])
         # join, update, leave and expire at INFO on the `lobby.nodes` logger
         self.registry.add_listener(NodeEventLog(logging.getLogger("lobby.nodes"), settings.ttl))
+        # agents and listeners (SPEC §20): an agent asks, a listener answers
+        self.asker: Asker | None = None
+        self.responder: Responder | None = None
+        if settings.listen:
+            self.responder = Responder(
+                self.presence.links,
+                self._answer_query,
+                warm_after=settings.keep_alive + 1.0,
+                hostname=lambda: self.presence.hostname,
+            )
+            self.presence.link_watchers.append(self.responder.link_changed)
+        else:
+            self.asker = Asker(self.presence.links)
         self.metrics: Metrics | None = None
         if not settings.disable_api:
             from lobby.ops.metrics import Metrics
@@ -85,6 +101,9 @@ class Daemon:
             self.metrics = report.track(
                 Metrics(__version__), self.registry, self.presence, self.feed
             )
+            for side in (self.asker, self.responder):
+                if side is not None:
+                    side.observe = self.metrics.query
         self.embedded: EmbeddedNats | None = None
         self.callback: CallbackRunner | None = None
         self.templates: TemplateRunner | None = None
@@ -93,6 +112,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[object]] = []
         self._api: ApiServer | None = None
+        self._dispatch: Api | None = None  # the API's dispatch, socket or not
         self.dns: DnsServer | None = None  # when DNS_PORT is set
 
     # -- what the API reads (lobby.api.answers.Node) -------------------------------------
@@ -107,7 +127,12 @@ class Daemon:
         return self.drivers[0][1] if self.drivers else None
 
     def stats(self) -> dict[str, Any]:
-        parts = {"api": self._api, "callback": self.callback, "templates": self.templates}
+        parts = {
+            "api": self._api,
+            "callback": self.callback,
+            "templates": self.templates,
+            "queries": self.asker or self.responder,
+        }
         return report.stats(self, self.presence, self.feed, {**parts, "dns": self.dns})
 
     # -- lifecycle ----------------------------------------------------------------
@@ -188,22 +213,54 @@ class Daemon:
             await self._shutdown()
         return self.exit_status
 
+    async def _answer_query(self, query: Query) -> Reply:
+        """A listener's answer to an agent's query: through its own API (SPEC §20)."""
+        from lobby.api.relayed import answer_query
+
+        return await answer_query(self._api_dispatch(), query)
+
+    async def _probe(self) -> bool:
+        """An agent's /v1/health: did a listener answer of late, or does one now?"""
+        assert self.asker is not None
+        recent = self.asker.reachable(within=self.settings.keep_alive)
+        if recent is not None:
+            return recent
+        from lobby.core.query import NoAnswer
+
+        try:
+            await self.asker.ask("GET", "/v1/health")
+        except NoAnswer:
+            return False
+        return True
+
+    def _api_dispatch(self) -> Api:
+        """The API's dispatch: the HTTP server's, or one without a socket (a listener
+        with DISABLE_API still answers agents)."""
+        if self._dispatch is None:
+            from lobby.api.dispatch import Api
+            from lobby.api.server import api_limits
+
+            s = self.settings
+            self._dispatch = Api(
+                self,
+                s.token,
+                self.feed,
+                node_exporter_port=s.node_exporter_port,
+                read_token=s.read_token,
+                checks=self.checks.report if self.checks else None,
+                metrics=self.metrics,
+                limits=api_limits(s),
+                access_log=s.access_log,
+                ask=self.asker.ask if self.asker is not None else None,
+                probe=self._probe if self.asker is not None else None,
+            )
+        return self._dispatch
+
     def _start_api(self, sock: socket.socket) -> None:
-        from lobby.api.dispatch import Api
-        from lobby.api.server import ApiServer, api_limits
+        from lobby.api.server import ApiServer
 
         s = self.settings
-        api = Api(
-            self,
-            s.token,
-            self.feed,
-            node_exporter_port=s.node_exporter_port,
-            read_token=s.read_token,
-            checks=self.checks.report if self.checks else None,
-            metrics=self.metrics,
-            limits=api_limits(s),
-            access_log=s.access_log,
-        )
+        api = self._api_dispatch()
         self._api = ApiServer.from_settings(s, api, sock)
         self._spawn(self._api.serve(), "api")
 
@@ -230,6 +287,10 @@ class Daemon:
 
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()
+        if self.responder is not None:  # agents ask the other listeners from now on
+            self.responder.close()
+            for link in self.presence.links:
+                await link.driver.stop_serving()
         await self.presence.leave()
         # end every event stream and held query, so each request finishes normally
         self.feed.close()

@@ -32,6 +32,7 @@ from lobby.api.auth import Guard
 from lobby.api.blocking import held_for, hold
 from lobby.api.http import JSON_TYPE, HttpError, Request, Response, denied, json_answer, plain
 from lobby.api.ops import UNMATCHED, Metrics
+from lobby.api.relayed import Ask, relay
 from lobby.api.routes import ROUTES, Route
 from lobby.core.answer import Answer, Slices
 from lobby.system.listener import ListenerLimits
@@ -129,9 +130,15 @@ class Api:
         limits: ListenerLimits | None = None,
         access_log: bool = False,
         routes: tuple[Route, ...] = ROUTES,
+        ask: Ask | None = None,
+        probe: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`limits`: whose watcher slots the event streams and held queries take
-        (API_MAX_WATCHERS); `routes`: the table (tests add their own)."""
+        (API_MAX_WATCHERS); `routes`: the table (tests add their own); `ask`: on an
+        agent (SPEC §20), how a cluster read is asked of a listener, and `probe`
+        whether one answers now (its /v1/health)."""
+        self.ask = ask
+        self.probe = probe
         self.node = node
         self.registry = node.registry
         self.answers = node.answers
@@ -181,7 +188,7 @@ class Api:
             template = (route or next(iter(methods.values()))).path
         else:
             template = UNMATCHED
-        if not (route is not None and route.public) and self.guard.protected:
+        if not (route is not None and route.public) and self.guard.protected and not req.trusted:
             given = req.header(b"authorization") or b""
             if not self.guard.allowed(given, req.method):
                 return self._done(req, denied(), template, started)
@@ -191,6 +198,13 @@ class Api:
             if route is None:
                 raise self._no_route(req, found)
             assert args is not None
+            if self.ask is not None and route.cluster and not route.watcher:
+                release = None  # an agent: a listener answers (lobby.api.relayed)
+                if route.blocking and b"index" in req.query:  # held there, a slot here
+                    if not self.limits.acquire_watcher():
+                        return self._done(req, self._busy(), template, started)
+                    release = self.limits.release_watcher
+                return self._relayed(self.ask, route, req, started, release)
             if route.watcher:  # the event stream: a slot for as long as it is open
                 if not self.limits.acquire_watcher():
                     return self._done(req, self._busy(), template, started)
@@ -241,6 +255,22 @@ class Api:
             answer = self._finish(route, req, await reply, release)
         except BaseException as exc:
             answer = _failed(exc, release)
+        return self._done(req, answer, route.path, started)
+
+    async def _relayed(
+        self,
+        ask: Ask,
+        route: Route,
+        req: Request,
+        started: float,
+        release: Callable[[], None] | None,
+    ) -> Response:
+        wanted = req.header(b"accept-encoding") if route.gzip else None
+        try:
+            answer = await relay(ask, req, wanted is not None and accepts_gzip(wanted))
+        finally:
+            if release is not None:
+                release()
         return self._done(req, answer, route.path, started)
 
     async def _held(

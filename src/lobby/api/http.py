@@ -59,6 +59,9 @@ class Request:
     client: str = ""  # "host:port", for the access log
     version: str = "1.1"
     oversize: bool = False  # the body passed MAX_BODY (and was not kept)
+    # made in-process, never from a socket: an agent's query, whose token the agent
+    # checked (lobby.api.relayed); the guard lets it through
+    trusted: bool = False
 
     def header(self, name: bytes) -> bytes | None:
         """The last value of a header (`name` in lower case), or None."""

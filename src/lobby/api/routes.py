@@ -13,6 +13,8 @@ Flags:
 - `body`: reads a request body (at most 1 MiB: 413 past it);
 - `blocking`: a cluster read: `?index=N&wait=D` holds it (and makes it a watcher
   while held), every answer says `X-Lobby-Index`;
+- `cluster`: a read of the whole cluster: on an agent (SPEC §20) a listener answers
+  it (`lobby.api.relayed`);
 - `gzip`: answers carry `Vary: Accept-Encoding`, and a client that accepts gzip gets
   the kept gzip copy of an answer of 1 KiB or more;
 - `when`: the route exists only if the app has what it needs (/metrics without
@@ -64,6 +66,7 @@ class Context(Protocol):
     checks: Callable[[], list[dict[str, Any]]] | None
     metrics: Metrics | None
     prometheus: PrometheusSD
+    probe: Callable[[], Awaitable[bool]] | None  # an agent's: does a listener answer?
 
     @property
     def ui_assets(self) -> dict[str, Any]: ...
@@ -103,6 +106,7 @@ class Route:
     body: bool = False
     blocking: bool = False
     gzip: bool = False
+    cluster: bool = False
     when: Callable[[Context], bool] | None = None
     documented: bool = True
     operation_id: str = ""
@@ -297,6 +301,15 @@ def health(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return ops.health_answer(api.node.health)
 
 
+async def agent_health(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
+    """An agent's: its broker links, and whether a listener answers (SPEC §20)."""
+    assert api.probe is not None
+    ok, states = api.node.health()
+    answering = await api.probe()
+    states = {**states, "listeners": "answering" if answering else "none answered"}
+    return ops.health_answer(lambda: (ok and answering, states))
+
+
 def metrics(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     assert api.metrics is not None
     return ops.metrics_answer(api.metrics, req.header(b"accept"))
@@ -387,6 +400,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         _DISCOVERIES,
         blocking=True,
         gzip=True,
+        cluster=True,
         operation_id="discoveries_root",
     ),
     Route(
@@ -398,6 +412,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         _DISCOVERIES,
         blocking=True,
         gzip=True,
+        cluster=True,
         operation_id="discoveries",
     ),
     Route(
@@ -418,6 +433,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         {200: json_doc("hostnames", list_of(_STR)), 400: INVALID},
         blocking=True,
         gzip=True,
+        cluster=True,
         operation_id="resolve",
     ),
     Route(
@@ -465,6 +481,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         {200: json_doc("HTTP SD target groups", list_of(TARGET_GROUP))},
         blocking=True,
         gzip=True,
+        cluster=True,
         operation_id="prometheus_targets",
     ),
     Route(
@@ -477,6 +494,20 @@ ROUTES: Final[tuple[Route, ...]] = (
             503: json_doc("a broker link is down", {"type": "object"}),
         },
         public=True,
+        when=lambda api: api.probe is None,
+        operation_id="health",
+    ),
+    Route(
+        "GET",
+        "/v1/health",
+        agent_health,
+        "200 while every broker link is up and a listener answers, else 503; needs no token",
+        responses={
+            200: json_doc("every broker link is up and a listener answers", {"type": "object"}),
+            503: json_doc("a broker link is down, or no listener answers", {"type": "object"}),
+        },
+        public=True,
+        when=lambda api: api.probe is not None,
         operation_id="health",
     ),
     Route(
@@ -509,6 +540,7 @@ ROUTES: Final[tuple[Route, ...]] = (
         },
         watcher=True,
         when=_has_feed,
+        cluster=True,
         operation_id="events",
     ),
     Route("GET", "/openapi.json", openapi, documented=False),

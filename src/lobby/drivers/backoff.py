@@ -21,19 +21,20 @@ from typing import Final
 RECONNECT_FIRST: Final = 0.1
 RECONNECT_CAP: Final = 10.0
 JITTER: Final = 0.2
+AGENT_JITTER: Final = 0.5  # agents (SPEC §20): many more of them come back at once
 LOG_BURST: Final = 5
 LOG_FIRST_INTERVAL: Final = 10.0
 LOG_CAP: Final = 300.0
 
 
-def reconnect_backoff(ttl: float) -> Backoff:
+def reconnect_backoff(ttl: float, *, jitter: float = JITTER) -> Backoff:
     """A driver's reconnect waits: capped at TTL/3 when that is under 10 s.
 
     When a broker comes back, peers that reconnect at once resume expiry; a node still
     waiting out its back-off must be back and announcing before they expire it. With
     the default TTL (30 s) the cap is exactly 10 s.
     """
-    return Backoff(cap=min(RECONNECT_CAP, ttl / 3))
+    return Backoff(cap=min(RECONNECT_CAP, ttl / 3), jitter=jitter)
 
 
 class Backoff:

@@ -27,11 +27,19 @@ Its shape follows from how the daemon must behave when the broker misbehaves:
 - Messages the client had to drop because we fell behind are counted in `dropped`.
 
 tests/integration/test_driver_contract.py checks all of this on every driver.
+
+Agents and listeners (SPEC §20) add a third, side topic: queries. A driver built with
+`listen=False` (an agent) subscribes to neither topic above; it still publishes. Its
+`ask` sends one query and returns an `Inbox` that the reply messages arrive in; a
+listener's `serve_queries` takes queries until `stop_serving`. What the bytes mean is
+`lobby.core.query`'s; who answers is the broker's (NATS: a queue group, one listener
+each) or, where every listener hears every query (`fanout`, Redis), the listeners'
+own choice (`lobby.node.queries`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
 Topic = Literal["discovery", "sync"]
@@ -76,7 +84,50 @@ class DriverError(Exception):
     """A publish could not be handed to the broker."""
 
 
-class Driver(Protocol):
+class NoListener(DriverError):
+    """Nobody takes queries (NATS answered "no responders" at once)."""
+
+
+# the reply's messages, sent in order to whoever asked
+Replier = Callable[[Sequence[bytes]], Awaitable[None]]
+# a query's bytes and where its reply goes; called synchronously, must not block
+QueryHandler = Callable[[bytes, Replier], None]
+
+
+class Inbox(Protocol):
+    """Where the messages of one query's reply arrive."""
+
+    async def get(self) -> bytes:
+        """The next reply message; raises NoListener when the broker says nobody will
+        answer. The caller bounds the wait (asyncio.timeout)."""
+        ...
+
+    def close(self) -> None:
+        """No more messages wanted: later ones are dropped."""
+        ...
+
+
+class Querying(Protocol):
+    """A driver that carries agents' queries (SPEC §20)."""
+
+    #: every listener hears every query (Redis): the listeners pick who answers
+    fanout: bool
+
+    async def serve_queries(self, on_query: QueryHandler) -> None:
+        """Take queries (a listener, once warm); idempotent. On NATS, in the queue
+        group `lobby`: each query reaches one listener."""
+        ...
+
+    async def stop_serving(self) -> None:
+        """Take no more queries (a listener whose link dropped); idempotent."""
+        ...
+
+    async def ask(self, data: bytes) -> Inbox:
+        """Send one query; raises DriverError when it cannot be handed to the broker."""
+        ...
+
+
+class Driver(Querying, Protocol):
     #: human-readable broker address for logs, e.g. "nats://127.0.0.1:4222"
     address: str
     #: messages the broker client dropped because this node fell behind

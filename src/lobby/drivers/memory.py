@@ -19,7 +19,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lobby.drivers.base import BatchHandler, DriverError, LinkHandler, MessageHandler, Topic
+from lobby.drivers.base import (
+    BatchHandler,
+    DriverError,
+    LinkHandler,
+    MessageHandler,
+    NoListener,
+    QueryHandler,
+    Topic,
+)
 
 if TYPE_CHECKING:
     from lobby.drivers.base import Driver
@@ -32,6 +40,8 @@ class MemoryBroker:
         self.drivers: list[MemoryDriver] = []
         self.up = True
         self.published: list[tuple[Topic, bytes]] = []
+        self.serving: list[MemoryDriver] = []  # listeners taking queries, in turn
+        self._turn = 0
 
     def driver(self) -> MemoryDriver:
         return MemoryDriver(self)
@@ -52,9 +62,26 @@ class MemoryBroker:
             driver.link(up)
 
 
+class _Inbox:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        if data is None:
+            raise NoListener("no listener takes queries")
+        return data
+
+    def close(self) -> None:
+        pass
+
+
 class MemoryDriver:
-    def __init__(self, broker: MemoryBroker) -> None:
+    def __init__(self, broker: MemoryBroker, *, listen: bool = True) -> None:
         self.broker = broker
+        self.listen = listen
+        self.fanout = False  # one listener each, in turn (as a NATS queue group)
+        self._on_query: QueryHandler | None = None
         self.address = "memory://"
         self.dropped = 0
         self._on_message: MessageHandler | None = None
@@ -87,7 +114,7 @@ class MemoryDriver:
             log.exception("memory link handler failed")
 
     def deliver(self, topic: Topic, data: bytes) -> None:
-        if self._on_message is None or not self.connected:
+        if self._on_message is None or not self.connected or not self.listen:
             return
         try:
             self._on_message(topic, data)
@@ -106,7 +133,36 @@ class MemoryDriver:
     async def flush(self, timeout: float) -> None:
         await asyncio.sleep(0)
 
+    async def serve_queries(self, on_query: QueryHandler) -> None:
+        self._on_query = on_query
+        if self not in self.broker.serving:
+            self.broker.serving.append(self)
+
+    async def stop_serving(self) -> None:
+        if self in self.broker.serving:
+            self.broker.serving.remove(self)
+
+    async def ask(self, data: bytes) -> _Inbox:
+        if not self.connected:
+            raise DriverError("not connected")
+        inbox = _Inbox()
+        serving = [d for d in self.broker.serving if d.connected and d._on_query is not None]
+        if not serving:
+            inbox.queue.put_nowait(None)
+            return inbox
+        self.broker._turn += 1
+        listener = serving[self.broker._turn % len(serving)]
+        assert listener._on_query is not None
+
+        async def reply(messages: Sequence[bytes]) -> None:
+            for message in messages:
+                inbox.queue.put_nowait(message)
+
+        asyncio.get_running_loop().call_soon(listener._on_query, data, reply)
+        return inbox
+
     async def close(self) -> None:
+        await self.stop_serving()
         self._on_link = None
         self._linked = False
         if self in self.broker.drivers:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
 import time
@@ -49,7 +50,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import SlowConsumerError
+from nats.nuid import NUID
 
 from lobby.drivers.backoff import Backoff, BackoffLog
 from lobby.drivers.base import (
@@ -57,6 +60,8 @@ from lobby.drivers.base import (
     DriverError,
     LinkHandler,
     MessageHandler,
+    NoListener,
+    QueryHandler,
     Topic,
     deliverer,
 )
@@ -76,6 +81,27 @@ PENDING_MSGS = 200_000
 CONNECT_TIMEOUT = 2.0
 STALL_AFTER = RECONNECT_WAIT + CONNECT_TIMEOUT + 1.0
 ERROR_COALESCE = 0.05
+QUEUE_GROUP = "lobby"  # listeners answer agents' queries in it: one each (SPEC §20)
+_NO_RESPONDERS = "503"  # the status NATS sends to a request's inbox that nobody takes
+
+
+class _Inbox:
+    """One query's reply messages (lobby.drivers.base.Inbox)."""
+
+    __slots__ = ("_close", "queue")
+
+    def __init__(self, close: Any) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._close = close
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        if data is None:
+            raise NoListener("no listener takes queries (NATS: no responders)")
+        return data
+
+    def close(self) -> None:
+        self._close()
 
 
 class NatsDriver:
@@ -88,8 +114,19 @@ class NatsDriver:
         name: str = "lobbyd",
         options: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        listen: bool = True,
     ) -> None:
+        """`listen=False`: an agent (SPEC §20), subscribed to neither topic."""
         self.servers = servers
+        self.listen = listen
+        self.fanout = False  # a queue group: one listener hears each query
+        self.query_subject = f"{subject}.query"
+        self._on_query: QueryHandler | None = None
+        self._query_sub: Subscription | None = None
+        self._inbox_for: Client | None = None  # the client our inbox is subscribed on
+        self._inbox_prefix = f"_INBOX.{NUID().next().decode()}"
+        self._inboxes: dict[str, _Inbox] = {}
+        self._next_inbox = itertools.count(1)
         self._options = dict(options or {})
         self._tls = "tls" in self._options or any(s.startswith("tls://") for s in servers)
         self.subjects: dict[Topic, str] = {"discovery": subject, "sync": f"{subject}.sync"}
@@ -187,7 +224,7 @@ class NatsDriver:
                 **self._callbacks(nc),
                 **self._options,
             )
-            for topic, subject in self.subjects.items():
+            for topic, subject in self.subjects.items() if self.listen else ():
                 sub = await nc.subscribe(
                     subject, cb=self._handler(topic), pending_msgs_limit=PENDING_MSGS
                 )
@@ -373,6 +410,65 @@ class NatsDriver:
                 await self._nc.flush(timeout=max(timeout, 0.01))  # type: ignore[arg-type]
             except Exception as exc:
                 log.debug("NATS flush failed: %s", exc)
+
+    # -- agents' queries (SPEC §20) ---------------------------------------------------
+
+    async def serve_queries(self, on_query: QueryHandler) -> None:
+        self._on_query = on_query
+        if self._query_sub is not None or not self.connected:
+            return
+        nc = self._nc
+        try:
+            self._query_sub = await nc.subscribe(
+                self.query_subject, queue=QUEUE_GROUP, cb=self._query
+            )
+        except Exception as exc:
+            log.debug("cannot take queries: %r", exc)
+
+    async def stop_serving(self) -> None:
+        sub, self._query_sub = self._query_sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _query(self, msg: Msg) -> None:
+        on_query = self._on_query
+        if on_query is None or not msg.reply:
+            return
+        nc, subject = self._nc, msg.reply
+
+        async def reply(messages: Sequence[bytes]) -> None:
+            for data in messages:
+                await nc.publish(subject, data)
+
+        try:
+            on_query(msg.data, reply)
+        except Exception as exc:
+            self._handler_failed(exc)
+
+    async def ask(self, data: bytes) -> _Inbox:
+        if not self.connected:
+            raise DriverError("not connected to NATS")
+        nc = self._nc
+        try:
+            if self._inbox_for is not nc:  # once per client (the stall guard replaces it)
+                await nc.subscribe(f"{self._inbox_prefix}.*", cb=self._replied)
+                self._inbox_for = nc
+            token = str(next(self._next_inbox))
+            inbox = self._inboxes[token] = _Inbox(lambda: self._inboxes.pop(token, None))
+            await nc.publish(self.query_subject, data, reply=f"{self._inbox_prefix}.{token}")
+        except Exception as exc:
+            raise DriverError(str(exc) or type(exc).__name__) from exc
+        return inbox
+
+    async def _replied(self, msg: Msg) -> None:
+        inbox = self._inboxes.get(msg.subject.rpartition(".")[2])
+        if inbox is None:
+            return
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            inbox.queue.put_nowait(None)
+        else:
+            inbox.queue.put_nowait(msg.data)
 
     async def close(self) -> None:
         self._closing = True

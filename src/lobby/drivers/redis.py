@@ -68,8 +68,10 @@ from lobby.drivers.backoff import Backoff, BackoffLog
 from lobby.drivers.base import (
     BatchHandler,
     DriverError,
+    Inbox,
     LinkHandler,
     MessageHandler,
+    QueryHandler,
     Topic,
     deliverer,
 )
@@ -186,6 +188,7 @@ class RedisDriver:
         backoff: Backoff | None = None,
         sentinel_ping_every: float = SENTINEL_PING_EVERY,
         sentinel_dead_after: int = SENTINEL_DEAD_AFTER,
+        listen: bool = True,
     ) -> None:
         """`tls`: None for plain TCP, else redis-py's SSL options (`ssl_ca_certs`,
         `ssl_certfile`, `ssl_keyfile`), {} for TLS with the system CAs. `sentinel_tls`
@@ -193,6 +196,8 @@ class RedisDriver:
         their credentials. The watched Sentinel is PINGed every `sentinel_ping_every`
         seconds and given up after `sentinel_dead_after` silent ones."""
         self.channels: dict[Topic, str] = {"discovery": channel, "sync": f"{channel}:sync"}
+        self.listen = listen  # False: an agent (SPEC §20)
+        self.fanout = True  # every listener hears every query (lobby.node.queries)
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
         }
@@ -674,6 +679,17 @@ class RedisDriver:
 
     async def flush(self, timeout: float) -> None:
         """Nothing to do: Redis acknowledges every PUBLISH before publish() returns."""
+
+    # -- agents' queries (SPEC §20) ---------------------------------------------------
+
+    async def serve_queries(self, on_query: QueryHandler) -> None:
+        raise DriverError("agents' queries over Redis are not implemented yet")
+
+    async def stop_serving(self) -> None:
+        return None
+
+    async def ask(self, data: bytes) -> Inbox:
+        raise DriverError("agents' queries over Redis are not implemented yet")
 
     async def close(self) -> None:
         if self._closing:

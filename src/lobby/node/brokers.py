@@ -19,7 +19,7 @@ import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lobby.drivers.backoff import reconnect_backoff
+from lobby.drivers.backoff import AGENT_JITTER, JITTER, Backoff, reconnect_backoff
 from lobby.drivers.base import Driver
 
 if TYPE_CHECKING:  # each client library is imported only when its driver is used
@@ -37,6 +37,8 @@ class BrokerSettings(Protocol):
     def keep_alive(self) -> int: ...
     @property
     def ttl(self) -> int: ...
+    @property
+    def listen(self) -> bool: ...
     @property
     def nats_servers(self) -> list[str]: ...
     @property
@@ -143,8 +145,15 @@ def nats_driver(s: BrokerSettings, servers: list[str], name: str) -> Driver:
         ping_interval=max(1, min(s.keep_alive, 10)),
         name=name,
         options=nats_options(s),
-        backoff=reconnect_backoff(s.ttl),
+        backoff=_backoff(s),
+        listen=s.listen,
     )
+
+
+def _backoff(s: BrokerSettings) -> Backoff:
+    """Agents spread their reconnects wider (±50 %): 100,000 of them come back to a
+    restarted broker over seconds, not at once (SPEC §20)."""
+    return reconnect_backoff(s.ttl, jitter=JITTER if s.listen else AGENT_JITTER)
 
 
 def redis_tls(s: BrokerSettings, wanted: bool) -> dict[str, Any] | None:
@@ -177,7 +186,8 @@ def redis_driver(s: BrokerSettings) -> Driver:
         sentinel_username=s.redis_sentinel_username or None,
         sentinel_password=s.redis_sentinel_password or None,
         sentinel_tls=redis_tls(s, s.redis_sentinel_tls),
-        backoff=reconnect_backoff(s.ttl),
+        backoff=_backoff(s),
+        listen=s.listen,
     )
 
 

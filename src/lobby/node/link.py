@@ -47,6 +47,8 @@ class HealthSettings(Protocol):
     def announce(self) -> bool: ...
     @property
     def keep_alive(self) -> int: ...
+    @property
+    def listen(self) -> bool: ...
 
 
 @dataclass(eq=False)
@@ -101,6 +103,7 @@ class LinkHealth:
         if up and not link.up and link.was_up:
             link.reconnects += 1
         link.up = up
+        reconnected = up and link.was_up
         if up:
             link.was_up = True
             link.heard_self = self.clock.monotonic()
@@ -108,6 +111,11 @@ class LinkHealth:
             self.expect_echo(link, link.heard_self)
             self._on_up(link)
         self._update_pause(link)
+        if reconnected:
+            # every node heard through this link gets a whole TTL from now: after a
+            # broker restart they reconnect over seconds (agents with jitter), and none
+            # may expire meanwhile (SPEC §20)
+            self.registry.grant_ttl(link.clock)
 
     def heard_self(self, link: Link) -> None:
         """Our own "hi" came back through `link`."""
@@ -120,7 +128,7 @@ class LinkHealth:
     def expect_echo(self, link: Link, since: float) -> None:
         """From `since` on, our next "hi" is due back through `link` within
         ECHO_WITHIN x KEEP_ALIVE; the registry stops the link's clock when it is not."""
-        if self.settings.announce:
+        if self.settings.announce and self.settings.listen:  # an agent hears no echo
             within = ECHO_WITHIN * self.settings.keep_alive
             self.registry.expect_echo(link.clock, since=since, within=within)
 
@@ -130,7 +138,7 @@ class LinkHealth:
         §15; with one link, SPEC §3). A silent echo holds it too (`expect_echo`)."""
         if link.up:
             self.registry.resume(link.clock)
-        elif self.settings.announce:
+        elif self.settings.announce and self.settings.listen:
             # from the last sign the link worked: our own "hi" coming back to us
             self.registry.pause(link.clock, since=link.heard_self)
         else:
@@ -139,7 +147,7 @@ class LinkHealth:
     def watch_echo(self) -> None:
         """Mark a link whose echo is overdue (ECHO_WITHIN x KEEP_ALIVE) as down, and say
         so once; the registry already holds that link's expiry."""
-        if not self.settings.announce:
+        if not (self.settings.announce and self.settings.listen):
             return
         now = self.clock.monotonic()
         for link in self.links:

@@ -107,6 +107,8 @@ class Presence:
             settings, registry, self.identity, self.gate, self.link_health, self.announcer
         )
         self.announcer.chores = self.receiver.flush_log
+        # told of every link going up or down, after link health (lobby.node.queries)
+        self.link_watchers: list[Callable[[Link, bool], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.registry.pause()  # nothing is live until we are linked
 
@@ -230,7 +232,7 @@ class Presence:
         for link in self.links:  # every link known before the first packet arrives
             await link.driver.start(
                 partial(receiver.on_message, link),
-                partial(self.link_health.on_link, link),
+                partial(self._on_link, link),
                 partial(receiver.on_messages, link),
             )
         if self.relay is not None and len(self.links) < 2:
@@ -273,8 +275,19 @@ class Presence:
         """Mark links whose echo is overdue as down (lobby.link.LinkHealth.watch_echo)."""
         self.link_health.watch_echo()
 
+    def _on_link(self, link: Link, up: bool) -> None:
+        self.link_health.on_link(link, up)
+        for watcher in self.link_watchers:
+            watcher(link, up)
+
     def _link_up(self, link: Link) -> None:
         self.announcer.wake()  # announce at once after (re)connecting
+        if not self.settings.listen:
+            # an agent hears no echo: it lists itself once it announces; asking peers
+            # to announce is for listeners, which hear them
+            if self.settings.announce and not self.identity.leaving:
+                self.registry.set_own(self.hostname, self.labels)
+            return
         # and ask every peer to announce itself too, instead of waiting for their
         # next keep-alive (fast join; Go peers never see the sync topic)
         self._in_background(self.announcer.request_sync(link))

@@ -197,6 +197,8 @@ class Metrics:
         self._http_requests: dict[tuple[str, str], _Count] = {}  # (route, code)
         self._http_durations: dict[str, _Histogram] = {}  # by route
         self._http_children: dict[tuple[str, int], tuple[_Count, _Histogram]] = {}
+        self._queries: dict[tuple[str, str], _Count] = {}  # (role, result): SPEC §20
+        self._query_durations: dict[str, _Histogram] = {}  # by role
         self._links = LinkCollector()
         self._registry: CollectorRegistry | None = None
 
@@ -238,6 +240,18 @@ class Metrics:
     def loop_lag(self, seconds: float) -> None:
         """How much later than asked the event loop ran lobbyd's heartbeat."""
         self._loop_lag.observe(seconds)
+
+    def query(self, role: str, result: str, seconds: float) -> None:
+        """An agent's query ended (role `agent`: ok, no_listener) or a listener answered
+        one (role `listener`: ok, failed), after `seconds` (SPEC §20)."""
+        count = self._queries.get((role, result))
+        if count is None:
+            count = self._queries[(role, result)] = _Count()
+        count.value += 1
+        duration = self._query_durations.get(role)
+        if duration is None:
+            duration = self._query_durations[role] = _Histogram(self._http_bounds)
+        duration.observe(seconds)
 
     def http_request(self, route: str, code: int, seconds: float) -> None:
         children = self._http_children.get((route, code))
@@ -370,6 +384,20 @@ class Metrics:
             "lobby_http_request_duration_seconds",
             "HTTP request durations by route template",
             [({"route": route}, one) for route, one in self._http_durations.items()],
+        )
+        yield counter(
+            "lobby_queries",
+            "agents' cluster reads over the broker (SPEC §20): an agent's by result (ok,"
+            " no_listener), a listener's answers (ok, failed)",
+            [
+                ({"role": role, "result": result}, count)
+                for (role, result), count in self._queries.items()
+            ],
+        )
+        yield histogram(
+            "lobby_query_seconds",
+            "how long agents' queries took: asked and answered (agent), answered (listener)",
+            [({"role": role}, one) for role, one in self._query_durations.items()],
         )
         yield gauge(
             "lobby_watchers",

@@ -201,6 +201,15 @@ class Registry:
             self._live = tuple(x for x in self._links if x.paused_at is None)
             self._expire_due = -math.inf
 
+    def grant_ttl(self, link: LinkClock | None = None) -> None:
+        """Every node `link` refreshed last gets a whole TTL from now (its link came
+        back: the nodes reconnect over the next seconds, and none may expire meanwhile)."""
+        state = link or self.first_link
+        now = self._now(state)
+        for record in state.queue.values():
+            record.seen = now
+        self._expire_due = -math.inf
+
     def expect_echo(self, link: LinkClock, *, since: float, within: float) -> None:
         """Our own announcement came back through `link` at `since` (clock time); the
         next one is due within `within` seconds.

@@ -1,0 +1,319 @@
+"""Agents ask, listeners answer (SPEC §20).
+
+An **agent** (LISTEN=false) hears no keep-alive: its API's cluster reads are asked of a
+listener over the broker. `Asker.ask` sends one `lobby.core.query.Query` and waits for
+the whole reply (`Reassembly`): 1 s a try (a blocking query: its `wait`, its jitter and
+1 s). A silent or failed try is tried once more, on another listener as far as the broker
+decides it (NATS: the queue group picks again; a listener that died has left it; Redis:
+the query's hash moves on with `try`); "no responders" is retried at once. When nobody
+answers, `NoAnswer` says so: the API answers 503 `no listener answered (tried N)`.
+
+A **listener** (LISTEN=true) answers them through its own API (the `answer` it is
+given: the same cached bytes its HTTP clients get), in a task per query, once it has
+listened for KEEP_ALIVE + 1 s since its link came up (`Responder.warm`): before that its
+view may miss nodes, so it leaves queries to the others. Its link dropping stops it
+taking queries until it is warm again.
+
+Redis has no queue groups: every listener hears every query (`fanout`). Each warm
+listener marks its own announcements `"listener": true` (Go ignores the field), so every
+listener knows the warm ones from its registry; the query's id, hashed, picks one of
+them in sorted order, and `try` moves the pick to the next one. Views that differ for a
+moment may make two answer (the agent takes the first) or none (the retry asks the next).
+
+Both ends count and time what they do (`/v1/stats` "queries", `lobby_queries_total`,
+`lobby_query_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from lobby.core.query import NoAnswer, Query, QueryError, Reassembly, Reply, encode_reply
+from lobby.drivers.base import DriverError, NoListener, Replier
+from lobby.node.link import Link
+from lobby.system.ratelimit import RateLimitedLog
+
+log = logging.getLogger("lobby")
+
+TRY_SECONDS: Final = 1.0  # each try of a query, past a blocking query's own wait
+TRIES: Final = 2  # the first and one retry
+MAX_WAIT: Final = 600.0  # a blocking query's longest wait (lobby.view.feed)
+DEFAULT_WAIT: Final = 300.0
+
+Observe = Callable[[str, str, float], None]  # role, result, seconds (lobby.ops.metrics)
+
+
+def blocking_wait(query: bytes) -> float | None:
+    """A blocking query's wait in seconds, the most a listener may hold it (its jitter of
+    up to 1/16 included), or None for a query that is not held."""
+    from urllib.parse import parse_qsl
+
+    if b"index" not in query:
+        return None
+    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    if "index" not in params:
+        return None
+    wait = DEFAULT_WAIT
+    if "wait" in params:
+        from lobby.view.feed import parse_wait
+
+        try:
+            wait = parse_wait(params["wait"])
+        except ValueError:
+            return 0.0  # the listener answers 400 at once
+    return min(wait, MAX_WAIT) * 17 / 16
+
+
+@dataclass
+class _Counts:
+    answered: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    by_listener: dict[str, list[float]] = field(default_factory=dict)  # name: [n, seconds]
+
+
+class Asker:
+    """An agent's side: asks listeners over the first link that is up."""
+
+    def __init__(
+        self,
+        links: Sequence[Link],
+        *,
+        try_seconds: float = TRY_SECONDS,
+        tries: int = TRIES,
+    ) -> None:
+        self.links = links
+        self.try_seconds = try_seconds
+        self.tries = tries
+        self.observe: Observe | None = None
+        self.counts = _Counts()
+        self.retries = 0
+        self.no_answer = 0
+        self.bad_replies = 0
+        self.last_ok: float | None = None  # time.monotonic() of the last answer
+        self.last_failed: float | None = None
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(6).hex()
+        self._log = RateLimitedLog(log, burst=3, every=30)
+
+    def _link(self) -> Link | None:
+        for link in self.links:
+            if link.driver.connected:
+                return link
+        return None
+
+    async def ask(self, method: str, path: str, query: bytes = b"", gzip: bool = False) -> Reply:
+        """The reply of a listener, or NoAnswer after `tries` tries."""
+        started = time.perf_counter()
+        held = blocking_wait(query)
+        budget = self.try_seconds + (held or 0.0)
+        qid = f"{self._prefix}{next(self._ids)}"
+        tried = 0
+        for attempt in range(self.tries):
+            tried += 1
+            if attempt:
+                self.retries += 1
+            link = self._link()
+            if link is None:
+                continue
+            request = Query(qid, method, path, query, gzip, attempt).encode()
+            try:
+                reply = await self._try(link, qid, request, budget)
+            except NoListener:
+                continue  # nobody takes queries now: the next try goes at once
+            except (DriverError, TimeoutError) as exc:
+                self._log(logging.INFO, "a query to a listener failed: %s", exc or "no answer")
+                continue
+            self._done("ok", started, reply.listener)
+            return reply
+        self.no_answer += 1
+        self._done("no_listener", started)
+        raise NoAnswer(tried)
+
+    async def _try(self, link: Link, qid: str, request: bytes, budget: float) -> Reply:
+        inbox = await link.driver.ask(request)
+        try:
+            whole = Reassembly(qid)
+            async with asyncio.timeout(budget):
+                while True:
+                    message = await inbox.get()
+                    try:
+                        reply = whole.add(message)
+                    except QueryError as exc:
+                        self.bad_replies += 1
+                        self._log(logging.WARNING, "dropped a malformed query reply: %s", exc)
+                        continue
+                    if reply is not None:
+                        return reply
+        finally:
+            inbox.close()
+
+    def _done(self, result: str, started: float, listener: str = "") -> None:
+        seconds = time.perf_counter() - started
+        counts = self.counts
+        if result == "ok":
+            counts.answered += 1
+            counts.seconds += seconds
+            self.last_ok = time.monotonic()
+            one = counts.by_listener.setdefault(listener, [0, 0.0])
+            one[0] += 1
+            one[1] += seconds
+        else:
+            counts.failed += 1
+            self.last_failed = time.monotonic()
+        if self.observe is not None:
+            self.observe("agent", result, seconds)
+
+    def reachable(self, within: float) -> bool | None:
+        """Whether a listener answered the last query, if one was asked in the last
+        `within` seconds (else None: nothing recent is known)."""
+        now = time.monotonic()
+        last = max(self.last_ok or 0.0, self.last_failed or 0.0)
+        if not last or now - last > within:
+            return None
+        return self.last_ok is not None and self.last_ok >= last
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.counts
+        return {
+            "role": "agent",
+            "answered": counts.answered,
+            "failed": counts.failed,
+            "retries": self.retries,
+            "bad_replies": self.bad_replies,
+            "seconds_avg": round(counts.seconds / counts.answered, 6) if counts.answered else None,
+            "listeners": {
+                name: {"answered": int(n), "seconds_avg": round(s / n, 6)}
+                for name, (n, s) in sorted(counts.by_listener.items())
+            },
+        }
+
+
+class Answerer(Protocol):
+    def __call__(self, query: Query) -> Awaitable[Reply]: ...
+
+
+class Responder:
+    """A listener's side: takes queries on every link once warm, answers each."""
+
+    def __init__(
+        self,
+        links: Sequence[Link],
+        answer: Answerer,
+        *,
+        warm_after: float,
+        hostname: Callable[[], str],
+        listeners: Callable[[], Sequence[str]] = lambda: (),
+    ) -> None:
+        """`warm_after`: KEEP_ALIVE + 1 s; `listeners`: the warm listeners' hostnames as
+        the registry knows them (Redis's fanout picks among them)."""
+        self.links = links
+        self.answer = answer
+        self.warm_after = warm_after
+        self.hostname = hostname
+        self.listeners = listeners
+        self.observe: Observe | None = None
+        self.answered = 0
+        self.failed = 0
+        self.skipped = 0  # fanout: another listener's turn
+        self.bad_queries = 0
+        self.seconds = 0.0
+        self._warming: dict[int, asyncio.Task[None]] = {}
+        self._warm: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._log = RateLimitedLog(log, burst=3, every=30)
+
+    @property
+    def warm(self) -> bool:
+        """Whether this listener takes queries on some link (its packets say so)."""
+        return bool(self._warm)
+
+    def link_changed(self, link: Link, up: bool) -> None:
+        """A link came up (warm up, then take queries) or went down (stop taking them)."""
+        key = id(link)
+        warming = self._warming.pop(key, None)
+        if warming is not None:
+            warming.cancel()
+        self._warm.discard(key)
+        if up:
+            self._warming[key] = self._spawn(self._warm_up(link))
+        else:
+            self._spawn(link.driver.stop_serving())
+
+    async def _warm_up(self, link: Link) -> None:
+        await asyncio.sleep(self.warm_after)
+        self._warming.pop(id(link), None)
+        if not link.up:
+            return
+        await link.driver.serve_queries(lambda data, reply: self.on_query(link, data, reply))
+        self._warm.add(id(link))
+        log.info("taking agents' queries on %s", link.name)
+
+    def on_query(self, link: Link, data: bytes, reply: Replier) -> None:
+        try:
+            query = Query.decode(data)
+        except QueryError as exc:
+            self.bad_queries += 1
+            self._log(logging.WARNING, "dropped a malformed query: %s", exc)
+            return
+        if link.driver.fanout and not self._my_turn(query):
+            self.skipped += 1
+            return
+        self._spawn(self._answer(query, reply))
+
+    def _my_turn(self, query: Query) -> bool:
+        me = self.hostname()
+        live = sorted({*self.listeners(), me} if self.warm else self.listeners())
+        if me not in live:
+            return False
+        pick = (zlib.crc32(query.id.encode()) + query.attempt) % len(live)
+        return live[pick] == me
+
+    async def _answer(self, query: Query, reply: Replier) -> None:
+        started = time.perf_counter()
+        result = "ok"
+        try:
+            answer = await self.answer(query)
+            answer.listener = self.hostname()
+            await reply(encode_reply(query.id, answer))
+            self.answered += 1
+        except Exception as exc:
+            result = "failed"
+            self.failed += 1
+            self._log(logging.WARNING, "answering a query failed: %r", exc)
+        seconds = time.perf_counter() - started
+        self.seconds += seconds
+        if self.observe is not None:
+            self.observe("listener", result, seconds)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "role": "listener",
+            "warm": self.warm,
+            "answered": self.answered,
+            "failed": self.failed,
+            "skipped_other_listener": self.skipped,
+            "bad_queries": self.bad_queries,
+            "seconds_avg": round(self.seconds / self.answered, 6) if self.answered else None,
+        }
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+__all__ = ["Asker", "NoAnswer", "Responder", "blocking_wait"]
