@@ -31,6 +31,7 @@ from lobby.view.registry import Registry
 
 if TYPE_CHECKING:  # each imported only when its setting asks for it
     from lobby.api.dispatch import Api
+    from lobby.api.relayed import AgentSide
     from lobby.api.server import ApiServer
     from lobby.core.query import Query, Reply
     from lobby.drivers.embedded import EmbeddedNats
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # each imported only when its setting asks for it
     from lobby.hooks.templates import TemplateRunner
     from lobby.nameserver.server import DnsServer
     from lobby.node.checks import Checks
+    from lobby.node.mirror import Mirror
     from lobby.ops.metrics import Metrics
 
 log = logging.getLogger("lobby")
@@ -72,6 +74,12 @@ class Daemon:
         )
         self.feed = ChangeFeed(self.registry)
         self.answers = Answers(self.registry, wall=clock.wall)  # kept until it changes
+        # what the event streams, templates and callback read: the registry, or on an
+        # agent the mirror's copy (below)
+        self.view = self.registry
+        self.view_feed = self.feed
+        self.view_answers = self.answers
+        self.mirror: Mirror | None = None
         # what the API reads (lobby.api.answers.Node) besides stats: presence's own
         self.own_discovery = self.presence.own_discovery
         self.add_labels = self.presence.add_labels
@@ -94,6 +102,15 @@ class Daemon:
             self.presence.link_watchers.append(self.responder.link_changed)
         else:
             self.asker = Asker(self.presence.links)
+            # what reads a registry (event streams, templates, callback) reads a copy
+            # kept through listeners (lobby.node.mirror); the own registry holds us
+            from lobby.node.mirror import Mirror
+
+            view = Registry(settings.ttl, clock=clock.monotonic, wall_clock=clock.wall)
+            self.mirror = Mirror(self.asker, view)
+            self.view = view
+            self.view_feed = ChangeFeed(view)
+            self.view_answers = Answers(view, wall=clock.wall)
         self.metrics: Metrics | None = None
         if not settings.disable_api:
             from lobby.ops.metrics import Metrics
@@ -132,6 +149,7 @@ class Daemon:
             "callback": self.callback,
             "templates": self.templates,
             "queries": self.asker or self.responder,
+            "mirror": self.mirror,
         }
         return report.stats(self, self.presence, self.feed, {**parts, "dns": self.dns})
 
@@ -251,10 +269,16 @@ class Daemon:
                 metrics=self.metrics,
                 limits=api_limits(s),
                 access_log=s.access_log,
-                ask=self.asker.ask if self.asker is not None else None,
-                probe=self._probe if self.asker is not None else None,
+                agent=self._agent_side(),
             )
         return self._dispatch
+
+    def _agent_side(self) -> AgentSide | None:
+        if self.asker is None or self.mirror is None:
+            return None
+        from lobby.api.relayed import AgentSide
+
+        return AgentSide(self.asker.ask, self._probe, self.view_feed, self.mirror.wait_ready)
 
     def _start_api(self, sock: socket.socket) -> None:
         from lobby.api.server import ApiServer
@@ -264,25 +288,37 @@ class Daemon:
         self._api = ApiServer.from_settings(s, api, sock)
         self._spawn(self._api.serve(), "api")
 
+    async def _start_runners_on_mirror(self) -> None:
+        """An agent's runners start once its copy of the cluster is in: never on an
+        empty cluster that is only not read yet."""
+        assert self.mirror is not None
+        await self.mirror.wait_ready()
+        self._start_runners()
+        await self._stopping.wait()  # a supervised task: it ends with the daemon
+
     def _start_runners(self) -> None:
         """CALLBACK and TEMPLATES: each runs after registry changes (startup counts)."""
         s = self.settings
+        if self.mirror is not None and not self.mirror.ready.is_set():
+            if s.callback or s.templates:
+                self._spawn(self._start_runners_on_mirror(), "runners")
+            return
         if s.callback:
             from lobby.hooks.callback import CallbackRunner
 
             on_run = self.metrics.callback_run if self.metrics is not None else None
             callback = self.callback = CallbackRunner.from_settings(
-                s, self.answers.all_json, on_run
+                s, self.view_answers.all_json, on_run
             )
-            self.registry.add_listener(lambda change: callback.mark_dirty())
+            self.view.add_listener(lambda change: callback.mark_dirty())
             self._spawn(callback.run(), "callback")
         if s.templates:
             from lobby.hooks.templates import TemplateRunner
 
             templates = self.templates = TemplateRunner.from_settings(
-                s, self.registry, self.own_discovery
+                s, self.view, self.own_discovery
             )
-            self.registry.add_listener(lambda change: templates.changed())
+            self.view.add_listener(lambda change: templates.changed())
             self._spawn(templates.run(), "templates")
 
     async def _shutdown(self) -> None:
@@ -294,6 +330,9 @@ class Daemon:
         await self.presence.leave()
         # end every event stream and held query, so each request finishes normally
         self.feed.close()
+        if self.mirror is not None:
+            self.mirror.close()
+            self.view_feed.close()
         if self._api is not None:
             await self._api.stop(timeout=1.0)
         if self.dns is not None:

@@ -8,11 +8,13 @@ own subject on the session's nats-server.
 from __future__ import annotations
 
 import gzip
+import shlex
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -253,3 +255,64 @@ def test_a_go_peer_in_a_cluster_of_agents(
         stop.set()
         thread.join(5)
         tap.stop()
+
+
+def test_events_a_template_and_the_callback_on_an_agent(
+    spawn: Callable[..., Lobbyd], env: dict[str, str], tmp_path: Path
+):
+    """What reads a registry reads the agent's copy of the listener's view."""
+    template = tmp_path / "names.j2"
+    template.write_text("{% for node in nodes %}{{ node.hostname }}\n{% endfor %}")
+    rendered = tmp_path / "names"
+    called = tmp_path / "called"
+    callback = shlex.join(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; open({str(called)!r}, 'wb').write(sys.stdin.buffer.read())",
+        ]
+    )
+    listener = spawn("listener-1", env)
+    wait_for(lambda: warm(listener), what="warm listener")
+    agent = spawn(
+        "agent-1",
+        {
+            **env,
+            **AGENT,
+            "TEMPLATES": f"{template}:{rendered}",
+            "TEMPLATE_WAIT": "100ms:1s",
+            "CALLBACK": callback,
+            "CALLBACK_FIRST_RUN_DELAY": "0",
+            "CALLBACK_COOLDOWN": "0",
+        },
+    )
+    names = lambda: rendered.read_text().split() if rendered.exists() else []  # noqa: E731
+    wait_for(lambda: names() == ["agent-1", "listener-1"], timeout=15, what="rendered")
+    with (
+        httpx.Client(base_url=agent.url, timeout=20) as client,
+        client.stream("GET", "/v1/events") as stream,
+    ):
+        lines = stream.iter_lines()
+        joined = []
+        for line in lines:
+            if line.startswith("data: "):
+                joined.append(orjson.loads(line[6:])["hostname"])
+            if line == ": live":
+                break
+        assert sorted(joined) == ["agent-1", "listener-1"]
+        spawn("late-agent", {**env, **AGENT})
+        for line in lines:
+            if line.startswith("data: ") and b"late-agent" in line.encode():
+                break
+    wait_for(lambda: "late-agent" in names(), timeout=15, what="the template follows")
+    wait_for(
+        lambda: called.exists() and b"late-agent" in called.read_bytes(),
+        timeout=15,
+        what="callback",
+    )
+    assert sorted(d["hostname"] for d in orjson.loads(called.read_bytes())) == [
+        "agent-1",
+        "late-agent",
+        "listener-1",
+    ]
+    assert agent.stats()["mirror"]["ready"] is True

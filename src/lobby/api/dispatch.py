@@ -32,7 +32,7 @@ from lobby.api.auth import Guard
 from lobby.api.blocking import held_for, hold
 from lobby.api.http import JSON_TYPE, HttpError, Request, Response, denied, json_answer, plain
 from lobby.api.ops import UNMATCHED, Metrics
-from lobby.api.relayed import Ask, relay
+from lobby.api.relayed import AgentSide, Ask, relay
 from lobby.api.routes import ROUTES, Route
 from lobby.core.answer import Answer, Slices
 from lobby.system.listener import ListenerLimits
@@ -130,15 +130,12 @@ class Api:
         limits: ListenerLimits | None = None,
         access_log: bool = False,
         routes: tuple[Route, ...] = ROUTES,
-        ask: Ask | None = None,
-        probe: Callable[[], Awaitable[bool]] | None = None,
+        agent: AgentSide | None = None,
     ) -> None:
         """`limits`: whose watcher slots the event streams and held queries take
-        (API_MAX_WATCHERS); `routes`: the table (tests add their own); `ask`: on an
-        agent (SPEC §20), how a cluster read is asked of a listener, and `probe`
-        whether one answers now (its /v1/health)."""
-        self.ask = ask
-        self.probe = probe
+        (API_MAX_WATCHERS); `routes`: the table (tests add their own); `agent`: on an
+        agent (SPEC §20), how it asks listeners (lobby.api.relayed)."""
+        self.agent = agent
         self.node = node
         self.registry = node.registry
         self.answers = node.answers
@@ -198,13 +195,13 @@ class Api:
             if route is None:
                 raise self._no_route(req, found)
             assert args is not None
-            if self.ask is not None and route.cluster and not route.watcher:
+            if self.agent is not None and route.cluster and not route.watcher:
                 release = None  # an agent: a listener answers (lobby.api.relayed)
                 if route.blocking and b"index" in req.query:  # held there, a slot here
                     if not self.limits.acquire_watcher():
                         return self._done(req, self._busy(), template, started)
                     release = self.limits.release_watcher
-                return self._relayed(self.ask, route, req, started, release)
+                return self._relayed(self.agent.ask, route, req, started, release)
             if route.watcher:  # the event stream: a slot for as long as it is open
                 if not self.limits.acquire_watcher():
                     return self._done(req, self._busy(), template, started)

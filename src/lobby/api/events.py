@@ -12,7 +12,7 @@ the stream describes the filtered view: a node whose labels stop matching leaves
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -61,7 +61,15 @@ def _snapshot(registry: Registry, view: View) -> tuple[int, list[bytes]]:
     return index, [_event("join", index, d.hostname, d.labels) for d in registry.view(view)]
 
 
-async def stream(feed: ChangeFeed, view: View, resume_from: int | None) -> AsyncIterator[bytes]:
+async def stream(
+    feed: ChangeFeed,
+    view: View,
+    resume_from: int | None,
+    ready: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
+    """`ready`: on an agent, until its copy of the cluster is in (lobby.node.mirror)."""
+    if ready is not None:
+        await ready()
     watcher = Watcher()
     feed.watchers.add(watcher)  # before the snapshot: nothing falls between the two
     try:

@@ -12,15 +12,27 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from lobby.api.http import Request, Response, plain
 from lobby.core.query import NoAnswer, Query, Reply
+from lobby.view.feed import ChangeFeed
 
 Ask = Callable[[str, str, bytes, bool], Awaitable[Reply]]  # method, path, query, gzip
 
 LISTENER: Final = b"x-lobby-listener"
 _RETRY: Final = (b"retry-after", b"1")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSide:
+    """What an agent's API has that a listener's has not."""
+
+    ask: Ask  # a cluster read, asked of a listener
+    probe: Callable[[], Awaitable[bool]]  # does a listener answer? (its /v1/health)
+    feed: ChangeFeed  # the event streams' feed: over the agent's copy (lobby.node.mirror)
+    ready: Callable[[], Awaitable[None]]  # until that copy is in
 
 
 class Responds(Protocol):
@@ -48,4 +60,4 @@ async def answer_query(api: Responds, query: Query) -> Reply:
     return Reply(response.status, out, body)
 
 
-__all__ = ["LISTENER", "Ask", "answer_query", "relay"]
+__all__ = ["LISTENER", "AgentSide", "Ask", "answer_query", "relay"]

@@ -51,6 +51,7 @@ from lobby.view.registry import make_view
 if TYPE_CHECKING:
     from lobby.api.answers import Node
     from lobby.api.ops import Metrics
+    from lobby.api.relayed import AgentSide
     from lobby.view.cache import Answers
     from lobby.view.feed import ChangeFeed
     from lobby.view.prometheus import PrometheusSD
@@ -66,7 +67,7 @@ class Context(Protocol):
     checks: Callable[[], list[dict[str, Any]]] | None
     metrics: Metrics | None
     prometheus: PrometheusSD
-    probe: Callable[[], Awaitable[bool]] | None  # an agent's: does a listener answer?
+    agent: AgentSide | None  # on an agent (SPEC §20)
 
     @property
     def ui_assets(self) -> dict[str, Any]: ...
@@ -303,9 +304,9 @@ def health(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
 
 async def agent_health(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     """An agent's: its broker links, and whether a listener answers (SPEC §20)."""
-    assert api.probe is not None
+    assert api.agent is not None
     ok, states = api.node.health()
-    answering = await api.probe()
+    answering = await api.agent.probe()
     states = {**states, "listeners": "answering" if answering else "none answered"}
     return ops.health_answer(lambda: (ok and answering, states))
 
@@ -316,7 +317,8 @@ def metrics(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
 
 
 def events(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
-    assert api.feed is not None
+    feed, ready = (api.agent.feed, api.agent.ready) if api.agent is not None else (api.feed, None)
+    assert feed is not None
     query = req.params
     resume: int | None = None
     if "index" in query:
@@ -335,7 +337,7 @@ def events(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
             (b"x-accel-buffering", b"no"),
             (b"content-type", b"text/event-stream; charset=utf-8"),
         ],
-        stream(api.feed, view, resume),
+        stream(feed, view, resume, ready),
     )
 
 
@@ -494,7 +496,7 @@ ROUTES: Final[tuple[Route, ...]] = (
             503: json_doc("a broker link is down", {"type": "object"}),
         },
         public=True,
-        when=lambda api: api.probe is None,
+        when=lambda api: api.agent is None,
         operation_id="health",
     ),
     Route(
@@ -507,7 +509,7 @@ ROUTES: Final[tuple[Route, ...]] = (
             503: json_doc("a broker link is down, or no listener answers", {"type": "object"}),
         },
         public=True,
-        when=lambda api: api.probe is not None,
+        when=lambda api: api.agent is not None,
         operation_id="health",
     ),
     Route(

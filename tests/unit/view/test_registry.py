@@ -474,3 +474,29 @@ def test_refresh_after_an_overdue_echo_does_not_expire_first(reg, clock):
     clock.tick(100)  # a and b would be long dead on a running clock
     reg.refresh_many([("c", ())])  # the hot path reads the clock first
     assert sorted(x.hostname for x in reg.discoveries()) == ["a", "b", "c"]
+
+
+def test_grant_ttl_gives_every_node_of_a_link_a_whole_ttl_from_now(two, clock):
+    first, second = two.links
+    two.update(d("old"), via=first)  # 25 s old when its link comes back
+    clock.tick(10)
+    two.update(d("other"), via=second)
+    clock.tick(15)
+    two.pause(first)
+    clock.tick(60)  # the outage: nothing ages
+    two.resume(first)
+    two.grant_ttl(first)
+    clock.tick(29.999)  # without the grant "old" had 5 s left
+    assert "old" in two
+    assert "other" not in two  # the other link's nodes age as before
+    clock.tick(0.001)
+    assert "old" not in two  # a whole TTL, not more
+
+
+def test_a_mirrors_registry_expires_nothing_while_paused(reg, clock):
+    reg.pause(why="mirror")
+    reg.update(d("a"))
+    clock.tick(3600)
+    assert "a" in reg
+    assert reg.remove("a", "expired")
+    assert "a" not in reg
