@@ -316,3 +316,52 @@ def test_events_a_template_and_the_callback_on_an_agent(
         "listener-1",
     ]
     assert agent.stats()["mirror"]["ready"] is True
+
+
+def test_a_broker_restart_expires_nobody(
+    spawn: Callable[..., Lobbyd], make_nats: Callable[..., NatsServer], channel: str
+):
+    """After a reconnect a listener gives every node a whole TTL: agents come back over
+    seconds (jittered), and none may expire meanwhile (SPEC §20)."""
+    nats = make_nats()
+    env = {"NATS_URL": nats.url, "NATS_DISCOVERY_CHANNEL": channel, "KEEP_ALIVE": "1"}
+    listener = spawn("listener-1", {**env, "TTL": "6", "CLEAN_EVERY": "1"})
+    peers = [envelope(f"agent-{i:03d}.example", ["service:web"]) for i in range(30)]
+    nats_publish(nats.url, channel, peers)
+    wait_for(lambda: listener.stats()["nodes"] == 31, what="30 agents heard")
+    time.sleep(3.5)  # the agents' last keep-alive is 3.5 s old when the broker goes
+    nats.stop()
+    time.sleep(1.0)
+    nats.restart()
+    wait_for(lambda: listener.stats()["broker"]["connected"], what="the listener reconnects")
+    # without a whole TTL from the reconnect they had 2.5-3.5 s left; they come back
+    # 4.5 s later, as agents reconnecting with jitter do
+    time.sleep(4.5)
+    assert listener.stats()["nodes"] == 31
+    nats_publish(nats.url, channel, peers)
+    metrics = listener.get("/metrics").text
+    assert 'lobby_node_events_total{event="expire"} 0.0' in metrics
+    assert 'lobby_node_events_total{event="join"} 31.0' in metrics
+
+
+def test_lobbyctl_and_the_client_work_on_an_agent(
+    spawn: Callable[..., Lobbyd], env: dict[str, str]
+):
+    from lobby.client import Lobby
+
+    listener = spawn("listener-1", {**env, "LABELS": "service:web"})
+    agent = spawn("agent-1", {**env, **AGENT, "LABELS": "service:web"})
+    wait_for(lambda: len(hostnames(listener)) == 2 and warm(listener), what="warm listener")
+    done = subprocess.run(
+        [sys.executable, "-m", "lobby.ctl", "-port", str(agent.port), "resolve", "service:web"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["agent-1", "listener-1"]
+    with Lobby("127.0.0.1", agent.port) as client:
+        assert client.resolve("service:web") == ["agent-1", "listener-1"]
+        found = client.find_by_labels(["service:web"])
+        assert [d["hostname"] for d in found] == ["agent-1", "listener-1"]
+        assert client.get_discovery()["hostname"] == "agent-1"  # its own, local
