@@ -378,3 +378,27 @@ def test_token_prompt_wrong_token_message_and_right_token(browser, locked):
     # and never in a URL: nothing the page fetched names it
     urls = js(browser, "return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and not any(TOKEN in u for u in urls)
+
+
+def test_the_dashboard_on_an_agent_lists_the_cluster_live(browser, cluster):
+    """An agent (LISTEN=false, SPEC §20) hears nobody: its dashboard's list and stream
+    come through a listener."""
+    a = cluster.nodes[0]
+    wait_for(lambda: a.stats()["queries"]["warm"], 15, what="a warm listener")
+    agent = cluster.start("agent.example", "service:agent", LISTEN="false")
+    try:
+        open_ui(browser, agent)
+        wait_for(
+            lambda: {"a.example", "b.example", "agent.example"} <= set(rows(browser)),
+            15,
+            what="the cluster on the agent's page",
+        )
+        d = cluster.start("d.example", "service:late")
+        wait_for(lambda: "d.example" in rows(browser), 15, what="a join on the agent's page")
+        d.signal(signal.SIGTERM)
+        assert d.wait(10) == 0
+        wait_for(lambda: "d.example" not in rows(browser), 15, what="the leave on the agent's page")
+        assert agent.stats()["packets"]["received"] == 0
+    finally:  # the module's cluster goes on without it
+        agent.stop(timeout=3)
+        wait_for(lambda: "agent.example" not in a.hostnames(), 15, what="the agent gone")
