@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -365,3 +366,31 @@ def test_lobbyctl_and_the_client_work_on_an_agent(
         found = client.find_by_labels(["service:web"])
         assert [d["hostname"] for d in found] == ["agent-1", "listener-1"]
         assert client.get_discovery()["hostname"] == "agent-1"  # its own, local
+
+
+def test_a_stopped_listener_costs_a_retry_not_an_error(
+    spawn: Callable[..., Lobbyd], env: dict[str, str]
+):
+    """A SIGSTOPped listener keeps its subscriptions (the server notices minutes later):
+    the retry goes to the queue group and, by name, to the listener that answered last."""
+    a = spawn("listener-a", env)
+    b = spawn("listener-b", env)
+    agent = spawn("agent-1", {**env, **AGENT})
+    wait_for(lambda: warm(a) and warm(b), what="both listeners warm")
+    wait_for(
+        lambda: agent.get("/v1/discoveries").headers.get("x-lobby-listener") == "listener-b",
+        what="listener-b answering last",
+    )
+    a.signal(signal.SIGSTOP)
+    try:
+        took = []
+        with agent.client() as client:
+            for _ in range(12):
+                started = time.monotonic()
+                r = client.get("/v1/resolve?label=nothing")
+                took.append(time.monotonic() - started)
+                assert r.status_code == 200 and r.headers["x-lobby-listener"] == "listener-b"
+        assert max(took) < 2.5
+        assert agent.stats()["queries"]["retries"] >= 1  # the group did pick the silent one
+    finally:
+        a.signal(signal.SIGCONT)

@@ -113,17 +113,19 @@ class Querying(Protocol):
     #: every listener hears every query (Redis): the listeners pick who answers
     fanout: bool
 
-    async def serve_queries(self, on_query: QueryHandler) -> None:
+    async def serve_queries(self, on_query: QueryHandler, name: str = "") -> None:
         """Take queries (a listener, once warm); idempotent. On NATS, in the queue
-        group `lobby`: each query reaches one listener."""
+        group `lobby`: each query reaches one listener; and those asked of this
+        listener by `name` (an agent's retry goes to one that answered it lately)."""
         ...
 
     async def stop_serving(self) -> None:
         """Take no more queries (a listener whose link dropped); idempotent."""
         ...
 
-    async def ask(self, data: bytes) -> Inbox:
-        """Send one query; raises DriverError when it cannot be handed to the broker."""
+    async def ask(self, data: bytes, to: str = "") -> Inbox:
+        """Send one query (to the listener named `to`, where the broker can address
+        one); raises DriverError when it cannot be handed to the broker."""
         ...
 
 

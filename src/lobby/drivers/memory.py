@@ -82,6 +82,7 @@ class MemoryDriver:
         self.listen = listen
         self.fanout = False  # one listener each, in turn (as a NATS queue group)
         self._on_query: QueryHandler | None = None
+        self.name = ""  # the listener's, once it serves queries
         self.address = "memory://"
         self.dropped = 0
         self._on_message: MessageHandler | None = None
@@ -133,8 +134,9 @@ class MemoryDriver:
     async def flush(self, timeout: float) -> None:
         await asyncio.sleep(0)
 
-    async def serve_queries(self, on_query: QueryHandler) -> None:
+    async def serve_queries(self, on_query: QueryHandler, name: str = "") -> None:
         self._on_query = on_query
+        self.name = name
         if self not in self.broker.serving:
             self.broker.serving.append(self)
 
@@ -142,11 +144,13 @@ class MemoryDriver:
         if self in self.broker.serving:
             self.broker.serving.remove(self)
 
-    async def ask(self, data: bytes) -> _Inbox:
+    async def ask(self, data: bytes, to: str = "") -> _Inbox:
         if not self.connected:
             raise DriverError("not connected")
         inbox = _Inbox()
         serving = [d for d in self.broker.serving if d.connected and d._on_query is not None]
+        if to:
+            serving = [d for d in serving if d.name == to]
         if not serving:
             inbox.queue.put_nowait(None)
             return inbox

@@ -122,7 +122,7 @@ class NatsDriver:
         self.fanout = False  # a queue group: one listener hears each query
         self.query_subject = f"{subject}.query"
         self._on_query: QueryHandler | None = None
-        self._query_sub: Subscription | None = None
+        self._query_subs: list[Subscription] = []  # the queue group's, and by name
         self._inbox_for: Client | None = None  # the client our inbox is subscribed on
         self._inbox_prefix = f"_INBOX.{NUID().next().decode()}"
         self._inboxes: dict[str, _Inbox] = {}
@@ -413,21 +413,24 @@ class NatsDriver:
 
     # -- agents' queries (SPEC §20) ---------------------------------------------------
 
-    async def serve_queries(self, on_query: QueryHandler) -> None:
+    async def serve_queries(self, on_query: QueryHandler, name: str = "") -> None:
         self._on_query = on_query
-        if self._query_sub is not None or not self.connected:
+        if self._query_subs or not self.connected:
             return
         nc = self._nc
         try:
-            self._query_sub = await nc.subscribe(
-                self.query_subject, queue=QUEUE_GROUP, cb=self._query
+            self._query_subs.append(
+                await nc.subscribe(self.query_subject, queue=QUEUE_GROUP, cb=self._query)
             )
+            if name:  # asked by name: an agent's retry (lobby.node.queries)
+                subject = f"{self.query_subject}.{name}"
+                self._query_subs.append(await nc.subscribe(subject, cb=self._query))
         except Exception as exc:
             log.debug("cannot take queries: %r", exc)
 
     async def stop_serving(self) -> None:
-        sub, self._query_sub = self._query_sub, None
-        if sub is not None:
+        subs, self._query_subs = self._query_subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
@@ -446,7 +449,7 @@ class NatsDriver:
         except Exception as exc:
             self._handler_failed(exc)
 
-    async def ask(self, data: bytes) -> _Inbox:
+    async def ask(self, data: bytes, to: str = "") -> _Inbox:
         if not self.connected:
             raise DriverError("not connected to NATS")
         nc = self._nc
@@ -456,7 +459,8 @@ class NatsDriver:
                 self._inbox_for = nc
             token = str(next(self._next_inbox))
             inbox = self._inboxes[token] = _Inbox(lambda: self._inboxes.pop(token, None))
-            await nc.publish(self.query_subject, data, reply=f"{self._inbox_prefix}.{token}")
+            subject = f"{self.query_subject}.{to}" if to else self.query_subject
+            await nc.publish(subject, data, reply=f"{self._inbox_prefix}.{token}")
         except Exception as exc:
             raise DriverError(str(exc) or type(exc).__name__) from exc
         return inbox

@@ -682,13 +682,13 @@ class RedisDriver:
 
     # -- agents' queries (SPEC §20) ---------------------------------------------------
 
-    async def serve_queries(self, on_query: QueryHandler) -> None:
+    async def serve_queries(self, on_query: QueryHandler, name: str = "") -> None:
         raise DriverError("agents' queries over Redis are not implemented yet")
 
     async def stop_serving(self) -> None:
         return None
 
-    async def ask(self, data: bytes) -> Inbox:
+    async def ask(self, data: bytes, to: str = "") -> Inbox:
         raise DriverError("agents' queries over Redis are not implemented yet")
 
     async def close(self) -> None:

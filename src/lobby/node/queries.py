@@ -3,9 +3,12 @@
 An **agent** (LISTEN=false) hears no keep-alive: its API's cluster reads are asked of a
 listener over the broker. `Asker.ask` sends one `lobby.core.query.Query` and waits for
 the whole reply (`Reassembly`): 1 s a try (a blocking query: its `wait`, its jitter and
-1 s). A silent or failed try is tried once more, on another listener as far as the broker
-decides it (NATS: the queue group picks again; a listener that died has left it; Redis:
-the query's hash moves on with `try`); "no responders" is retried at once. When nobody
+1 s). A silent or failed try is tried once more, on another listener: on NATS through the
+queue group again and, at the same time, by name (`<subject>.query.<hostname>`) to the
+listener that answered this agent last (within 10 s), the first whole reply winning
+(the queue group alone could pick the silent one again: a stopped process keeps its
+subscriptions until the server gives up on it, minutes later); on Redis the query's
+hash moves on with `try`. "No responders" is retried at once. When nobody
 answers, `NoAnswer` says so: the API answers 503 `no listener answered (tried N)`.
 
 A **listener** (LISTEN=true) answers them through its own API (the `answer` it is
@@ -45,6 +48,7 @@ log = logging.getLogger("lobby")
 
 TRY_SECONDS: Final = 1.0  # each try of a query, past a blocking query's own wait
 TRIES: Final = 2  # the first and one retry
+RECENT: Final = 10.0  # a listener that answered this recently takes a retry by name
 MAX_WAIT: Final = 600.0  # a blocking query's longest wait (lobby.view.feed)
 DEFAULT_WAIT: Final = 300.0
 
@@ -100,6 +104,7 @@ class Asker:
         self.bad_replies = 0
         self.last_ok: float | None = None  # time.monotonic() of the last answer
         self.last_failed: float | None = None
+        self.last_listener = ""  # who answered last
         self._ids = itertools.count(1)
         self._prefix = os.urandom(6).hex()
         self._log = RateLimitedLog(log, burst=3, every=30)
@@ -125,8 +130,14 @@ class Asker:
             if link is None:
                 continue
             request = Query(qid, method, path, query, gzip, attempt).encode()
+            # a retry goes to the queue group again and, where the broker addresses a
+            # listener by name (NATS), to the one that answered last: the group could
+            # pick the silent one again; the first whole reply wins
+            targets = [""]
+            if attempt and not link.driver.fanout and (recent := self._recent()):
+                targets.append(recent)
             try:
-                reply = await self._try(link, qid, request, budget)
+                reply = await self._try_any(link, qid, request, budget, targets)
             except NoListener:
                 continue  # nobody takes queries now: the next try goes at once
             except (DriverError, TimeoutError) as exc:
@@ -138,8 +149,33 @@ class Asker:
         self._done("no_listener", started)
         raise NoAnswer(tried)
 
-    async def _try(self, link: Link, qid: str, request: bytes, budget: float) -> Reply:
-        inbox = await link.driver.ask(request)
+    def _recent(self) -> str:
+        """The listener that answered last, if it did within RECENT seconds."""
+        if self.last_listener and time.monotonic() - (self.last_ok or 0.0) <= RECENT:
+            return self.last_listener
+        return ""
+
+    async def _try_any(
+        self, link: Link, qid: str, request: bytes, budget: float, targets: list[str]
+    ) -> Reply:
+        if len(targets) == 1:
+            return await self._try(link, qid, request, budget, targets[0])
+        tries = [asyncio.ensure_future(self._try(link, qid, request, budget, to)) for to in targets]
+        failure: BaseException | None = None
+        try:
+            for done in asyncio.as_completed(tries):
+                try:
+                    return await done
+                except (NoListener, DriverError, TimeoutError) as exc:
+                    failure = exc
+            assert failure is not None
+            raise failure
+        finally:
+            for one in tries:
+                one.cancel()
+
+    async def _try(self, link: Link, qid: str, request: bytes, budget: float, to: str) -> Reply:
+        inbox = await link.driver.ask(request, to)
         try:
             whole = Reassembly(qid)
             async with asyncio.timeout(budget):
@@ -163,6 +199,7 @@ class Asker:
             counts.answered += 1
             counts.seconds += seconds
             self.last_ok = time.monotonic()
+            self.last_listener = listener
             one = counts.by_listener.setdefault(listener, [0, 0.0])
             one[0] += 1
             one[1] += seconds
@@ -253,7 +290,9 @@ class Responder:
         self._warming.pop(id(link), None)
         if not link.up:
             return
-        await link.driver.serve_queries(lambda data, reply: self.on_query(link, data, reply))
+        await link.driver.serve_queries(
+            lambda data, reply: self.on_query(link, data, reply), self.hostname()
+        )
         self._warm.add(id(link))
         log.info("taking agents' queries on %s", link.name)
 
