@@ -181,19 +181,16 @@ def test_a_reply_over_512_kib_comes_in_chunks(
 
 def test_no_listener_503_and_the_retry(spawn: Callable[..., Lobbyd], env: dict[str, str]):
     agent = spawn("agent-1", {**env, **AGENT})
-    started = time.monotonic()
-    r = agent.get("/v1/discoveries")
-    took = time.monotonic() - started
+    r = agent.get("/v1/discoveries")  # how long this takes is bench/'s (fanout.py scale)
     assert r.status_code == 503
     assert r.text == "no listener answered (tried 2)\n"
-    assert took < 2.5
     health = agent.get("/v1/health")
     assert health.status_code == 503
     assert health.json()["brokers"]["listeners"] == "none answered"
     # one comes back: after its warm-up, the agent answers again
     listener = spawn("listener-1", env)
     wait_for(lambda: warm(listener), what="warm listener")
-    wait_for(lambda: agent.get("/v1/discoveries").status_code == 200, timeout=2, what="answers")
+    wait_for(lambda: agent.get("/v1/discoveries").status_code == 200, what="answers again")
     assert agent.get("/v1/health").status_code == 200
     assert agent.stats()["queries"]["failed"] >= 1
 
@@ -383,14 +380,10 @@ def test_a_stopped_listener_costs_a_retry_not_an_error(
     )
     a.signal(signal.SIGSTOP)
     try:
-        took = []
         with agent.client() as client:
             for _ in range(12):
-                started = time.monotonic()
                 r = client.get("/v1/resolve?label=nothing")
-                took.append(time.monotonic() - started)
                 assert r.status_code == 200 and r.headers["x-lobby-listener"] == "listener-b"
-        assert max(took) < 2.5
         assert agent.stats()["queries"]["retries"] >= 1  # the group did pick the silent one
     finally:
         a.signal(signal.SIGCONT)
