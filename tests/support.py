@@ -300,6 +300,29 @@ class Lobbyd(Proc):
         wait_for(up, timeout, what=f"lobbyd {self.name} API")
 
 
+# -- agents and listeners (SPEC §20): tests/integration/test_agents*.py --------------
+
+
+def hostnames(node: Lobbyd) -> list[str]:
+    """The hostnames `node` lists; [] while it answers no list (an agent: 503)."""
+    r = node.get("/v1/discoveries")
+    return [d["hostname"] for d in r.json()] if r.status_code == 200 else []
+
+
+def warm(listener: Lobbyd) -> bool:
+    """Whether a listener takes agents' queries."""
+    return bool(listener.stats()["queries"]["warm"])
+
+
+def same_answer(a: httpx.Response, b: httpx.Response) -> bool:
+    """Same status, body bytes and X-Lobby-Index."""
+    return (
+        a.status_code == b.status_code
+        and a.content == b.content
+        and a.headers.get("x-lobby-index") == b.headers.get("x-lobby-index")
+    )
+
+
 def nats_publish(url: str, subject: str, payloads: list[bytes]) -> None:
     """Publish raw bytes with the NATS text protocol: no client library in between."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)

@@ -97,7 +97,9 @@ class Daemon:
                 self.presence.links,
                 self._answer_query,
                 warm_after=settings.keep_alive + 1.0,
+                keep_alive=settings.keep_alive,
                 hostname=lambda: self.presence.hostname,
+                clock=clock.monotonic,
             )
             self.presence.link_watchers.append(self.responder.link_changed)
         else:
@@ -324,9 +326,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         started = self.clock.monotonic()
         if self.responder is not None:  # agents ask the other listeners from now on
-            self.responder.close()
-            for link in self.presence.links:
-                await link.driver.stop_serving()
+            await self.responder.leave()
         await self.presence.leave()
         # end every event stream and held query, so each request finishes normally
         self.feed.close()

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from support import ApiPoller, Lobbyd, SentinelSet, wait_for
+from support import ApiPoller, Lobbyd, SentinelSet, hostnames, wait_for, warm
 
 pytestmark = pytest.mark.fault
 
@@ -143,3 +143,35 @@ def test_sentinel_failover_without_restart(tmp_path, procs, spawn, channel):
     on_master(other.port, switched_wall)
     a.request("DELETE", "/v1/labels", content="after:failover\n")
     wait_for(lambda: not b.get("/v1/resolve", params={"label": "after:failover"}).json(), 15)
+
+
+def test_an_agent_asks_through_a_sentinel_failover(tmp_path, procs, spawn, channel):
+    """SIGKILL the Redis master under a listener and an agent (SPEC §20): both move to
+    the promoted replica, the listener warms up again there, and the agent's reads are
+    answered again, by the same listener, without a restart."""
+    sentinels = SentinelSet(tmp_path, procs, replicas=1)
+    sentinels.start()
+    env = {
+        "DRIVER": "Redis",
+        "REDIS_SENTINELS": sentinels.addresses,
+        "REDIS_SENTINEL_MASTER": "mymaster",
+        "REDIS_CHANNEL": channel,
+        **FAST,
+    }
+    listener = spawn("listener-1", env)
+    agent = spawn("agent-1", {**env, "LISTEN": "false"})
+    pair = ["agent-1", "listener-1"]
+    wait_for(lambda: warm(listener) and hostnames(agent) == pair, 20, what="the agent answers")
+    killed = time.monotonic()
+    sentinels.master.kill()
+    wait_for(lambda: sentinels.master_port() != sentinels.master.port, 30, what="failover")
+    address = f"redis://127.0.0.1:{sentinels.master_port()}/0"
+    for node in (listener, agent):
+        wait_for(
+            lambda n=node: links(n)["Redis"]["address"] == address, 20, what=f"{node.name} moved"
+        )
+    wait_for(lambda: hostnames(agent) == pair, 20, what="the agent answers again")
+    figure("sentinel: SIGKILL to an agent answering again (s)", round(time.monotonic() - killed, 2))
+    r = agent.get("/v1/discoveries")
+    assert r.headers["x-lobby-listener"] == "listener-1"
+    assert (listener.running, agent.running) == (True, True)

@@ -21,7 +21,17 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from support import Lobbyd, NatsServer, Tap, envelope, nats_publish, wait_for
+from support import (
+    Lobbyd,
+    NatsServer,
+    Tap,
+    envelope,
+    hostnames,
+    nats_publish,
+    same_answer,
+    wait_for,
+    warm,
+)
 
 KEEP_ALIVE = 1
 TTL = 4
@@ -32,23 +42,6 @@ AGENT = {"LISTEN": "false"}
 @pytest.fixture
 def env(nats_server: NatsServer, channel: str) -> dict[str, str]:
     return {"NATS_URL": nats_server.url, "NATS_DISCOVERY_CHANNEL": channel, **FAST}
-
-
-def hostnames(node: Lobbyd) -> list[str]:
-    r = node.get("/v1/discoveries")
-    return [d["hostname"] for d in r.json()] if r.status_code == 200 else []
-
-
-def warm(listener: Lobbyd) -> bool:
-    return bool(listener.stats()["queries"]["warm"])
-
-
-def same_answer(a: httpx.Response, b: httpx.Response) -> bool:
-    return (
-        a.status_code == b.status_code
-        and a.content == b.content
-        and a.headers.get("x-lobby-index") == b.headers.get("x-lobby-index")
-    )
 
 
 def test_an_agent_answers_as_its_listener_does(spawn: Callable[..., Lobbyd], env: dict[str, str]):

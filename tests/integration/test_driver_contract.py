@@ -23,18 +23,25 @@ What every driver must do, and the daemon relies on:
   False, `publish` raises DriverError, and the driver calls neither handler again,
   not even when the broker restarts.
 - `dropped` is 0 when nobody fell behind; `address` names the broker.
+
+Agents' queries (SPEC §20), at the end: a driver built with `listen=False` hears neither
+topic but still publishes and goes up and down with its broker; `ask` gets NoListener at
+once when nobody serves; a served query's reply messages arrive whole and in order in
+that ask's inbox, and only there; `stop_serving` stops it; over a broker restart the
+agent's replies flow again and a listener serves again only once asked to. Fanout
+drivers (Redis) also carry `tell` to every `hear`ing listener.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from support import NatsServer, RedisServer, port_open, until, wait_for
 
-from lobby.drivers.base import Driver, DriverError, Topic
+from lobby.drivers.base import Driver, DriverError, Inbox, NoListener, Replier, Topic
 from lobby.drivers.memory import MemoryBroker, MemoryDriver
 from lobby.drivers.nats import NatsDriver
 from lobby.drivers.redis import RedisDriver
@@ -103,21 +110,30 @@ class Bench:
             self.server = request.getfixturevalue(f"make_{kind}")()
         self.peers: list[Peer] = []
 
-    def driver(self, name: str = "contract") -> Driver:
+    def driver(self, name: str = "contract", *, listen: bool = True) -> Driver:
         if isinstance(self.server, NatsServer):
             # as the daemon's _make_driver builds it, with KEEP_ALIVE=1
             return NatsDriver(
-                [self.server.url], self.channel, ping_interval=1, name=f"lobbyd {name}"
+                [self.server.url],
+                self.channel,
+                ping_interval=1,
+                name=f"lobbyd {name}",
+                listen=listen,
             )
         if isinstance(self.server, RedisServer):
             return RedisDriver(
-                host="127.0.0.1", port=self.server.port, db=0, password="", channel=self.channel
+                host="127.0.0.1",
+                port=self.server.port,
+                db=0,
+                password="",
+                channel=self.channel,
+                listen=listen,
             )
-        return MemoryDriver(self.memory)
+        return MemoryDriver(self.memory, listen=listen)
 
-    async def peer(self, name: str = "contract", *, up: bool = True) -> Peer:
+    async def peer(self, name: str = "contract", *, up: bool = True, listen: bool = True) -> Peer:
         """A started driver; with up=True, once its link is up."""
-        p = Peer(self.driver(name))
+        p = Peer(self.driver(name, listen=listen))
         self.peers.append(p)
         await p.start()
         if up:
@@ -383,3 +399,142 @@ async def test_close_without_start(kind: str, request: pytest.FixtureRequest, ch
     await driver.close()
     await driver.close()
     assert not driver.connected
+
+
+# -- agents' queries (SPEC §20) -----------------------------------------------------
+
+
+class Served:
+    """A listener's query handler: answers each query with `reply(query)`'s messages."""
+
+    def __init__(self, reply: Callable[[bytes], list[bytes]]) -> None:
+        self.reply = reply
+        self.queries: list[bytes] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, data: bytes, replier: Replier) -> None:
+        self.queries.append(data)
+        task = asyncio.ensure_future(replier(self.reply(data)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def messages(inbox: Inbox, count: int, timeout: float = 5.0) -> list[bytes]:
+    try:
+        async with asyncio.timeout(timeout):
+            return [await inbox.get() for _ in range(count)]
+    finally:
+        inbox.close()
+
+
+async def answered(agent: Peer, data: bytes, count: int) -> list[bytes]:
+    """The reply to a query asked until some listener takes it: NATS hands a new
+    subscription to the server in the background."""
+    for _ in range(50):
+        try:
+            return await messages(await agent.driver.ask(data), count, timeout=1.0)
+        except NoListener:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nobody took {data!r}")
+
+
+async def test_an_agent_hears_nothing_and_still_announces(bench: Bench) -> None:
+    listener = await bench.peer("listener")
+    agent = await bench.peer("agent", listen=False)
+    await agent.driver.publish("discovery", b"agent hi")
+    await listener.driver.publish("discovery", b"listener hi")
+    await listener.driver.publish("sync", b"listener sync")
+    await until(lambda: len(listener.messages) == 3, what="the listener hears both")
+    await asyncio.sleep(GRACE)
+    assert agent.messages == [] and agent.driver.connected
+
+
+async def test_no_listener_is_said_at_once(bench: Bench) -> None:
+    await bench.peer("listener")  # subscribed to the topics, but takes no queries
+    agent = await bench.peer("agent", listen=False)
+    began = time.monotonic()
+    inbox = await agent.driver.ask(b"anybody?")
+    with pytest.raises(NoListener):
+        await messages(inbox, 1)
+    assert time.monotonic() - began < AT_ONCE
+
+
+async def test_a_reply_arrives_whole_in_order_and_only_in_its_inbox(bench: Bench) -> None:
+    listener = await bench.peer("listener")
+    agent = await bench.peer("agent", listen=False)
+    big = bytes(range(256)) * 2048  # 512 KiB
+    served = Served(lambda q: [q + b":1", big, q + b":3"])
+    await listener.driver.serve_queries(served)
+    await listener.driver.serve_queries(served)  # idempotent
+    assert await answered(agent, b"q0", 3) == [b"q0:1", big, b"q0:3"]
+    first = await agent.driver.ask(b"q1")
+    second = await agent.driver.ask(b"q2")
+    assert await messages(second, 3) == [b"q2:1", big, b"q2:3"]
+    assert await messages(first, 3) == [b"q1:1", big, b"q1:3"]
+    assert served.queries[-2:] == [b"q1", b"q2"]  # each query once, unchanged
+    # a closed inbox takes nothing more: the next ask sees its own reply only
+    await agent.driver.ask(b"q3")  # asked, never read
+    assert await messages(await agent.driver.ask(b"q4"), 3) == [b"q4:1", big, b"q4:3"]
+    await listener.driver.stop_serving()
+    await listener.driver.stop_serving()  # idempotent
+    await until(lambda: served.queries[-2:] == [b"q3", b"q4"], what="q3 and q4 served")
+
+    async def refused() -> bool:
+        try:
+            await messages(await agent.driver.ask(b"late"), 1, timeout=1.0)
+        except NoListener:
+            return True
+        except TimeoutError:  # NATS: asked while the unsubscribe was on its way
+            return False
+        return False
+
+    for _ in range(50):  # NATS takes the unsubscribe in the background
+        if await refused():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("stop_serving did not stop the queries")
+
+
+async def test_queries_over_a_broker_restart(bench: Bench) -> None:
+    listener = await bench.peer("listener")
+    agent = await bench.peer("agent", listen=False)
+    served = Served(lambda q: [b"re:" + q])
+    await listener.driver.serve_queries(served)
+    assert await answered(agent, b"before", 1) == [b"re:before"]
+    bench.down()
+    await agent.wait_links(True, False)
+    await listener.wait_links(True, False)
+    with pytest.raises(DriverError):
+        await agent.driver.ask(b"down")
+    await listener.driver.stop_serving()  # as lobby.node.queries does on a link down
+    bench.up()
+    await agent.wait_links(True, False, True)
+    await listener.wait_links(True, False, True)
+    await listener.driver.serve_queries(served)
+    assert await answered(agent, b"after", 1) == [b"re:after"]
+    assert agent.messages == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_listeners_hear_what_listeners_tell(
+    kind: str, request: pytest.FixtureRequest, channel: str
+) -> None:
+    bench = Bench(kind, request, channel)
+    try:
+        a = await bench.peer("a")
+        b = await bench.peer("b")
+        agent = await bench.peer("agent", listen=False)
+        told: dict[str, list[bytes]] = {"a": [], "b": [], "agent": []}
+        a.driver.hear(told["a"].append)
+        b.driver.hear(told["b"].append)
+        agent.driver.hear(told["agent"].append)
+        await a.driver.tell(b"hello from a")
+        await b.driver.tell(b"hello from b")
+        want = [b"hello from a", b"hello from b"]
+        await until(lambda: told["a"] == want and told["b"] == want, what="both hear both")
+        assert a.messages == b.messages == []  # not on the topics
+        if kind == "redis":
+            assert told["agent"] == []  # an agent is subscribed to its replies only
+    finally:
+        await bench.close_all()

@@ -15,7 +15,7 @@ import pytest
 import redis
 from support import Lobbyd, RedisServer, free_port, unique, until, wait_for
 
-from lobby.drivers.base import DriverError, Topic
+from lobby.drivers.base import DriverError, NoListener, Topic
 from lobby.drivers.redis import RedisDriver
 
 
@@ -43,8 +43,8 @@ async def peer() -> AsyncIterator[Callable[..., Any]]:
     """peer(port=..., channel=..., password=...) -> started Peer; closed at teardown."""
     started: list[Peer] = []
 
-    async def make(port: int, channel: str, password: str = "") -> Peer:
-        p = Peer(RedisDriver(port=port, channel=channel, password=password))
+    async def make(port: int, channel: str, password: str = "", listen: bool = True) -> Peer:
+        p = Peer(RedisDriver(port=port, channel=channel, password=password, listen=listen))
         started.append(p)
         await p.driver.start(p.on_message, p.on_link)
         return p
@@ -183,13 +183,18 @@ async def test_redis_restart_drops_and_restores_the_link(
     assert "fell behind" not in caplog.text  # a new Redis process, not a dropped client
 
 
+@pytest.mark.parametrize("listen", [True, False], ids=["listener", "agent"])
 async def test_a_silent_link_is_noticed_and_healed(
-    make_redis: Callable[..., RedisServer], peer: Any, caplog: pytest.LogCaptureFixture
+    make_redis: Callable[..., RedisServer],
+    peer: Any,
+    caplog: pytest.LogCaptureFixture,
+    listen: bool,
 ) -> None:
     # A stopped redis-server keeps its sockets open but never answers: what a cut
-    # network looks like from this side.
+    # network looks like from this side. An agent's subscription holds one channel
+    # (its replies) and is watched the same.
     server = make_redis()
-    a = await peer(server.port, unique())
+    a = await peer(server.port, unique(), listen=listen)
     await a.wait_up()
     server.signal(signal.SIGSTOP)
     try:
@@ -198,6 +203,11 @@ async def test_a_silent_link_is_noticed_and_healed(
     finally:
         server.signal(signal.SIGCONT)
     await a.wait_up(2)
+    if not listen:
+        assert a.messages == []
+        with pytest.raises(NoListener):  # asked, and answered by Redis: nobody takes it
+            await (await a.driver.ask(b"anybody?")).get()
+        return
     await a.driver.publish("discovery", b"healed")
     await until(lambda: ("discovery", b"healed") in a.messages, what="message after healing")
 

@@ -19,6 +19,11 @@ never see. Both ends are Python lobbyd, so the format is ours:
 `Reassembly` collects the messages of one reply in any order and says when it is
 whole; anything malformed raises `QueryError` (the agent drops that message and
 counts it).
+
+- **A hello** is what a warm listener tells the others where every listener hears every
+  query (Redis, on `<REDIS_CHANNEL>:listeners`, every KEEP_ALIVE): `{"v": 1,
+  "listener": "<hostname>"}`, and `"bye": true` added when it stops taking queries.
+  Listeners pick who answers a query among those they heard from (lobby.node.queries).
 """
 
 from __future__ import annotations
@@ -95,6 +100,33 @@ class Query:
         ):
             raise QueryError("a field of the wrong type")
         return cls(qid, method, path, query.encode("latin-1"), bool(obj.get("gz")), attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A warm listener's word to the others: it takes queries (or, `bye`, no longer)."""
+
+    listener: str
+    bye: bool = False
+
+    def encode(self) -> bytes:
+        hello: dict[str, object] = {"v": VERSION, "listener": self.listener}
+        if self.bye:
+            hello["bye"] = True
+        return orjson.dumps(hello)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Hello:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise QueryError("not JSON") from None
+        if not isinstance(obj, dict) or obj.get("v") != VERSION:
+            raise QueryError("not a version-1 hello")
+        listener = obj.get("listener")
+        if not isinstance(listener, str) or not listener:
+            raise QueryError("a hello without a listener")
+        return cls(listener, obj.get("bye") is True)
 
 
 @dataclass(slots=True)
@@ -183,4 +215,13 @@ class Reassembly:
         return Reply(status, headers, body, str(meta.get("l", "")))
 
 
-__all__ = ["CHUNK", "NoAnswer", "Query", "QueryError", "Reassembly", "Reply", "encode_reply"]
+__all__ = [
+    "CHUNK",
+    "Hello",
+    "NoAnswer",
+    "Query",
+    "QueryError",
+    "Reassembly",
+    "Reply",
+    "encode_reply",
+]

@@ -34,7 +34,9 @@ Agents and listeners (SPEC §20) add a third, side topic: queries. A driver buil
 listener's `serve_queries` takes queries until `stop_serving`. What the bytes mean is
 `lobby.core.query`'s; who answers is the broker's (NATS: a queue group, one listener
 each) or, where every listener hears every query (`fanout`, Redis), the listeners'
-own choice (`lobby.node.queries`).
+own choice (`lobby.node.queries`). For that choice listeners `tell` each other who is
+warm, on a side topic of their own that they `hear` from their start (fanout drivers
+only: the others need no hellos and drop them).
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class NoListener(DriverError):
 Replier = Callable[[Sequence[bytes]], Awaitable[None]]
 # a query's bytes and where its reply goes; called synchronously, must not block
 QueryHandler = Callable[[bytes, Replier], None]
+# what a listener told the others (Querying.tell); called synchronously, must not block
+ToldHandler = Callable[[bytes], None]
 
 
 class Inbox(Protocol):
@@ -128,6 +132,18 @@ class Querying(Protocol):
         one); raises DriverError when it cannot be handed to the broker."""
         ...
 
+    async def tell(self, data: bytes) -> None:
+        """Say `data` to every listener that `hear`s (fanout drivers: a warm listener's
+        hello, lobby.node.queries); raises DriverError when it cannot be handed to the
+        broker. Drivers without fanout may drop it."""
+        ...
+
+    def hear(self, on_told: ToldHandler) -> None:
+        """Hand what listeners `tell` to `on_told` from now on (a listener's, from its
+        start: it hears the others while it warms up). Drivers without fanout may never
+        call it."""
+        ...
+
 
 class Driver(Querying, Protocol):
     #: human-readable broker address for logs, e.g. "nats://127.0.0.1:4222"
@@ -137,7 +153,8 @@ class Driver(Querying, Protocol):
 
     @property
     def connected(self) -> bool:
-        """True while the link is up and both topics are subscribed."""
+        """True while the link is up and both topics are subscribed (an agent: the
+        channel its replies come on)."""
         ...
 
     async def start(

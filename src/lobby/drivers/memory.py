@@ -26,6 +26,7 @@ from lobby.drivers.base import (
     MessageHandler,
     NoListener,
     QueryHandler,
+    ToldHandler,
     Topic,
 )
 
@@ -83,6 +84,7 @@ class MemoryDriver:
         self.fanout = False  # one listener each, in turn (as a NATS queue group)
         self._on_query: QueryHandler | None = None
         self.name = ""  # the listener's, once it serves queries
+        self._on_told: ToldHandler | None = None
         self.address = "memory://"
         self.dropped = 0
         self._on_message: MessageHandler | None = None
@@ -165,8 +167,21 @@ class MemoryDriver:
         asyncio.get_running_loop().call_soon(listener._on_query, data, reply)
         return inbox
 
+    async def tell(self, data: bytes) -> None:
+        """Every driver's `hear` handler gets `data` on a later turn of the loop."""
+        if not self.connected:
+            raise DriverError("not connected")
+        loop = asyncio.get_running_loop()
+        for driver in list(self.broker.drivers):
+            if driver.connected and driver._on_told is not None:
+                loop.call_soon(driver._on_told, data)
+
+    def hear(self, on_told: ToldHandler) -> None:
+        self._on_told = on_told
+
     async def close(self) -> None:
         await self.stop_serving()
+        self._on_told = None
         self._on_link = None
         self._linked = False
         if self in self.broker.drivers:

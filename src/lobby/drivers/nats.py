@@ -62,6 +62,7 @@ from lobby.drivers.base import (
     MessageHandler,
     NoListener,
     QueryHandler,
+    ToldHandler,
     Topic,
     deliverer,
 )
@@ -425,6 +426,7 @@ class NatsDriver:
             if name:  # asked by name: an agent's retry (lobby.node.queries)
                 subject = f"{self.query_subject}.{name}"
                 self._query_subs.append(await nc.subscribe(subject, cb=self._query))
+            await nc.flush(timeout=2)  # the server has them: "warm" means taking queries
         except Exception as exc:
             log.debug("cannot take queries: %r", exc)
 
@@ -464,6 +466,13 @@ class NatsDriver:
         except Exception as exc:
             raise DriverError(str(exc) or type(exc).__name__) from exc
         return inbox
+
+    async def tell(self, data: bytes) -> None:
+        """Nothing to say: the queue group picks who answers, no listener needs to know
+        the others (lobby.node.queries tells only over fanout drivers)."""
+
+    def hear(self, on_told: ToldHandler) -> None:
+        """Nothing is told over NATS (see `tell`)."""
 
     async def _replied(self, msg: Msg) -> None:
         inbox = self._inboxes.get(msg.subject.rpartition(".")[2])

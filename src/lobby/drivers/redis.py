@@ -3,6 +3,27 @@
 The main topic is PUBLISH/SUBSCRIBE on REDIS_CHANNEL, where Go peers listen; the sync
 topic is `<REDIS_CHANNEL>:sync`, which only Python peers use. Envelopes are opaque bytes.
 
+Agents' queries (SPEC §20) use three more channels beside them, which Go peers never
+see. Every message is opaque bytes with a first line of our own (a channel name holds
+no newline):
+
+- `<REDIS_CHANNEL>:query`, subscribed by warm listeners only (`serve_queries`, undone by
+  `stop_serving`): a query is `<reply channel> <token>\n<query bytes>`. PUBLISH answers
+  how many subscribers took it, so 0 means no warm listener: the asker's inbox raises
+  NoListener at once, as NATS's "no responders" does. Every listener hears every query
+  (`fanout`): `lobby.node.queries` says which one answers.
+- `<REDIS_CHANNEL>:reply:<random id>`, one per driver, subscribed at connect: each reply
+  message is published there (pipelined) as `<token>\n<reply message>`, and the token
+  routes it to the inbox of that one `ask`, as NATS's per-request inbox does: a late
+  reply to an earlier try never mixes its chunks into the retry's. One plain channel per
+  node, never a pattern (Redis matches every PUBLISH against every pattern).
+- `<REDIS_CHANNEL>:listeners`, subscribed by listeners at connect, even while they warm
+  up: what listeners `tell` each other (their hellos), handed to the `hear` handler.
+
+An agent (`listen=False`) subscribes to its reply channel only; a listener to the
+discovery, sync, listeners and reply channels at connect, and to the query channel once
+warm. The watchdog below works the same on one channel as on four.
+
 Two links to Redis:
 
 - One subscription connection, owned by this module. redis-py's PubSub reconnects
@@ -52,7 +73,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -71,7 +94,10 @@ from lobby.drivers.base import (
     Inbox,
     LinkHandler,
     MessageHandler,
+    NoListener,
     QueryHandler,
+    Replier,
+    ToldHandler,
     Topic,
     deliverer,
 )
@@ -169,6 +195,25 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Inbox:
+    """One query's reply messages (lobby.drivers.base.Inbox)."""
+
+    __slots__ = ("_close", "queue")
+
+    def __init__(self, close: Callable[[], object]) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._close = close
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        if data is None:
+            raise NoListener("no listener takes queries (Redis: nobody subscribed)")
+        return data
+
+    def close(self) -> None:
+        self._close()
+
+
 class RedisDriver:
     def __init__(
         self,
@@ -201,6 +246,21 @@ class RedisDriver:
         self._topic_of: dict[bytes, Topic] = {
             name.encode(): topic for topic, name in self.channels.items()
         }
+        # agents' queries (SPEC §20): see the module's docstring
+        self.query_channel = f"{channel}:query".encode()
+        self.listeners_channel = f"{channel}:listeners".encode()
+        self._reply_prefix = f"{channel}:reply:".encode()
+        self.reply_channel = self._reply_prefix + os.urandom(8).hex().encode()
+        # what the subscription connection subscribes to at connect
+        self._at_connect: list[bytes] = [self.reply_channel]
+        if listen:
+            self._at_connect[:0] = [*self._topic_of, self.listeners_channel]
+        self._inboxes: dict[bytes, _Inbox] = {}  # token: the inbox of one ask
+        self._tokens = itertools.count(1)
+        self._on_query: QueryHandler | None = None
+        self._on_told: ToldHandler | None = None
+        self._conn: Connection | None = None  # the session's subscription, once subscribed
+        self._query_conn: Connection | None = None  # that one, once it takes queries
         self.dropped = 0
         self._conn_args: dict[str, Any] = {
             "host": host,
@@ -367,11 +427,12 @@ class RedisDriver:
                 if self._sentinels:
                     await self._check_role(conn)
                 run_id = await self._server_run_id(conn)
-                await conn.send_command("SUBSCRIBE", *self._topic_of)
-                for _ in self._topic_of:
+                await conn.send_command("SUBSCRIBE", *self._at_connect)
+                for _ in self._at_connect:
                     reply = await conn.read_response(disconnect_on_error=False)
                     if not isinstance(reply, list) or reply[0] != b"subscribe":
                         raise ResponseError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+            self._conn = conn
             self._subscribed(run_id)
             reader = asyncio.create_task(self._read(conn), name="redis-read")
             watchdog = asyncio.create_task(self._watchdog(conn), name="redis-ping")
@@ -392,6 +453,7 @@ class RedisDriver:
                 raise MasterMoved("Sentinel switched the master")
             raise ConnectionError("subscription ended")  # unreachable: both loop forever
         finally:
+            self._conn = self._query_conn = None  # a new session takes queries once warm
             await conn.disconnect(nowait=True)
 
     # -- Sentinel ---------------------------------------------------------------------
@@ -589,7 +651,7 @@ class RedisDriver:
         log.info(
             "subscribed to Redis %s channels %s%s",
             self.address,
-            ", ".join(self.channels.values()),
+            ", ".join(name.decode(errors="replace") for name in self._at_connect),
             after,
         )
         self._link(True)
@@ -603,10 +665,14 @@ class RedisDriver:
         read = conn.read_response
         on_message = self._on_message
         assert on_message is not None
-        deliver_of = {  # channel -> what hands its messages to the daemon
+        deliver_of: dict[bytes, Callable[[Sequence[bytes]], None]] = {
+            # channel -> what hands its messages to the daemon
             channel: deliverer(topic, on_message, self._on_batch, self._handler_failed)
             for channel, topic in self._topic_of.items()
         }
+        deliver_of[self.reply_channel] = self._replied
+        deliver_of[self.query_channel] = self._queried
+        deliver_of[self.listeners_channel] = self._told
         gets, nothing = _parsed_replies(conn)
         while True:
             reply = await read(disconnect_on_error=False)
@@ -683,13 +749,105 @@ class RedisDriver:
     # -- agents' queries (SPEC §20) ---------------------------------------------------
 
     async def serve_queries(self, on_query: QueryHandler, name: str = "") -> None:
-        raise DriverError("agents' queries over Redis are not implemented yet")
+        """SUBSCRIBE the query channel on the live subscription (its confirmation is
+        read, and ignored, by `_read`); a new session starts without it."""
+        self._on_query = on_query
+        conn = self._conn
+        if conn is None or conn is self._query_conn or not self._live(conn):
+            return
+        self._query_conn = conn
+        try:
+            await conn.send_command("SUBSCRIBE", self.query_channel, check_health=False)
+        except Exception as exc:  # the session ends on it, and reports the link down
+            log.debug("cannot take queries: %r", exc)
 
     async def stop_serving(self) -> None:
-        return None
+        conn, self._query_conn = self._query_conn, None
+        if conn is None or conn is not self._conn or not self._live(conn):
+            return
+        with contextlib.suppress(Exception):
+            await conn.send_command("UNSUBSCRIBE", self.query_channel, check_health=False)
+
+    def _live(self, conn: Connection) -> bool:
+        """Whether a command may go out on the session's subscription: on a connection
+        that dropped, redis-py would quietly open a new one (unsubscribed, unwatched)."""
+        return self._up and conn.is_connected
+
+    def _queried(self, batch: Sequence[bytes]) -> None:
+        on_query = self._on_query
+        if on_query is None or self._query_conn is None:
+            return  # stopped serving: the UNSUBSCRIBE is on its way
+        for message in batch:
+            head, nl, data = message.partition(b"\n")
+            channel, space, token = head.rpartition(b" ")
+            if not nl or not space or not channel.startswith(self._reply_prefix):
+                self._handler_log(logging.WARNING, "dropped a malformed Redis query")
+                continue
+            try:
+                on_query(data, self._replier(channel, token))
+            except Exception as exc:
+                self._handler_failed(exc)
+
+    def _replier(self, channel: bytes, token: bytes) -> Replier:
+        prefix = token + b"\n"
+
+        async def reply(messages: Sequence[bytes]) -> None:
+            try:
+                async with asyncio.timeout(PUBLISH_TIMEOUT):
+                    pipe = self._publisher.pipeline(transaction=False)
+                    for data in messages:
+                        pipe.publish(channel, prefix + data)
+                    await pipe.execute()
+            except Exception as exc:
+                raise DriverError(describe(exc)) from exc
+
+        return reply
 
     async def ask(self, data: bytes, to: str = "") -> Inbox:
-        raise DriverError("agents' queries over Redis are not implemented yet")
+        if not self._up:
+            raise DriverError("not connected to Redis")
+        token = str(next(self._tokens)).encode()
+        inbox = self._inboxes[token] = _Inbox(lambda: self._inboxes.pop(token, None))
+        message = b"%s %s\n%s" % (self.reply_channel, token, data)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                takers = await self._publisher.publish(self.query_channel, message)
+        except Exception as exc:
+            inbox.close()
+            raise DriverError(describe(exc)) from exc
+        if not takers:  # no warm listener is subscribed
+            inbox.close()
+            inbox.queue.put_nowait(None)
+        return inbox
+
+    def _replied(self, batch: Sequence[bytes]) -> None:
+        for message in batch:
+            token, nl, data = message.partition(b"\n")
+            inbox = self._inboxes.get(token)
+            if inbox is not None and nl:
+                inbox.queue.put_nowait(data)
+
+    async def tell(self, data: bytes) -> None:
+        if not self._up:
+            raise DriverError("not connected to Redis")
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await self._publisher.publish(self.listeners_channel, data)
+        except Exception as exc:
+            raise DriverError(describe(exc)) from exc
+
+    def hear(self, on_told: ToldHandler) -> None:
+        self._on_told = on_told
+
+    def _told(self, batch: Sequence[bytes]) -> None:
+        on_told = self._on_told
+        if on_told is None:
+            return
+        for data in batch:
+            try:
+                on_told(data)
+            except Exception as exc:
+                self._handler_failed(exc)
 
     async def close(self) -> None:
         if self._closing:

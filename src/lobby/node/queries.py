@@ -17,11 +17,25 @@ listened for KEEP_ALIVE + 1 s since its link came up (`Responder.warm`): before 
 view may miss nodes, so it leaves queries to the others. Its link dropping stops it
 taking queries until it is warm again.
 
-Redis has no queue groups: every listener hears every query (`fanout`). Each warm
-listener marks its own announcements `"listener": true` (Go ignores the field), so every
-listener knows the warm ones from its registry; the query's id, hashed, picks one of
+Redis has no queue groups: every listener hears every query (`fanout`), and the
+listeners agree among themselves which one answers. Each warm listener says hello
+(`lobby.core.query.Hello`, `{"v": 1, "listener": "<hostname>"}`) to the others at once and
+then every KEEP_ALIVE, on a side channel of their own (`Driver.tell`; Redis:
+`<REDIS_CHANNEL>:listeners`), and `"bye": true` when it stops. Every listener hears them
+from the moment its link is up (`Driver.hear`), so by the time it is warm, KEEP_ALIVE + 1 s
+later, it knows every warm listener. The live ones are those heard within HEARD_FOR x
+KEEP_ALIVE (a hello's own clock, injectable); the query's id, hashed (crc32), picks one of
 them in sorted order, and `try` moves the pick to the next one. Views that differ for a
-moment may make two answer (the agent takes the first) or none (the retry asks the next).
+moment (a listener warming up, stopping or dying) may make two answer (the agent takes
+the first whole reply and drops the rest) or none (the retry goes to the next). A
+listener killed without its bye is dropped after HEARD_FOR x KEEP_ALIVE; until then the
+queries that hash to it are answered by the retry, after its 1 s.
+
+SPEC §20 suggests `"listener": true` in the announcements instead. The side channel
+keeps the main channel exactly as Go peers know it, needs no change to the packet model
+or to signing, and tells who is *warm* (taking queries), which an announcement's flag
+would say only of listeners that may still be warming up. It costs each listener one
+message per KEEP_ALIVE per listener: nothing beside the N announcements.
 
 Both ends count and time what they do (`/v1/stats` "queries", `lobby_queries_total`,
 `lobby_query_seconds`).
@@ -39,7 +53,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from lobby.core.query import NoAnswer, Query, QueryError, Reassembly, Reply, encode_reply
+from lobby.core.query import (
+    Hello,
+    NoAnswer,
+    Query,
+    QueryError,
+    Reassembly,
+    Reply,
+    encode_reply,
+)
 from lobby.drivers.base import DriverError, NoListener, Replier
 from lobby.node.link import Link
 from lobby.system.ratelimit import RateLimitedLog
@@ -51,6 +73,10 @@ TRIES: Final = 2  # the first and one retry
 RECENT: Final = 10.0  # a listener that answered this recently takes a retry by name
 MAX_WAIT: Final = 600.0  # a blocking query's longest wait (lobby.view.feed)
 DEFAULT_WAIT: Final = 300.0
+# fanout: a listener counts as live this many KEEP_ALIVEs after its last hello
+HEARD_FOR: Final = 3
+# how long a stopping listener's bye may take
+BYE_SECONDS: Final = 0.5
 
 Observe = Callable[[str, str, float], None]  # role, result, seconds (lobby.ops.metrics)
 
@@ -247,40 +273,49 @@ class Responder:
         answer: Answerer,
         *,
         warm_after: float,
+        keep_alive: float,
         hostname: Callable[[], str],
-        listeners: Callable[[], Sequence[str]] = lambda: (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`warm_after`: KEEP_ALIVE + 1 s; `listeners`: the warm listeners' hostnames as
-        the registry knows them (Redis's fanout picks among them)."""
+        """`warm_after`: KEEP_ALIVE + 1 s; over fanout drivers a hello goes out every
+        `keep_alive` seconds and holds HEARD_FOR of them on `clock`."""
         self.links = links
         self.answer = answer
         self.warm_after = warm_after
+        self.keep_alive = keep_alive
         self.hostname = hostname
-        self.listeners = listeners
+        self.clock = clock
         self.observe: Observe | None = None
         self.answered = 0
         self.failed = 0
         self.skipped = 0  # fanout: another listener's turn
         self.bad_queries = 0
+        self.bad_hellos = 0
         self.seconds = 0.0
         self._warming: dict[int, asyncio.Task[None]] = {}
         self._warm: set[int] = set()
+        self._hellos: dict[int, asyncio.Task[None]] = {}  # fanout: saying hello, per link
+        self._heard: dict[int, dict[str, float]] = {}  # fanout: hostname: last hello, per link
         self._tasks: set[asyncio.Task[None]] = set()
         self._log = RateLimitedLog(log, burst=3, every=30)
 
     @property
     def warm(self) -> bool:
-        """Whether this listener takes queries on some link (its packets say so)."""
+        """Whether this listener takes queries on some link."""
         return bool(self._warm)
 
     def link_changed(self, link: Link, up: bool) -> None:
         """A link came up (warm up, then take queries) or went down (stop taking them)."""
         key = id(link)
-        warming = self._warming.pop(key, None)
-        if warming is not None:
-            warming.cancel()
+        for tasks in (self._warming, self._hellos):
+            task = tasks.pop(key, None)
+            if task is not None:
+                task.cancel()
         self._warm.discard(key)
+        self._heard.pop(key, None)  # heard afresh while warming up
         if up:
+            if link.driver.fanout:
+                link.driver.hear(lambda data: self.heard(link, data))
             self._warming[key] = self._spawn(self._warm_up(link))
         else:
             self._spawn(link.driver.stop_serving())
@@ -294,7 +329,49 @@ class Responder:
             lambda data, reply: self.on_query(link, data, reply), self.hostname()
         )
         self._warm.add(id(link))
+        if link.driver.fanout:
+            self._hellos[id(link)] = self._spawn(self._say_hello(link))
         log.info("taking agents' queries on %s", link.name)
+
+    async def _say_hello(self, link: Link) -> None:
+        """Fanout: tell the other listeners that this one is warm, now and every
+        KEEP_ALIVE, until the link drops or the listener stops."""
+        while True:
+            try:
+                await link.driver.tell(Hello(self.hostname()).encode())
+            except DriverError as exc:  # the link is going down: its report follows
+                log.debug("cannot say hello to the listeners on %s: %s", link.name, exc)
+            await asyncio.sleep(self.keep_alive)
+
+    def heard(self, link: Link, data: bytes) -> None:
+        """Fanout: a listener's hello (or bye), this one's own included."""
+        try:
+            hello = Hello.decode(data)
+        except QueryError as exc:
+            self.bad_hellos += 1
+            self._log(logging.WARNING, "dropped a malformed listener hello: %s", exc)
+            return
+        heard = self._heard.setdefault(id(link), {})
+        if hello.bye:
+            heard.pop(hello.listener, None)
+        else:
+            heard[hello.listener] = self.clock()
+
+    def listeners(self, link: Link) -> list[str]:
+        """Fanout: the warm listeners on `link`, sorted: those heard of late, and this one
+        while it is warm there (never while it is not, though its last hello is fresh)."""
+        key = id(link)
+        heard = self._heard.get(key, {})
+        oldest = self.clock() - HEARD_FOR * self.keep_alive
+        for name in [name for name, at in heard.items() if at < oldest]:
+            del heard[name]  # silent too long: gone
+        live = set(heard)
+        me = self.hostname()
+        if key in self._warm:
+            live.add(me)
+        else:
+            live.discard(me)
+        return sorted(live)
 
     def on_query(self, link: Link, data: bytes, reply: Replier) -> None:
         try:
@@ -303,14 +380,16 @@ class Responder:
             self.bad_queries += 1
             self._log(logging.WARNING, "dropped a malformed query: %s", exc)
             return
-        if link.driver.fanout and not self._my_turn(query):
+        if link.driver.fanout and not self._my_turn(link, query):
             self.skipped += 1
             return
         self._spawn(self._answer(query, reply))
 
-    def _my_turn(self, query: Query) -> bool:
+    def _my_turn(self, link: Link, query: Query) -> bool:
+        """Fanout: whether the query's hash, moved on by its `try`, picks this listener
+        among the warm ones."""
+        live = self.listeners(link)
         me = self.hostname()
-        live = sorted({*self.listeners(), me} if self.warm else self.listeners())
         if me not in live:
             return False
         pick = (zlib.crc32(query.id.encode()) + query.attempt) % len(live)
@@ -340,6 +419,7 @@ class Responder:
         return task
 
     def stats(self) -> dict[str, Any]:
+        fanout = [link for link in self.links if link.driver.fanout]
         return {
             "role": "listener",
             "warm": self.warm,
@@ -348,11 +428,30 @@ class Responder:
             "skipped_other_listener": self.skipped,
             "bad_queries": self.bad_queries,
             "seconds_avg": round(self.seconds / self.answered, 6) if self.answered else None,
+            # over fanout brokers (Redis): the warm listeners this one picks among
+            "fanout_listeners": sorted({n for link in fanout for n in self.listeners(link)}),
+            "bad_hellos": self.bad_hellos,
         }
 
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+
+    async def leave(self) -> None:
+        """Stop taking queries on every link. Over fanout brokers the bye goes first,
+        so the others take this listener's share at once instead of after HEARD_FOR x
+        KEEP_ALIVE (their retries meanwhile)."""
+        self.close()
+        for link in self.links:
+            if id(link) in self._warm and link.driver.fanout:
+                try:
+                    async with asyncio.timeout(BYE_SECONDS):
+                        await link.driver.tell(Hello(self.hostname(), bye=True).encode())
+                except (DriverError, TimeoutError) as exc:
+                    log.debug("cannot say goodbye to the listeners on %s: %r", link.name, exc)
+        self._warm.clear()
+        for link in self.links:
+            await link.driver.stop_serving()
 
 
 __all__ = ["Asker", "NoAnswer", "Responder", "blocking_wait"]

@@ -27,11 +27,62 @@ def test_channels_follow_redis_channel() -> None:
     assert RedisDriver(channel="c").channels == {"discovery": "c", "sync": "c:sync"}
 
 
+def test_query_channels_follow_redis_channel_and_an_agent_subscribes_to_its_replies() -> None:
+    listener, agent = RedisDriver(channel="c"), RedisDriver(channel="c", listen=False)
+    assert listener.query_channel == b"c:query" and listener.listeners_channel == b"c:listeners"
+    assert listener.reply_channel.startswith(b"c:reply:")
+    assert agent.reply_channel != listener.reply_channel  # one each
+    assert agent._at_connect == [agent.reply_channel]
+    assert listener._at_connect == [b"c", b"c:sync", b"c:listeners", listener.reply_channel]
+    assert agent.fanout and listener.fanout
+
+
+async def test_queries_are_framed_and_replies_routed_by_their_token() -> None:
+    driver = RedisDriver(channel="c")
+    taken: list[tuple[bytes, object]] = []
+    driver._on_query = lambda data, reply: taken.append((data, reply))
+    driver._query_conn = object()  # type: ignore[assignment]  # as if subscribed
+    driver._queried(
+        [
+            b"c:reply:ab 7\n{query}",
+            b"c:reply:ab 8\n",  # an empty query is the handler's to refuse
+            b"no newline",
+            b"c:reply:ab\n{no token}",
+            b"lobby:elsewhere 7\n{not our reply channel}",
+            b"c 7\n{the main channel}",
+        ]
+    )
+    assert [data for data, _ in taken] == [b"{query}", b""]
+    driver._query_conn = None  # stopped serving: the rest is dropped
+    driver._queried([b"c:reply:ab 9\n{late}"])
+    assert len(taken) == 2
+    # replies: to the inbox their token names, and to no other
+    first = driver._inboxes[b"1"] = driver_inbox(driver, b"1")
+    driver._replied([b"1\nLQ1 a", b"2\nLQ1 b", b"no newline", b"1\nLQ1 c"])
+    assert [first.queue.get_nowait(), first.queue.get_nowait()] == [b"LQ1 a", b"LQ1 c"]
+    assert first.queue.empty()
+    first.close()
+    assert driver._inboxes == {}
+
+
+def driver_inbox(driver: RedisDriver, token: bytes):  # type: ignore[no-untyped-def]
+    from lobby.drivers.redis import _Inbox
+
+    return _Inbox(lambda: driver._inboxes.pop(token, None))
+
+
 async def test_publish_before_start_raises_and_close_without_start_is_fine() -> None:
     driver = RedisDriver(port=1)
     assert not driver.connected
     with pytest.raises(DriverError, match="not connected to Redis"):
         await driver.publish("discovery", b"hi")
+    with pytest.raises(DriverError, match="not connected to Redis"):
+        await driver.ask(b"query")
+    with pytest.raises(DriverError, match="not connected to Redis"):
+        await driver.tell(b"hello")
+    await driver.serve_queries(lambda data, reply: None)  # taken up once connected...
+    await driver.stop_serving()  # ...or not at all
+    assert driver._inboxes == {}
     await driver.flush(0.1)
     await driver.close()
     await driver.close()
