@@ -17,7 +17,9 @@ daemon core, as the rest of bench/):
   keep-alive connections, a new one whenever none is free) reads the agent's
   `/v1/resolve?label=app:…` and `/v1/discoveries?labels=app:…,app:…` in turns at a
   fixed rate whatever the answers' latency (open loop: each latency runs from the
-  moment the request was due, so a stall is not hidden by requests not sent);
+  moment the request was due, so a stall is not hidden by requests not sent); its
+  first second opens the connections and is not counted, and a request whose kept-alive
+  connection the agent had closed is asked again on a new one, as any client does;
 - lag: the simulator's count of packets the broker has taken (read, then a PING) against
   each listener's `packets.received` since before the first one, every second;
 - CPU: psutil on each PID over the window.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import datetime
 import json
@@ -64,11 +67,21 @@ Record = tuple[int, float, float, int, int]  # route, due (monotonic), latency, 
 
 
 async def _load(
-    port: int, rate: float, seconds: float, routes: list[list[str]], timeout: float
+    port: int,
+    rate: float,
+    seconds: float,
+    routes: list[list[str]],
+    timeout: float,
+    warmup: float = 1.0,
 ) -> dict[str, Any]:
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    # oldest first: every connection is used in turn, so none sits idle long enough
+    # for the server's idle timeout
+    idle: collections.deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
+    idle = collections.deque()
     records: list[Record] = []
     opened = 0
+    start = time.monotonic() + 0.05
+    measured_from = start + warmup  # the first `warmup` seconds open the connections
 
     async def one(route: int, path: str, due: float) -> None:
         nonlocal opened
@@ -77,14 +90,28 @@ async def _load(
         keep = False
         try:
             async with asyncio.timeout(timeout):
-                if idle:
-                    conn = idle.pop()
+                for _attempt in (0, 1):
+                    reused = bool(idle)
+                    if reused:
+                        conn = idle.popleft()
+                    else:
+                        conn = await asyncio.open_connection("127.0.0.1", port)
+                        opened += 1
+                    reader, writer = conn
+                    writer.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                        break
+                    except (OSError, asyncio.IncompleteReadError) as exc:
+                        partial = getattr(exc, "partial", b"")
+                        writer.close()
+                        conn = None
+                        # a kept-alive connection the server had closed: as any client
+                        # does, ask again on a new one (the latency still runs from `due`)
+                        if not reused or partial:
+                            raise
                 else:
-                    conn = await asyncio.open_connection("127.0.0.1", port)
-                    opened += 1
-                reader, writer = conn
-                writer.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
-                head = await reader.readuntil(b"\r\n\r\n")
+                    raise AssertionError("unreachable")
                 length = -1
                 keep = True
                 for line in head.split(b"\r\n")[1:]:
@@ -106,11 +133,11 @@ async def _load(
                 idle.append(conn)
             else:
                 conn[1].close()
-        records.append((route, due, done - due, status, size))
+        if due >= measured_from:
+            records.append((route, due, done - due, status, size))
 
     tasks: set[asyncio.Task[None]] = set()
-    start = time.monotonic() + 0.05
-    total = int(rate * seconds)
+    total = int(rate * (warmup + seconds))
     for k in range(total):
         due = start + k / rate
         delay = due - time.monotonic()
@@ -125,7 +152,12 @@ async def _load(
         await asyncio.gather(*list(tasks))
     for _, writer in idle:
         writer.close()
-    return {"start": start, "end": time.monotonic(), "connections": opened, "records": records}
+    return {
+        "start": measured_from,
+        "end": time.monotonic(),
+        "connections": opened,
+        "records": records,
+    }
 
 
 def load_main(argv: Sequence[str]) -> None:
@@ -671,13 +703,16 @@ def table(results: list[dict[str, Any]]) -> str:
             for x in s["listeners"].values()
         )
         for i, (route, v) in enumerate(s["routes"].items()):
-            setting = f"{r['n']:,}" + (
-                f" ({r.get('apps', APPS_ASKED)} apps asked"
-                + ("" if r.get("flip", True) else ", no label changes")
-                + ")"
-                if r.get("apps", APPS_ASKED) != APPS_ASKED or not r.get("flip", True)
-                else ""
-            )
+            notes = [
+                *(
+                    [f"{r.get('apps')} apps asked"]
+                    if r.get("apps", APPS_ASKED) != APPS_ASKED
+                    else []
+                ),
+                *([] if r.get("flip", True) else ["no label changes"]),
+                *([f"lobbyd of {r['src']}"] if r.get("src") else []),
+            ]
+            setting = f"{r['n']:,}" + (f" ({', '.join(notes)})" if notes else "")
             head = (
                 f"| {setting} | {100 * s['cpu']['broker']:.1f} % | {flow} | {ls} | "
                 f"{100 * s['cpu']['agent']:.0f} % "
