@@ -561,7 +561,9 @@ def fault_all(cl: Cluster, rate: float, noise: procs.Noise) -> dict[str, Any]:
     records = w.pop("records")
     cl.listeners = [fresh[0], *(cl.listener(x.name) for x in cl.listeners[1:])]
     stopped, restarted = at["stopped"], at["restarted"]
-    warm = at.get("warm")
+    # the moment it took queries, from its log (ms); else when /v1/stats said so
+    logged = logged_warm(fresh[0], restarted)
+    warm = logged if logged is not None else at.get("warm")
     outage = [r for r in records if stopped <= r[1] and (warm is None or r[1] + r[2] < warm)]
     bad = [r for r in outage if int(r[3]) != 200]
     oks_after = sorted(
@@ -581,6 +583,7 @@ def fault_all(cl: Cluster, rate: float, noise: procs.Noise) -> dict[str, Any]:
     }
     after = _after(records, warm) if warm is not None else []
     w["recovery"] = {
+        "warm_from": "log" if logged is not None else "stats",
         "fresh_start_to_warm_s": round(warm - restarted, 3) if warm is not None else None,
         "warm_to_first_200_s": round(first_ok - warm, 3)
         if first_ok is not None and warm is not None
@@ -592,6 +595,21 @@ def fault_all(cl: Cluster, rate: float, noise: procs.Noise) -> dict[str, Any]:
         ),
     }
     return w
+
+
+_TAKING = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*taking agents' queries", re.M)
+
+
+def logged_warm(node: procs.Lobbyd, since: float) -> float | None:
+    """When `node` logged that it takes agents' queries (its last such line), as
+    time.monotonic(), if that was after `since`."""
+    found = _TAKING.findall(node.output(tail=1 << 20))
+    if not found:
+        return None
+    stamp, ms = found[-1]
+    wall = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1e3
+    mono = wall - (time.time() - time.monotonic())
+    return mono if mono >= since else None
 
 
 def fault_broker(cl: Cluster, rate: float, noise: procs.Noise) -> dict[str, Any]:
@@ -755,7 +773,7 @@ def table(results: list[dict[str, Any]]) -> str:
                         f"outage: {o['not_200']} of {o['requests']} not 200 ({o['statuses']}), "
                         f"slowest of them {o['max_ms_of_not_200']} ms; fresh listener warm "
                         f"{rec['fresh_start_to_warm_s']} s after start, first 200 "
-                        f"{rec['warm_to_first_200_s']} s after warm, "
+                        f"{rec['warm_to_first_200_s']} s after warm ({rec['warm_from']}), "
                         f"{rec['after_warm_not_200']} not 200 after warm"
                     )
                 elif key == "broker_restart":
