@@ -702,6 +702,15 @@ def _line(w: dict[str, Any]) -> str:
     )
 
 
+BROKER_MAX = 0.25  # issue 26's targets: of one core
+LAG_MAX = 1.0  # seconds
+P99_MAX_MS = 20.0
+
+
+def mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| N | broker CPU | broker msgs/s in → out (formula N x L / KA) | listeners: CPU, max lag, nodes (exact?) | agent CPU | route | p50 | p99 | max | errors | others' CPU, load avg |",
@@ -717,7 +726,8 @@ def table(results: list[dict[str, Any]]) -> str:
             else f"({r['n'] * r['listeners'] // KEEP_ALIVE:,})"
         )
         ls = "; ".join(
-            f"{100 * x['cpu']:.0f} %, {x['lag_max_s']:.3f} s, {x['nodes']:,} {'✅' if x['exact'] else '❌'}"
+            f"{100 * x['cpu']:.0f} %, {x['lag_max_s']:.3f} s {mark(x['lag_max_s'] < LAG_MAX)}, "
+            f"{x['nodes']:,} {mark(x['exact'])}"
             for x in s["listeners"].values()
         )
         for i, (route, v) in enumerate(s["routes"].items()):
@@ -732,13 +742,15 @@ def table(results: list[dict[str, Any]]) -> str:
             ]
             setting = f"{r['n']:,}" + (f" ({', '.join(notes)})" if notes else "")
             head = (
-                f"| {setting} | {100 * s['cpu']['broker']:.1f} % | {flow} | {ls} | "
+                f"| {setting} | {100 * s['cpu']['broker']:.1f} % "
+                f"{mark(s['cpu']['broker'] <= BROKER_MAX)} | {flow} | {ls} | "
                 f"{100 * s['cpu']['agent']:.0f} % "
                 if i == 0
                 else "| | | | | "
             )
             lines.append(
-                head + f"| `{route}` ({v['bytes']:,} B) | {v['p50_ms']} ms | {v['p99_ms']} ms | "
+                head + f"| `{route}` ({v['bytes']:,} B) | {v['p50_ms']} ms | "
+                f"{v['p99_ms']} ms {mark(v['p99_ms'] <= P99_MAX_MS)} | "
                 f"{v['max_ms']} ms | {v['errors']} of {v['requests']} | "
                 + (
                     f"{100 * s['others_cpu']:.0f} % of a core; {s['loadavg_before']} |"
@@ -764,23 +776,26 @@ def table(results: list[dict[str, Any]]) -> str:
                 a = f["all"]
                 what = ""
                 if key == "kill9":
-                    what = f"over 1 s: {a['over_1s']}"
+                    what = f"none failed {mark(a['errors'] == 0)}; over 1 s: {a['over_1s']}"
                 elif key == "sigstop":
-                    what = f"over 1 s: {a['over_1s']}; over 2.5 s: {'yes' if a['max_ms'] > 2500 else 'none'}"
+                    what = f"over 1 s: {a['over_1s']}; none over 2.5 s {mark(a['max_ms'] <= 2500)}"
                 elif key == "all_stopped":
                     o, rec = f["outage"], f["recovery"]
                     what = (
                         f"outage: {o['not_200']} of {o['requests']} not 200 ({o['statuses']}), "
-                        f"slowest of them {o['max_ms_of_not_200']} ms; fresh listener warm "
+                        f"slowest of them {o['max_ms_of_not_200']} ms "
+                        f"{mark(o['max_ms_of_not_200'] <= 2500)}; fresh listener warm "
                         f"{rec['fresh_start_to_warm_s']} s after start, first 200 "
-                        f"{rec['warm_to_first_200_s']} s after warm ({rec['warm_from']}), "
+                        f"{rec['warm_to_first_200_s']} s after warm ({rec['warm_from']}) "
+                        f"{mark(rec['warm_to_first_200_s'] is not None and rec['warm_to_first_200_s'] <= 1.0)}, "
                         f"{rec['after_warm_not_200']} not 200 after warm"
                     )
                 elif key == "broker_restart":
                     what = (
                         f"down {f['broker_down_s']} s; first 200 {f['first_200_after_up_s']} s "
                         f"after it was up, last failure {f['last_failure_after_up_s']} s; "
-                        f"expired: {f['expired']}; nodes after: {f['nodes_after']}"
+                        f"expired: {f['expired']} {mark(not any(f['expired'].values()))}; "
+                        f"nodes after: {f['nodes_after']}"
                     )
                 lines.append(
                     f"| {r['n']:,} | {label} | {a['requests']} | {a['errors']} | "
