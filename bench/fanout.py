@@ -16,6 +16,13 @@ it sustains with all N nodes listening:
 Reported: per N, deliveries/s, broker CPU and broker CPU per delivered packet; from
 the cost per delivery, the cluster size one broker core carries at KEEP_ALIVE 5:
 N = sqrt(KEEP_ALIVE / cost).
+
+`fanout.py scale` is the other side of it (SPEC §20, issue 26, bench/README.md "Agents
+and listeners"): N agents announce but do not listen, so the broker does
+N x (L + G) / KEEP_ALIVE deliveries a second for L listeners and G Go peers. One broker,
+the simulator playing N announcing agents, L real listener lobbyds and one real agent
+lobbyd (LISTEN=false) whose HTTP API a fixed-rate load generator (`fanout.py load`, a
+separate process) reads; then faults under that load. See `scale --help`.
 """
 
 from __future__ import annotations
@@ -258,6 +265,14 @@ def measure(
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "listen":
         listen(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) >= 2 and sys.argv[1] == "load":
+        import scale
+
+        scale.load_main(sys.argv[2:])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "scale":
+        import scale
+
+        scale.main(sys.argv[2:])
     else:
         import tempfile
 

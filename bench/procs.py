@@ -330,7 +330,12 @@ class Sim:
     """bench/simulate.py as a child process, driven by JSON lines."""
 
     def __init__(
-        self, broker: Broker, workdir: Path, channel: str = "", signing_key: str = ""
+        self,
+        broker: Broker,
+        workdir: Path,
+        channel: str = "",
+        signing_key: str = "",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.broker = broker
         self.signed = bool(signing_key)
@@ -344,6 +349,7 @@ class Sim:
                     *("--address", broker.sim_address()),
                     *("--channel", channel or broker.channel),
                     *(("--signing-key", signing_key) if signing_key else ()),
+                    *args,
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -395,7 +401,7 @@ class Sim:
     def call(self, cmd: str, timeout: float = 120, **args: Any) -> dict[str, Any]:
         """Run a command to its end (skipping its "started" event)."""
         self.send(cmd, **args)
-        if cmd not in ("stop", "prepare", "prepare_run", "quit"):
+        if cmd not in ("stop", "prepare", "prepare_run", "quit", "count"):
             self.started(timeout)
         return self.done(timeout)
 

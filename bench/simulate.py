@@ -28,6 +28,8 @@ Control: one JSON command per line on stdin, JSON events on stdout.
         topic (a fresh node's fast-join request) makes each of them announce
         itself within 0.2 s. Without it they act as Go peers and ignore it.
     {"cmd": "goodbye", "start": 0, "stop": 10}
+    {"cmd": "count"}
+        how many packets the broker has taken so far (a PING after reading the count)
     {"cmd": "prepare_run", "n": 10000, "rate": 40000, "seconds": 4}
         (with --signing-key) sign the frames of the next `run` now, so that signing
         them costs the run nothing
@@ -95,6 +97,11 @@ def node_labels(i: int) -> list[str]:
     if rnd.random() < 0.3:
         labels.add(f"prometheus:node:location:{rnd.choice(LOCATIONS)}")
     return sorted(labels)
+
+
+def app_label(i: int, size: int) -> str:
+    """`--app-size`: node i belongs to app i // size, a service of `size` nodes."""
+    return f"app:app-{i // size:05d}"
 
 
 def envelope(host: str, labels: list[str] | None, message: str = "hi") -> bytes:
@@ -336,9 +343,11 @@ def emit(event: dict[str, Any]) -> None:
 
 
 class Simulator:
-    def __init__(self, wire: Wire, signer: Signer | None = None) -> None:
+    def __init__(self, wire: Wire, signer: Signer | None = None, app_size: int = 0) -> None:
         self.wire = wire
         self.signer = signer
+        self.app_size = app_size
+        self.sent_total = 0  # every packet handed to the broker so far (`count`)
         self.run_frames: list[bytes] | None = None
         self.frames: list[bytes] = []
         self.flipped: set[int] = set()
@@ -347,15 +356,21 @@ class Simulator:
         self._answer_sync: tuple[list[bytes], bool] = ([], False)
         self._answering = threading.Event()
 
+    def labels(self, i: int) -> list[str]:
+        labels = node_labels(i)
+        if self.app_size:
+            labels = sorted([*labels, app_label(i, self.app_size)])
+        return labels
+
     def ensure(self, n: int) -> None:
         frame = self.wire.frame
         signer = self.signer
         ts = signer.timestamps(1) if signer is not None and len(self.frames) < n else 0
         for i in range(len(self.frames), n):
             if signer is None:
-                self.frames.append(frame(envelope(hostname(i), node_labels(i))))
+                self.frames.append(frame(envelope(hostname(i), self.labels(i))))
             else:  # sent once, by `fill`
-                self.frames.append(frame(signer.envelope(hostname(i), node_labels(i), "hi", ts)))
+                self.frames.append(frame(signer.envelope(hostname(i), self.labels(i), "hi", ts)))
 
     def prepare_run(self, n: int, rate: float, seconds: float) -> dict[str, Any]:
         """The frames of the next signed `run`: round r of the cycle carries ts base + r."""
@@ -366,7 +381,7 @@ class Simulator:
         total = int(rate * seconds)
         rounds = -(-total // n)
         base = signer.timestamps(rounds)
-        labels = [node_labels(i) for i in range(min(n, total))]
+        labels = [self.labels(i) for i in range(min(n, total))]
         frame, sign = self.wire.frame, signer.envelope
         self.run_frames = [
             frame(sign(hostname(k % n), labels[k % n], "hi", base + k // n)) for k in range(total)
@@ -374,7 +389,7 @@ class Simulator:
         return {"frames": total, "seconds": time.monotonic() - t}
 
     def _frame_of(self, i: int) -> bytes:
-        labels = node_labels(i)
+        labels = self.labels(i)
         if i in self.flipped:
             labels = sorted([*labels, FLIP_LABEL])
         return self.wire.frame(envelope(hostname(i), labels))
@@ -417,6 +432,7 @@ class Simulator:
                 left -= take
             self.wire.send(b"".join(chunk), k)
             sent += k
+            self.sent_total += k
         return t0, sent
 
     # -- commands -------------------------------------------------------------------
@@ -503,6 +519,7 @@ class Simulator:
             self.flipped ^= {i}
             frames[i] = self._frame_of(i)
             self.wire.send(frames[i], 1)  # a label change is announced at once
+            self.sent_total += 1
 
         def loop() -> None:
             try:  # start at a random node so that restarts do not favour node 0
@@ -538,6 +555,13 @@ class Simulator:
         finally:
             self._answering.clear()
 
+    def count(self) -> dict[str, Any]:
+        """How many packets the broker has taken from us so far (`sent` was read before
+        the PING, so the broker had all of them when the PONG came)."""
+        sent = self.sent_total
+        self.wire.sync()
+        return {"sent": sent, "t": time.monotonic()}
+
     def stop_keepalive(self) -> dict[str, Any]:
         self._answer_sync = ([], False)
         if self._keepalive is not None:
@@ -554,13 +578,16 @@ def main() -> None:
     parser.add_argument("--address", required=True, help="nats://host:port or host:port")
     parser.add_argument("--channel", required=True, help="NATS subject or Redis channel")
     parser.add_argument("--signing-key", default="", help="sign every packet (SPEC §13.1)")
+    parser.add_argument(
+        "--app-size", type=int, default=0, help="node i also has the label app:app-<i // SIZE>"
+    )
     args = parser.parse_args()
     if args.broker == "nats":
         wire: Wire = NatsWire(args.address, args.channel)
     else:
         host, port = args.address.rsplit(":", 1)
         wire = RedisWire(host, int(port), args.channel)
-    sim = Simulator(wire, Signer(args.signing_key) if args.signing_key else None)
+    sim = Simulator(wire, Signer(args.signing_key) if args.signing_key else None, args.app_size)
     emit({"event": "ready"})
     for line in sys.stdin:
         if not line.strip():
@@ -574,6 +601,8 @@ def main() -> None:
                 break
             if name == "stop":
                 result = sim.stop_keepalive()
+            elif name == "count":
+                result = sim.count()
             elif name == "prepare":
                 t = time.monotonic()
                 sim.ensure(int(cmd["n"]))
