@@ -41,8 +41,9 @@ def discoveries_answer(answers: Answers, labels: str | None, prefixes: str | Non
     """GET /v1/discoveries[?labels=|?prefixes=]: labels win over prefixes (SPEC §5)."""
     wanted = split_list(labels)
     if wanted:
-        key: Any = ("labels", frozenset(wanted))
-        return lambda: answers.listing(key, make_view(labels=wanted))
+        chosen = frozenset(wanted)
+        key: Any = ("labels", chosen)
+        return lambda: answers.listing(key, make_view(labels=wanted), chosen)
     starts = split_list(prefixes)
     if starts:
         key = ("prefixes", tuple(sorted(set(starts))))

@@ -103,13 +103,19 @@ class Answers:
         self._untimed: Store[Answer | Slices] = Store(registry, _size)
         self._bytes_per_node = BYTES_PER_NODE
 
-    def listing(self, key: Hashable = "all", pick: View | None = None) -> Answer | Slices:
+    def listing(
+        self,
+        key: Hashable = "all",
+        pick: View | None = None,
+        labels: frozenset[str] | None = None,
+    ) -> Answer | Slices:
         """The discoveries `pick` keeps (every one when None), sorted by hostname, as
-        the indented JSON list of GET /v1/discoveries."""
+        the indented JSON list of GET /v1/discoveries. `labels`: `pick` keeps only
+        nodes with one of these (a labels= filter): only those are looked at."""
 
         def build() -> Answer | Slices:
             registry = self.registry
-            hostnames = registry.hostnames()
+            hostnames = registry.hostnames() if labels is None else registry.carrying(labels)
             if pick is None:
                 if len(hostnames) * self._bytes_per_node > KEEP_MAX:
                     return Slices(lambda: stream_list(registry.slices(hostnames, None)))

@@ -134,6 +134,10 @@ class Registry:
         self._echo_due = math.inf  # the soonest echo_due of a link not held for it
         self._listeners: list[Listener] = []
         self._sorted: list[str] | None = None
+        # label -> the hostnames that carry it, kept at every change: /v1/resolve and a
+        # labels= filter walk the nodes that match, not all of them (at 100,000 nodes a
+        # scan was 140 ms a read; bench/README.md, "Agents and listeners")
+        self._by_label: dict[str, set[str]] = {}
         self._last_check = 0
         # clock time before which `expire` has nothing to do: the oldest record of each
         # running link cannot be due sooner. Lowered when a record joins a queue, reset
@@ -261,6 +265,22 @@ class Registry:
         self._index += 1
         if kind != "update":
             self._sorted = None
+        by_label = self._by_label
+        if kind != "join":  # the labels it leaves behind
+            gone = labels if kind == "leave" else [x for x in old_labels if x not in labels]
+            for label in gone:
+                carriers = by_label.get(label)
+                if carriers is not None:
+                    carriers.discard(hostname)
+                    if not carriers:
+                        del by_label[label]
+        if kind != "leave":
+            for label in labels:
+                carriers = by_label.get(label)
+                if carriers is None:
+                    by_label[label] = {hostname}
+                else:
+                    carriers.add(hostname)
         if self._listeners:
             change = Change(self._index, kind, hostname, labels, reason, old_labels)
             for listener in tuple(self._listeners):
@@ -471,8 +491,17 @@ class Registry:
     def resolve(self, label: str) -> list[str]:
         """Sorted hostnames of the nodes that carry `label`."""
         self.expire()
-        records = self._records
-        return [h for h in self._hostnames() if label in records[h].labels]
+        return sorted(self._by_label.get(label, ()))
+
+    def carrying(self, labels: Iterable[str]) -> list[str]:
+        """Sorted hostnames of the nodes that carry any of `labels` (what a labels=
+        filter keeps), from the label index: the cost is the matches', not the cluster's."""
+        self.expire()
+        by_label = self._by_label
+        found: set[str] = set()
+        for label in labels:
+            found.update(by_label.get(label, ()))
+        return sorted(found)
 
     # -- rows: what the answers (lobby.cache) encode ------------------------------
 

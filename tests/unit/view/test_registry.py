@@ -1,5 +1,7 @@
 import pytest
 from fakes import FakeClock
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lobby.core.model import Discovery
 from lobby.view.registry import Change, Registry
@@ -500,3 +502,50 @@ def test_a_mirrors_registry_expires_nothing_while_paused(reg, clock):
     assert "a" in reg
     assert reg.remove("a", "expired")
     assert "a" not in reg
+
+
+def scan(reg: Registry, labels: set[str]) -> list[str]:
+    return [d.hostname for d in reg.discoveries() if labels & set(d.labels)]
+
+
+def test_the_label_index_follows_joins_updates_leaves_and_expiry(reg, clock):
+    reg.update(d("a", "x", "y"))
+    reg.update(d("b", "y"))
+    clock.tick(10)
+    reg.update(d("c", "x"))
+    assert reg.resolve("x") == ["a", "c"] and reg.resolve("y") == ["a", "b"]
+    reg.update(d("a", "y", "z"))  # loses x, gains z
+    assert reg.resolve("x") == ["c"] and reg.resolve("z") == ["a"]
+    assert reg.carrying(["x", "z"]) == ["a", "c"]
+    reg.remove("c")
+    assert reg.resolve("x") == [] and reg.carrying(["x"]) == []
+    clock.tick(20)  # b expires (30 s old); a was refreshed at 10 s
+    assert reg.resolve("y") == ["a"] and reg.carrying(["y", "z"]) == ["a"]
+    clock.tick(10)  # a expires
+    assert reg.resolve("y") == [] and reg.carrying(["y", "z"]) == []
+    reg.update(d("b", "y"))  # back again
+    assert reg.resolve("y") == ["b"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d"]),
+            st.frozensets(st.sampled_from(["x", "y", "z"])),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_the_label_index_answers_as_a_scan_would(steps):
+    clock = FakeClock()
+    reg = Registry(30, clock=lambda: clock.mono, wall_clock=lambda: clock.wall)
+    for host, labels, leave in steps:
+        if leave:
+            reg.remove(host)
+        else:
+            reg.update(d(host, *labels))
+        clock.tick(3)
+        for label in ("x", "y", "z"):
+            assert reg.resolve(label) == scan(reg, {label})
+        assert reg.carrying(["x", "z"]) == scan(reg, {"x", "z"})
