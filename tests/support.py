@@ -700,7 +700,9 @@ class RedisSentinel(Proc):
     def failover(self, name: str = "mymaster", timeout: float = 30.0) -> None:
         """SENTINEL FAILOVER: promote a replica although the master is fine. While an
         earlier failover is still finishing (reconfiguring replicas, up to the
-        failover-timeout) Sentinel answers INPROG: asked again until it takes it."""
+        failover-timeout) Sentinel answers INPROG, and NOGOODSLAVE until its own view of
+        a replica that just started following is fresh (it reads INFO every 10 s):
+        asked again until it takes it."""
         import redis
 
         client = redis.Redis(
@@ -713,7 +715,8 @@ class RedisSentinel(Proc):
                     client.execute_command("SENTINEL", "FAILOVER", name)
                     return
                 except redis.ResponseError as exc:
-                    if not str(exc).startswith("INPROG") or time.monotonic() > deadline:
+                    waiting = str(exc).startswith(("INPROG", "NOGOODSLAVE"))
+                    if not waiting or time.monotonic() > deadline:
                         raise
                 time.sleep(0.2)
         finally:
