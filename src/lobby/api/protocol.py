@@ -254,8 +254,12 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._in_body = True
         parser = self.parser
-        parsed = httptools.parse_url(self._url)
-        raw_path: bytes = parsed.path
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, as clients send it
+            raw_path, _, query = url.partition(b"?")
+        else:  # absolute-form (a proxy's) or a fragment: the parser's URL split
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
@@ -264,7 +268,7 @@ class HttpProtocol(asyncio.Protocol):
         self._request = Request(
             parser.get_method().decode("ascii"),
             path,
-            parsed.query or b"",
+            query,
             self._headers,
             client=self.client,
             version=version,
@@ -394,6 +398,13 @@ class HttpProtocol(asyncio.Protocol):
     def _write_whole(self, response: Response, request: Request, keep_alive: bool) -> bool:
         """Write a whole answer; whether the connection stays open."""
         assert self.transport is not None and isinstance(response.body, bytes)
+        wire = response.wire
+        if wire is not None and keep_alive and not self._closing:  # the hot path
+            parts = [status_line(response.status), self.state.date(), wire, b"\r\n"]
+            if request.method != "HEAD":
+                parts.append(response.body)
+            self.transport.write(b"".join(parts))
+            return True
         head, keep_alive = self._head(response, keep_alive, chunked=False)
         if request.method == "HEAD":
             self.transport.write(head)

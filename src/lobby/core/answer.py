@@ -74,11 +74,14 @@ def gzip_bytes(chunks: Iterable[bytes]) -> bytes:
 class Answer:
     """A body kept whole, with its gzip copy made on first demand."""
 
-    __slots__ = ("_gzip", "body")
+    __slots__ = ("_gzip", "body", "sent")
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self._gzip: bytes | None = None
+        # what a server made to send this body (lobby.api.dispatch: the whole
+        # response per variant), kept as long as the answer is
+        self.sent: dict[object, tuple[int, object]] = {}
 
     def __len__(self) -> int:
         return len(self.body)

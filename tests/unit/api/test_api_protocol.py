@@ -269,3 +269,23 @@ async def test_access_log_lines_as_uvicorn_wrote_them(registry: Registry, caplog
     quiet = Api(Node(registry), "", ChangeFeed(registry))
     Wire(quiet).send(get("/v1/health"))
     assert len([r for r in caplog.records if r.name == "uvicorn.access"]) == 2  # off by default
+
+
+async def test_absolute_form_and_fragments_name_the_same_resource(api: Api) -> None:
+    def without_date(answer: tuple[bytes, dict[bytes, bytes], bytes]) -> tuple[Any, ...]:
+        line, headers, body = answer
+        return line, {k: v for k, v in headers.items() if k != b"date"}, body
+
+    wire = Wire(api)
+    wire.send(get("/v1/resolve?label=service:web"))
+    [plain] = answers(wire.take())
+    assert plain[0] == b"HTTP/1.1 200 OK" and b"n0.example" in plain[2]
+    for target in (
+        "http://x/v1/resolve?label=service:web",  # absolute-form, as a proxy sends it
+        "/v1/resolve?label=service:web#frag",
+        "/v1/%72esolve?label=service:web",  # a percent-encoded path
+    ):
+        wire.send(get(target))
+        assert [without_date(a) for a in answers(wire.take())] == [without_date(plain)], target
+    wire.send(get("/v1/resolve?label=nobody"))
+    assert answers(wire.take())[0][2] == b"[]\n"  # the query string is read, not dropped
