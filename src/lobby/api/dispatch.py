@@ -249,11 +249,15 @@ class Api:
         started: float,
         release: Callable[[], None] | None = None,
     ) -> Dispatched:
-        """Call the handler: its answer now, or the coroutine that awaits it."""
+        """Call the handler: its answer now, or the coroutine that awaits it (an async
+        handler's, or the one a synchronous handler returned: an answer being built)."""
         if route in self._async:
             return self._awaited(route, req, args, started, release)
         try:
-            answer = self._finish(route, req, route.answer(self, req, args), release)
+            reply = route.answer(self, req, args)
+            if reply.__class__ is not Answer and isinstance(reply, Coroutine):
+                return self._awaited(route, req, args, started, release, reply)
+            answer = self._finish(route, req, reply, release)
         except BaseException as exc:
             answer = _failed(exc, release)
         return self._done(req, answer, route.path, started)
@@ -265,9 +269,10 @@ class Api:
         args: Mapping[str, str],
         started: float,
         release: Callable[[], None] | None,
+        pending: Coroutine[Any, Any, Any] | None = None,
     ) -> Response:
         try:
-            reply = route.answer(self, req, args)
+            reply = route.answer(self, req, args) if pending is None else pending
             assert isinstance(reply, Awaitable)
             answer = self._finish(route, req, await reply, release)
         except BaseException as exc:

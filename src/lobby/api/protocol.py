@@ -424,8 +424,13 @@ class HttpProtocol(asyncio.Protocol):
             return keep_alive
         body = response.body
         if isinstance(body, Iterator):
+            # each chunk is made on the loop (a big list: a slice encoded); a client
+            # that reads fast never fills the transport's buffer, so without a turn of
+            # the loop between chunks the whole list (14.6 MiB at 50,000 nodes, about
+            # 100 ms) would be made in one go while every other client waits
             for chunk in body:
                 await self._send(chunk, chunked)
+                await asyncio.sleep(0)
         else:
             assert isinstance(body, AsyncIterator)
             async for chunk in body:

@@ -258,8 +258,10 @@ def resolve(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
     return prepared()
 
 
-def prometheus_targets(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
-    return api.prometheus.cached(args["name"])
+def prometheus_targets(
+    api: Context, req: Request, args: Mapping[str, str]
+) -> Reply | Awaitable[Reply]:
+    return api.prometheus.get(args["name"])  # a coroutine while a big answer is built
 
 
 def _labels_of(req: Request) -> list[str]:

@@ -162,6 +162,16 @@ class Answers:
             answer = store.put(key, Answer(build()))
         return answer
 
+    def kept(self, key: Hashable, *, timed: bool = True) -> Answer | Slices | None:
+        """The answer kept under `key` while the index (and, when `timed`, the second)
+        has not moved, or None."""
+        return (self._timed if timed else self._untimed).get(key)
+
+    def keep(self, key: Hashable, answer: Answer, *, timed: bool = True) -> Answer:
+        """Keep `answer`, made for the index as it is now, under `key`."""
+        (self._timed if timed else self._untimed).put(key, answer)
+        return answer
+
     def _answer(
         self, key: Hashable, build: Callable[[], Answer | Slices], *, timed: bool
     ) -> Answer | Slices:

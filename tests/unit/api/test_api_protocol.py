@@ -147,10 +147,32 @@ async def test_big_lists_go_out_in_chunks(api: Api, registry: Registry, monkeypa
     for i in range(600):
         registry.update(Discovery(f"m{i:04d}.example", ("service:db",)))
     wire = Wire(api)
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    await asyncio.sleep(0)
+    seen: list[int] = []  # the counter's turns at each write
+    write = wire.transport.write
+
+    def watched(data: bytes | bytearray | memoryview) -> None:
+        seen.append(turns)
+        write(data)
+
+    wire.transport.write = watched  # type: ignore[method-assign]
     wire.send(get("/v1/discoveries") + get("/v1/discovery"))
     await asyncio.sleep(0.05)
+    counter.cancel()
     out = wire.take()
     assert b"transfer-encoding: chunked\r\n" in out
+    # head, 2 slices (600 nodes, 512 a slice), the brackets, the end: the loop ran
+    # between the slices (a client reading fast never pauses the writes)
+    assert len(seen) >= 4 and len(set(seen[1:4])) == 3, seen
     (_, _, body), (_, _, own) = answers(out)
     assert body == Answers(registry).all_json()
     assert own.startswith(b'{\n  "hostname": "me.example"')
