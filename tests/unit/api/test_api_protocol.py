@@ -311,3 +311,15 @@ async def test_absolute_form_and_fragments_name_the_same_resource(api: Api) -> N
         assert [without_date(a) for a in answers(wire.take())] == [without_date(plain)], target
     wire.send(get("/v1/resolve?label=nobody"))
     assert answers(wire.take())[0][2] == b"[]\n"  # the query string is read, not dropped
+
+
+def test_the_date_header_is_the_imf_fixdate_of_rfc_9110() -> None:
+    import random
+    from email.utils import formatdate
+
+    from lobby.api.protocol import http_date
+
+    assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110's example
+    rng = random.Random(27)
+    for now in [0, 951782400, 1796628878, *(rng.randrange(0, 2**33) for _ in range(500))]:
+        assert http_date(now) == formatdate(now, usegmt=True).encode(), now
