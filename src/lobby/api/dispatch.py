@@ -316,17 +316,18 @@ class Api:
             body: Any
             if isinstance(reply, bytes):
                 body = reply
-            elif (
-                route.gzip
-                and (wanted := req.header(b"accept-encoding")) is not None
-                and accepts_gzip(wanted)
-                and (packed := reply.gzip()) is not None
-            ):
-                body = packed
-                headers.append(_GZIP)
             else:
                 assert isinstance(reply, Slices)
-                return Response(200, headers, reply.chunks(), release)
+                if not (
+                    route.gzip
+                    and (wanted := req.header(b"accept-encoding")) is not None
+                    and accepts_gzip(wanted)
+                ):
+                    return Response(200, headers, reply.chunks(), release)
+                headers.append(_GZIP)
+                body = reply.gzipped
+                if body is None:  # made while it is sent, a slice at a time, then kept
+                    return Response(200, headers, reply.gzip_chunks(), release)
             headers.insert(0, (b"content-length", b"%d" % len(body)))
             answer = Response(200, headers, body)
         if release is not None:

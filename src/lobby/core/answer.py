@@ -115,6 +115,24 @@ class Slices:
             self._gzip = gzip_bytes(self._chunks())
         return self._gzip
 
+    @property
+    def gzipped(self) -> bytes | None:
+        """The gzip copy when one was made, else None."""
+        return self._gzip
+
+    def gzip_chunks(self) -> Iterator[bytes]:
+        """The gzip copy made slice by slice while it is sent (compressing the 14.6 MiB
+        list of 50,000 nodes at once held the event loop 40-50 ms), kept once whole."""
+        z = _deflate().compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        out: list[bytes] = []
+        for chunk in self._chunks():
+            piece = z.compress(chunk)  # ISA-L's keeps its output until flush: b"" then
+            out.append(piece)
+            yield piece  # even b"": the sender's turn of the loop comes between slices
+        out.append(z.flush())
+        yield out[-1]
+        self._gzip = b"".join(out)
+
 
 def encode_list(rows: list[Row]) -> bytes:
     """The whole indented list, as `lobby.core.model.pretty` writes it."""

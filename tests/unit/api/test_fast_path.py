@@ -418,3 +418,26 @@ async def test_query_answers_are_kept_by_the_normalised_query(registry):
     assert b'"x:y"' in get("/v1/discoveries", b"labels=x:y").body
     members = sd.body.count(b"Targets")
     assert get("/v1/prometheus/node", b"").body.count(b"Targets") == members - 1  # 00001 left
+
+
+async def test_a_big_list_is_gzipped_while_sent_then_kept(registry, monkeypatch):
+    monkeypatch.setattr("lobby.view.cache.KEEP_MAX", 4096)
+    fill(registry, 1200)  # 3 slices of 512
+    node = FakeNode(registry)
+    node.answers = Answers(registry, wall=lambda: 1000.0)  # one second: one Slices
+    api = Api(node, "", ChangeFeed(registry))
+    expected = pretty([d.to_dict() for d in registry.discoveries()])
+    ask = Request("GET", "/v1/discoveries", b"", [(b"accept-encoding", b"gzip")])
+    first = api.dispatch(ask)
+    assert isinstance(first, Response) and first.streamed  # made slice by slice
+    assert (b"content-encoding", b"gzip") in first.headers
+    pieces = list(first.body)  # type: ignore[arg-type]
+    assert len(pieces) >= 3  # one a slice (some empty: the compressor keeps its output)
+    assert gzip.decompress(b"".join(pieces)) == expected
+    again = api.dispatch(ask)  # the copy made meanwhile is kept: sent whole
+    assert isinstance(again, Response) and not again.streamed
+    assert again.body == b"".join(pieces)
+    assert dict(again.headers)[b"content-length"] == b"%d" % len(again.body)
+    plain = api.dispatch(Request("GET", "/v1/discoveries"))
+    assert isinstance(plain, Response) and plain.streamed
+    assert b"".join(plain.body) == expected  # type: ignore[arg-type]
