@@ -155,6 +155,9 @@ def measure(src: Path, nodes: int, repeat: int, spy: Path | None = None) -> None
         operations: dict[str, Callable[[], object]] = {
             "idle (no operation: the probe's own noise)": lambda: time.sleep(0.5),
             "full list (GET /v1/discoveries)": lambda: node.http.get("/v1/discoveries"),
+            "full list, gzip (Accept-Encoding: gzip)": lambda: node.http.get(
+                "/v1/discoveries", {"Accept-Encoding": "gzip"}
+            ),
             "/v1/prometheus/node rebuild": lambda: node.http.get("/v1/prometheus/node"),
             "/metrics scrape": lambda: node.http.get("/metrics"),
             "template render (a change, then quiet)": lambda: time.sleep(1.2),
@@ -185,15 +188,20 @@ def measure(src: Path, nodes: int, repeat: int, spy: Path | None = None) -> None
         print(f"\nlobbyd ({src}) at {nodes:,} nodes, KEEP_ALIVE 5, one label change a second")
         print(f"probe: {len(samples):,} answers, median {statistics.median(lat) * 1000:.2f} ms\n")
         print(
-            "| while serving | slowest probe answer, each run (ms) | worst (ms) "
+            "| while serving | slowest probe answer, each run (ms) | p99 (ms) | worst (ms) "
             "| lobbyd's own probe, worst beat (s, bucket bound) |"
         )
-        print("| --- | --- | ---: | ---: |")
+        print("| --- | --- | ---: | ---: | ---: |")
         for name, spans in windows.items():
             seen = [slowest(samples, a, b) * 1000 for a, b in spans]
+            inside = sorted(lat for at, lat in samples if any(a <= at <= b for a, b in spans))
+            p99 = inside[int(len(inside) * 0.99)] * 1000 if inside else float("nan")
             own = max(internal[name]) if name in internal else float("nan")
             shown = ", ".join(f"{s:.1f}" for s in seen)
-            print(f"| {name} | {shown} | {max(seen):.1f} | {own:g} |")
+            print(f"| {name} | {shown} | {p99:.1f} | {max(seen):.1f} | {own:g} |")
+        slow = [(at, lat) for at, lat in samples if lat > 0.03]
+        print("\nprobe answers over 30 ms (monotonic start, ms):", end=" ")
+        print(", ".join(f"{at:.3f} {lat * 1000:.0f}" for at, lat in slow) or "none")
         stalls = node.stats()["stalls"]
         print(
             f"\nworst beat of the whole run: {stalls['lag_max_seconds']} s; "
