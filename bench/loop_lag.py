@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ingest import core_busy
 from procs import OTHER_CPUS, ROOT, VENV_BIN, Lobbyd, NatsServer, Sim, pin_self, scope, wait_for
 
 BUCKET = re.compile(r'^lobby_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
@@ -172,8 +173,10 @@ def measure(src: Path, nodes: int, repeat: int, spy: Path | None = None) -> None
             argv = [str(VENV_BIN / "py-spy"), "record", "-r", "500", "--idle", "-f", "speedscope"]
             argv += ["-o", str(spy), "-p", str(node.pid)]
             spying = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        busy0, own0, wall0 = core_busy(), node.cpu(), time.monotonic()
         try:
             windows, internal = operate(node, operations, repeat)
+            others = (core_busy() - busy0 - (node.cpu() - own0)) / (time.monotonic() - wall0)
         finally:
             prober.kill()
             prober.wait()
@@ -186,7 +189,10 @@ def measure(src: Path, nodes: int, repeat: int, spy: Path | None = None) -> None
         ]
         lat = [b for _, b in samples]
         print(f"\nlobbyd ({src}) at {nodes:,} nodes, KEEP_ALIVE 5, one label change a second")
-        print(f"probe: {len(samples):,} answers, median {statistics.median(lat) * 1000:.2f} ms\n")
+        print(
+            f"probe: {len(samples):,} answers, median {statistics.median(lat) * 1000:.2f} ms; "
+            f"other processes used {others:.0%} of lobbyd's core meanwhile\n"
+        )
         print(
             "| while serving | slowest probe answer, each run (ms) | p99 (ms) | worst (ms) "
             "| lobbyd's own probe, worst beat (s, bucket bound) |"
