@@ -250,12 +250,13 @@ class Api:
         release: Callable[[], None] | None = None,
     ) -> Dispatched:
         """Call the handler: its answer now, or the coroutine that awaits it (an async
-        handler's, or the one a synchronous handler returned: an answer being built)."""
+        handler's, or what a synchronous handler returned to wait for: an answer being
+        built, lobby.view.prometheus)."""
         if route in self._async:
             return self._awaited(route, req, args, started, release)
         try:
             reply = route.answer(self, req, args)
-            if reply.__class__ is not Answer and isinstance(reply, Coroutine):
+            if reply.__class__ is not Answer and isinstance(reply, Awaitable):
                 return self._awaited(route, req, args, started, release, reply)
             answer = self._finish(route, req, reply, release)
         except BaseException as exc:
@@ -269,7 +270,7 @@ class Api:
         args: Mapping[str, str],
         started: float,
         release: Callable[[], None] | None,
-        pending: Coroutine[Any, Any, Any] | None = None,
+        pending: Awaitable[Any] | None = None,
     ) -> Response:
         try:
             reply = route.answer(self, req, args) if pending is None else pending

@@ -31,10 +31,10 @@ import logging
 import re
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from functools import partial
 from itertools import islice
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
@@ -221,23 +221,21 @@ class PrometheusSD:
             ("prometheus", name), lambda: self._build(name), timed=False
         )
 
-    def get(self, name: str) -> Answer | Slices | Coroutine[Any, Any, Answer | Slices]:
+    def get(self, name: str) -> Answer | Slices | asyncio.Future[Answer | Slices]:
         """The kept answer for `name`; else, in a small registry, the answer made at
-        once; else a coroutine that waits for it, built over several turns of the loop."""
+        once; else a future of it, built over several turns of the loop (call this on
+        the loop). A client that goes away ends only its wait, never the build."""
         kept = self.answers.kept(("prometheus", name), timed=False)
         if kept is not None:
             return kept
         if len(self.registry) <= SLICED_FROM:
             return self.cached(name)
-        return self._wait(name)
-
-    async def _wait(self, name: str) -> Answer | Slices:
         building = self._building.get(name)
         if building is None:
             building = asyncio.ensure_future(self._build_sliced(name))
             self._building[name] = building
             building.add_done_callback(partial(self._built, name))
-        return await asyncio.shield(building)  # a client that goes away ends only its wait
+        return asyncio.shield(building)
 
     def _built(self, name: str, building: asyncio.Future[Answer | Slices]) -> None:
         if self._building.get(name) is building:

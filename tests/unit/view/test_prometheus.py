@@ -728,3 +728,28 @@ async def test_the_route_waits_for_a_big_build(sliced):
     assert dict(answer.headers)[b"x-lobby-index"] == b"%d" % registry.index
     kept = api.dispatch(Request("GET", "/v1/prometheus/node"))
     assert isinstance(kept, Response) and kept.body == answer.body  # now at once
+
+
+async def test_a_client_that_goes_away_ends_its_wait_not_the_build(sliced):
+    import asyncio
+
+    from lobby.api.http import Request, Response
+    from lobby.view.feed import ChangeFeed
+
+    registry = big_registry(1000)
+    api = Api(FakeNode(registry), "", ChangeFeed(registry), node_exporter_port=9100)
+    never_started = api.dispatch(Request("GET", "/v1/prometheus/node"))
+    never_started.close()  # type: ignore[union-attr]  # gone before its task ran
+    gone = asyncio.ensure_future(api.dispatch(Request("GET", "/v1/prometheus/node")))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    for _ in range(200):  # the build goes on without anyone waiting, and is kept
+        kept = api.dispatch(Request("GET", "/v1/prometheus/node"))
+        if isinstance(kept, Response):
+            break
+        kept.close()  # type: ignore[union-attr]
+        await asyncio.sleep(0.001)
+    assert isinstance(kept, Response)
+    assert kept.body == pretty(groups(*registry.discoveries()))
