@@ -281,6 +281,7 @@ def main() -> int:
     parser.add_argument("--keep-alive", type=int, help="KEEP_ALIVE of the join measurement")
     parser.add_argument("--ttl", type=int, help="TTL of the failure-detection measurement")
     parser.add_argument("--api-ns", help="comma-separated N of the api section, e.g. 10,1000")
+    parser.add_argument("--signing-ns", help="comma-separated N of the signing section (10000)")
     parser.add_argument(
         "--endpoints", help=f"comma-separated subset of {','.join(httpbench.ENDPOINTS)}"
     )
@@ -313,6 +314,8 @@ def main() -> int:
         cfg["fail_ttl"] = args.ttl
     if args.api_ns:
         cfg["api_ns"] = [int(n) for n in args.api_ns.split(",")]
+    if args.signing_ns:
+        cfg["signing_ns"] = [int(n) for n in args.signing_ns.split(",")]
     if args.endpoints:
         cfg["api_endpoints"] = args.endpoints.split(",")
         if unknown := set(cfg["api_endpoints"]) - set(httpbench.ENDPOINTS):

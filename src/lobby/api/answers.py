@@ -43,17 +43,22 @@ def discoveries_answer(answers: Answers, labels: str | None, prefixes: str | Non
     if wanted:
         chosen = frozenset(wanted)
         key: Any = ("labels", chosen)
-        return lambda: answers.listing(key, make_view(labels=wanted), chosen)
+        view = make_view(labels=wanted)
+        return lambda: answers.listing(key, view, chosen)
     starts = split_list(prefixes)
     if starts:
         key = ("prefixes", tuple(sorted(set(starts))))
-        return lambda: answers.listing(key, make_view(prefixes=starts))
+        view = make_view(prefixes=starts)
+        return lambda: answers.listing(key, view)
     return answers.listing
 
 
 def resolve_answer(answers: Answers, label: str) -> Prepared:
     """GET /v1/resolve?label=L (a non-empty label)."""
     registry = answers.registry
-    return lambda: answers.cached_answer(
-        ("resolve", label), lambda: pretty(registry.resolve(label)), timed=False
-    )
+    key = ("resolve", label)
+
+    def build() -> bytes:
+        return pretty(registry.resolve(label))
+
+    return lambda: answers.cached_answer(key, build, timed=False)

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import cached_property
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote
 
 from lobby.api.answers import Node
@@ -49,10 +49,26 @@ _RETRY: Final = (b"retry-after", b"5")
 _CLOSE: Final = (b"connection", b"close")
 
 Dispatched = Response | Coroutine[Any, Any, Response]
+_NO_ARGS: Final[dict[str, str]] = {}
+_MATCHED_MAX: Final = 1024  # paths whose template match is kept
+_MATCHED_PATH_MAX: Final = 256  # ... each at most this long
+
+
+_ACCEPTS: dict[bytes, bool] = {}  # clients repeat their Accept-Encoding: parsed once
+_ACCEPTS_MAX: Final = 256
 
 
 def accepts_gzip(value: bytes) -> bool:
     """Whether an `Accept-Encoding` header value accepts gzip (RFC 9110 §12.5.3)."""
+    known = _ACCEPTS.get(value)
+    if known is None:
+        if len(_ACCEPTS) >= _ACCEPTS_MAX:
+            _ACCEPTS.clear()
+        known = _ACCEPTS[value] = _accepts_gzip(value)
+    return known
+
+
+def _accepts_gzip(value: bytes) -> bool:
     value = value.lower()
     if b"gzip" not in value and b"*" not in value:
         return False
@@ -93,12 +109,27 @@ class _Table:
                 self.templates.append((head, name, kind == "path", choices, route))
             else:
                 self.exact.setdefault(route.path, {})[route.method] = route
+        # templates matched (or not) by path: clients repeat theirs
+        self._matched: dict[str, tuple[dict[str, Route], dict[str, str]] | None] = {}
 
     def find(self, path: str) -> tuple[dict[str, Route], dict[str, str]] | None:
-        """The routes of this path by method, with the path's parameters."""
+        """The routes of this path by method, with the path's parameters (shared: read
+        them, never change them)."""
         found = self.exact.get(path)
         if found is not None:
-            return found, {}
+            return found, _NO_ARGS
+        try:
+            return self._matched[path]
+        except KeyError:
+            pass
+        matched = self._match(path)
+        if len(path) <= _MATCHED_PATH_MAX:
+            if len(self._matched) >= _MATCHED_MAX:  # someone trying every path
+                self._matched.clear()
+            self._matched[path] = matched
+        return matched
+
+    def _match(self, path: str) -> tuple[dict[str, Route], dict[str, str]] | None:
         methods: dict[str, Route] = {}
         args: dict[str, str] = {}
         for prefix, name, slashes, choices, route in self.templates:
@@ -229,11 +260,16 @@ class Api:
         started: float,
         release: Callable[[], None] | None = None,
     ) -> Dispatched:
-        """Call the handler: its answer now, or the coroutine that awaits it."""
+        """Call the handler: its answer now, or the coroutine that awaits it (an async
+        handler's, or what a synchronous handler returned to wait for: an answer being
+        built, lobby.view.prometheus)."""
         if route in self._async:
             return self._awaited(route, req, args, started, release)
         try:
-            answer = self._finish(route, req, route.answer(self, req, args), release)
+            reply = route.answer(self, req, args)
+            if reply.__class__ is not Answer and isinstance(reply, Awaitable):
+                return self._awaited(route, req, args, started, release, reply)
+            answer = self._finish(route, req, reply, release)
         except BaseException as exc:
             answer = _failed(exc, release)
         return self._done(req, answer, route.path, started)
@@ -245,9 +281,10 @@ class Api:
         args: Mapping[str, str],
         started: float,
         release: Callable[[], None] | None,
+        pending: Awaitable[Any] | None = None,
     ) -> Response:
         try:
-            reply = route.answer(self, req, args)
+            reply = route.answer(self, req, args) if pending is None else pending
             assert isinstance(reply, Awaitable)
             answer = self._finish(route, req, await reply, release)
         except BaseException as exc:
@@ -292,7 +329,9 @@ class Api:
         self, route: Route, req: Request, reply: Any, release: Callable[[], None] | None
     ) -> Response:
         """A handler's reply as a Response: a JSON body gets its headers here."""
-        if isinstance(reply, Response):
+        if isinstance(reply, Answer):
+            answer = self._whole(route, req, reply)
+        elif isinstance(reply, Response):
             answer = reply
             if route.blocking and self.feed is not None:
                 answer.headers.append((b"x-lobby-index", b"%d" % self.registry.index))
@@ -305,19 +344,18 @@ class Api:
             body: Any
             if isinstance(reply, bytes):
                 body = reply
-            elif (
-                route.gzip
-                and (wanted := req.header(b"accept-encoding")) is not None
-                and accepts_gzip(wanted)
-                and (packed := reply.gzip()) is not None
-            ):
-                body = packed
-                headers.append(_GZIP)
-            elif isinstance(reply, Answer):
-                body = reply.body
             else:
                 assert isinstance(reply, Slices)
-                return Response(200, headers, reply.chunks(), release)
+                if not (
+                    route.gzip
+                    and (wanted := req.header(b"accept-encoding")) is not None
+                    and accepts_gzip(wanted)
+                ):
+                    return Response(200, headers, reply.chunks(), release)
+                headers.append(_GZIP)
+                body = reply.gzipped
+                if body is None:  # made while it is sent, a slice at a time, then kept
+                    return Response(200, headers, reply.gzip_chunks(), release)
             headers.insert(0, (b"content-length", b"%d" % len(body)))
             answer = Response(200, headers, body)
         if release is not None:
@@ -326,6 +364,37 @@ class Api:
             elif answer.release is not release:
                 release()
         return answer
+
+    def _whole(self, route: Route, req: Request, reply: Answer) -> Response:
+        """A cached answer's Response: made (and its headers encoded) once per variant
+        (X-Lobby-Index or not, Vary or not, gzip or not) and index, kept beside the
+        answer, so a hot GET costs no header building."""
+        indexed = route.blocking and self.feed is not None
+        index = self.registry.index if indexed else -1
+        packed = None
+        if (
+            route.gzip
+            and (wanted := req.header(b"accept-encoding")) is not None
+            and accepts_gzip(wanted)
+        ):
+            packed = reply.gzip()
+        variant = (indexed, route.gzip, packed is not None)
+        kept = reply.sent.get(variant)
+        if kept is not None and kept[0] == index:
+            return cast(Response, kept[1])
+        headers = [(b"content-type", _JSON)]
+        if indexed:
+            headers.append((b"x-lobby-index", b"%d" % index))
+        if route.gzip:
+            headers.append(_VARY)
+        body = reply.body
+        if packed is not None:
+            body = packed
+            headers.append(_GZIP)
+        headers.insert(0, (b"content-length", b"%d" % len(body)))
+        response = Response(200, headers, body).encoded()
+        reply.sent[variant] = (index, response)
+        return response
 
     def _no_route(
         self, req: Request, found: tuple[dict[str, Route], dict[str, str]] | None

@@ -77,9 +77,14 @@ class Request:
 
 
 class Response:
-    """Status, headers and body; `release` runs once when a streamed body is done."""
+    """Status, headers and body; `release` runs once when a streamed body is done.
 
-    __slots__ = ("body", "headers", "release", "status")
+    `wire`, when set, is `headers` already encoded (`name: value\r\n` each, no
+    `connection` among them): a response kept and sent again and again (a cached
+    answer's, lobby.api.dispatch) is encoded once, not per request.
+    """
+
+    __slots__ = ("body", "headers", "release", "status", "wire")
 
     def __init__(
         self,
@@ -92,6 +97,13 @@ class Response:
         self.headers = headers
         self.body = body
         self.release = release
+        self.wire: bytes | None = None
+
+    def encoded(self) -> Response:
+        """This response with `wire` set (when no header is `connection`); returns self."""
+        if all(name != b"connection" for name, _ in self.headers):
+            self.wire = b"".join([b"%s: %s\r\n" % pair for pair in self.headers])
+        return self
 
     @property
     def streamed(self) -> bool:

@@ -43,7 +43,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from email.utils import formatdate
 from typing import Any, Final, cast
 from urllib.parse import unquote
 
@@ -58,6 +57,29 @@ log = logging.getLogger("lobby")
 _REASONS: Final = {status.value: status.phrase for status in http.HTTPStatus}
 _STATUS_LINES: dict[int, bytes] = {}
 _QUEUED_MAX: Final = 16  # pipelined requests waiting their turn before reading pauses
+
+
+_DAYS: Final = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS: Final = (
+    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun",
+    b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+)  # fmt: skip
+
+
+def http_date(now: float) -> bytes:
+    """The IMF-fixdate of RFC 9110 (`Sun, 06 Nov 1994 08:49:37 GMT`), as
+    email.utils.formatdate(usegmt=True) writes it, without importing the email
+    package for it (1 MiB of an idle daemon's RSS)."""
+    t = time.gmtime(now)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _DAYS[t.tm_wday],
+        t.tm_mday,
+        _MONTHS[t.tm_mon - 1],
+        t.tm_year,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+    )
 
 
 def status_line(status: int) -> bytes:
@@ -103,7 +125,7 @@ class ServerState:
         now = int(time.time())
         if now != self._date_at:
             self._date_at = now
-            self._date = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+            self._date = b"date: %s\r\n" % http_date(now)
         return self._date
 
     def left(self, connection: HttpProtocol) -> None:
@@ -254,8 +276,12 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._in_body = True
         parser = self.parser
-        parsed = httptools.parse_url(self._url)
-        raw_path: bytes = parsed.path
+        url = self._url
+        if url[:1] == b"/" and b"#" not in url:  # origin-form, as clients send it
+            raw_path, _, query = url.partition(b"?")
+        else:  # absolute-form (a proxy's) or a fragment: the parser's URL split
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path, parsed.query or b""
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path)
@@ -264,7 +290,7 @@ class HttpProtocol(asyncio.Protocol):
         self._request = Request(
             parser.get_method().decode("ascii"),
             path,
-            parsed.query or b"",
+            query,
             self._headers,
             client=self.client,
             version=version,
@@ -394,6 +420,13 @@ class HttpProtocol(asyncio.Protocol):
     def _write_whole(self, response: Response, request: Request, keep_alive: bool) -> bool:
         """Write a whole answer; whether the connection stays open."""
         assert self.transport is not None and isinstance(response.body, bytes)
+        wire = response.wire
+        if wire is not None and keep_alive and not self._closing:  # the hot path
+            parts = [status_line(response.status), self.state.date(), wire, b"\r\n"]
+            if request.method != "HEAD":
+                parts.append(response.body)
+            self.transport.write(b"".join(parts))
+            return True
         head, keep_alive = self._head(response, keep_alive, chunked=False)
         if request.method == "HEAD":
             self.transport.write(head)
@@ -413,8 +446,13 @@ class HttpProtocol(asyncio.Protocol):
             return keep_alive
         body = response.body
         if isinstance(body, Iterator):
+            # each chunk is made on the loop (a big list: a slice encoded); a client
+            # that reads fast never fills the transport's buffer, so without a turn of
+            # the loop between chunks the whole list (14.6 MiB at 50,000 nodes, about
+            # 100 ms) would be made in one go while every other client waits
             for chunk in body:
                 await self._send(chunk, chunked)
+                await asyncio.sleep(0)
         else:
             assert isinstance(body, AsyncIterator)
             async for chunk in body:
@@ -550,4 +588,4 @@ class HttpProtocol(asyncio.Protocol):
         return self.client or "?"
 
 
-__all__ = ["REFUSAL", "HttpProtocol", "ServerState", "plain_answer", "status_line"]
+__all__ = ["REFUSAL", "HttpProtocol", "ServerState", "http_date", "plain_answer", "status_line"]

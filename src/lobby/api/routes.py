@@ -231,9 +231,17 @@ LABELS_BODY: Final = {
 
 
 def discoveries(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
-    query = req.params
-    prepared = discoveries_answer(api.answers, query.get("labels"), query.get("prefixes"))
-    assert prepared is not None
+    answers = api.answers
+    prepared = answers.queries.get(req.query)  # the query parsed once (Answers.query)
+    if prepared is None:
+
+        def prepare() -> Callable[[], Body]:
+            query = req.params
+            made = discoveries_answer(answers, query.get("labels"), query.get("prefixes"))
+            assert made is not None
+            return made
+
+        prepared = answers.query(req.query, prepare)
     return prepared()
 
 
@@ -242,16 +250,23 @@ def discovery(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
 
 
 def resolve(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
-    label = req.params.get("label")
-    if not label:
-        raise HttpError(400, "query parameter label is required")
-    prepared = resolve_answer(api.answers, label)
-    assert prepared is not None
+    answers = api.answers
+    key = ("resolve", req.query)
+    prepared = answers.queries.get(key)  # the query parsed once (Answers.query)
+    if prepared is None:
+        label = req.params.get("label")
+        if not label:
+            raise HttpError(400, "query parameter label is required")
+        made = resolve_answer(answers, label)
+        assert made is not None
+        prepared = answers.query(key, lambda: made)
     return prepared()
 
 
-def prometheus_targets(api: Context, req: Request, args: Mapping[str, str]) -> Reply:
-    return api.prometheus.cached(args["name"])
+def prometheus_targets(
+    api: Context, req: Request, args: Mapping[str, str]
+) -> Reply | Awaitable[Reply]:
+    return api.prometheus.get(args["name"])  # a coroutine while a big answer is built
 
 
 def _labels_of(req: Request) -> list[str]:

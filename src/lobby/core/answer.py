@@ -74,11 +74,14 @@ def gzip_bytes(chunks: Iterable[bytes]) -> bytes:
 class Answer:
     """A body kept whole, with its gzip copy made on first demand."""
 
-    __slots__ = ("_gzip", "body")
+    __slots__ = ("_gzip", "body", "sent")
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self._gzip: bytes | None = None
+        # what a server made to send this body (lobby.api.dispatch: the whole
+        # response per variant), kept as long as the answer is
+        self.sent: dict[object, tuple[int, object]] = {}
 
     def __len__(self) -> int:
         return len(self.body)
@@ -111,6 +114,24 @@ class Slices:
         if self._gzip is None:
             self._gzip = gzip_bytes(self._chunks())
         return self._gzip
+
+    @property
+    def gzipped(self) -> bytes | None:
+        """The gzip copy when one was made, else None."""
+        return self._gzip
+
+    def gzip_chunks(self) -> Iterator[bytes]:
+        """The gzip copy made slice by slice while it is sent (compressing the 14.6 MiB
+        list of 50,000 nodes at once held the event loop 40-50 ms), kept once whole."""
+        z = _deflate().compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        out: list[bytes] = []
+        for chunk in self._chunks():
+            piece = z.compress(chunk)  # ISA-L's keeps its output until flush: b"" then
+            out.append(piece)
+            yield piece  # even b"": the sender's turn of the loop comes between slices
+        out.append(z.flush())
+        yield out[-1]
+        self._gzip = b"".join(out)
 
 
 def encode_list(rows: list[Row]) -> bytes:

@@ -263,11 +263,14 @@ class Gate:
         ts: int,
         sig: str | None,
         labels: Iterable[str],
+        now_ms: int | None = None,
     ) -> str | None:
         """None to accept the packet (and remember it), else why it is dropped.
 
         The hot path of a signed cluster: Keyring.verify and ReplayMemory.check and
         accept, written out in one function (each call costs a tenth of a µs here).
+        `now_ms`: our wall clock in milliseconds when the caller read it once for a
+        batch of packets (else read here).
         """
         keyring = self.keyring
         if keyring is None:
@@ -289,7 +292,7 @@ class Gate:
         mac = _b2a(outer.digest()).translate(_URLSAFE)[:MAC_CHARS]
         if not _compare(mac, sig[_PREFIX:].encode("ascii", "replace")):
             return BAD_SIGNATURE
-        ahead = ts - int(self.wall() * 1000)
+        ahead = ts - (int(self.wall() * 1000) if now_ms is None else now_ms)
         ttl_ms = self.ttl_ms
         if ahead > ttl_ms or ahead < -ttl_ms:
             return STALE

@@ -25,11 +25,14 @@ This module imports nothing of the daemon, the API or the drivers: lobbyctl uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import inspect
 import logging
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -288,18 +291,23 @@ def render(template: jinja2.Template, view: TemplateData) -> str:
 
 
 # Taken on the event loop (the registry is not thread-safe), it returns what builds the
-# TemplateData from that snapshot in the worker thread, so the loop pays only for the snapshot.
-Snapshot = Callable[[], Callable[[], TemplateData]]
+# TemplateData from that snapshot in the worker thread, so the loop pays only for the
+# snapshot; lobbyd's takes it a slice at a time (a coroutine: awaited).
+Built = Callable[[], TemplateData]
+Snapshot = Callable[[], Built | Awaitable[Built]]
 
 
 def registry_view(registry: Registry, me: Callable[[], Discovery], default_port: int) -> Snapshot:
     """lobbyd's view: the registry now, this node, target_groups as the API answers."""
 
-    def snapshot() -> Callable[[], TemplateData]:
-        discoveries = registry.discoveries()  # immutable Discovery objects
+    async def snapshot() -> Callable[[], TemplateData]:
+        # plain tuples, taken over several turns of the loop; the objects the template
+        # sees are made from them in the worker thread
+        nodes = await registry.snapshot()
         own = me()
 
         def build() -> TemplateData:
+            discoveries = [Discovery(*node) for node in nodes]
             return TemplateData(
                 nodes=[d.to_dict() for d in discoveries],
                 me=own.to_dict(),
@@ -438,19 +446,24 @@ class TemplateRunner:
         The snapshot is taken here, on the loop; building the view, rendering and
         writing happen in a worker thread, so a large cluster does not stall the loop.
         """
-        build = self._snapshot()
+        made = self._snapshot()
+        build = await made if inspect.isawaitable(made) else made
         commands = await asyncio.to_thread(self._render_pass, build)
         self.passes += 1
         for command in commands:
             await self._run_command(command)
 
     def _render_pass(self, build: Callable[[], TemplateData]) -> list[str]:
-        """Render every template; the commands to run, in TEMPLATES order, each once."""
-        view = build()
-        commands: dict[str, None] = {}
-        for template in self.templates:
-            if self._render_one(template, view) and template.spec.command:
-                commands[template.spec.command] = None
+        """Render every template; the commands to run, in TEMPLATES order, each once.
+
+        The cyclic garbage collector is paused meanwhile (see `_gc_paused`)."""
+        with _gc_paused():
+            view = build()
+            commands: dict[str, None] = {}
+            for template in self.templates:
+                if self._render_one(template, view) and template.spec.command:
+                    commands[template.spec.command] = None
+            del view
         return list(commands)
 
     def _render_one(self, template: Template, view: TemplateData) -> bool:
@@ -503,6 +516,28 @@ class TemplateRunner:
         if outcome.status != 0:
             self.command_failures += 1
         report(log, f"template command {name!r}", outcome, self.timeout)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a render pass (in the worker thread).
+
+    A pass at 50,000 nodes holds hundreds of thousands of objects (a Discovery, a dict
+    and a list per node) for 100-300 ms: long enough for the collector to promote them
+    to its oldest generation, whose collections then walk them, 40-70 ms each, while
+    holding the GIL, so the event loop stood still that long, every few seconds
+    (bench/README.md, "Loop lag"). They are acyclic and freed by their reference counts
+    when the pass ends, so there is nothing for the collector to find; it runs again
+    at the next allocations after the pass. Process-wide, so left alone when someone
+    else paused it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _content(path: Path) -> bytes | None:

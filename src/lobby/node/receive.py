@@ -88,6 +88,7 @@ class Receiver:
         via = link.clock
         endpoint = link.relay  # None without RELAY=true
         admit = self.gate.admit if self._signing else None
+        now_ms = int(self.gate.wall() * 1000) if admit is not None else 0  # once a batch
         identity = self.identity
         me = identity.hostname
         heard: list[Packet] = []  # peers' "hi"s, applied together
@@ -100,11 +101,11 @@ class Receiver:
             except PacketError as exc:
                 self._invalid(exc)
                 continue
-            hostname = packet.hostname
-            message = packet.message
+            # one unpacking, not an attribute lookup per field (a Packet is a tuple)
+            hostname, _, message, wire, ts, sig, relayed_by = packet
             # -- gate
             if admit is not None:
-                reason = admit(message, hostname, packet.ts, packet.sig, packet.wire)
+                reason = admit(message, hostname, ts, sig, wire, now_ms)
                 if reason is not None:
                     self.rejected[reason] += 1
                     if reason != DUPLICATE:
@@ -114,7 +115,7 @@ class Receiver:
                         self.health.heard_self(link)  # our own, back through another way
                     continue
             # -- relay: keep this after every check a packet must pass (signatures)
-            if endpoint is not None and packet.relayed_by is None and hostname != me:
+            if endpoint is not None and relayed_by is None and hostname != me:
                 endpoint.forward("discovery", data)
             # -- registry
             if message == HI and hostname != me:

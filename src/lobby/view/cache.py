@@ -23,6 +23,7 @@ from lobby.core.answer import KEEP_MAX, Answer, Slices, encode_list, stream_list
 from lobby.view.registry import Registry, View
 
 V = TypeVar("V")
+Prepared = Callable[[], Answer | Slices | bytes]  # what builds (or finds) one query's answer
 
 ANSWERS_MAX: Final = 1024  # answers per store
 ANSWER_BYTES_MAX: Final = 32 * 1024 * 1024  # their bodies together
@@ -102,6 +103,20 @@ class Answers:
         self._timed: Store[Answer | Slices] = Store(registry, _size, timed=True, wall=wall)
         self._untimed: Store[Answer | Slices] = Store(registry, _size)
         self._bytes_per_node = BYTES_PER_NODE
+        # what a query string means, by its raw bytes: clients repeat theirs, so the
+        # parsing and normalising (and the filter) are made once per query, not per
+        # request; the answers themselves are kept by the normalised query
+        self.queries: dict[Hashable, Prepared] = {}
+
+    def query(self, raw: Hashable, prepare: Callable[[], Prepared]) -> Prepared:
+        """What `prepare()` made for the query `raw` (kept: at most ANSWERS_MAX)."""
+        prepared = self.queries.get(raw)
+        if prepared is None:
+            prepared = prepare()
+            if len(self.queries) >= ANSWERS_MAX:
+                self.queries.clear()
+            self.queries[raw] = prepared
+        return prepared
 
     def listing(
         self,
@@ -112,6 +127,9 @@ class Answers:
         """The discoveries `pick` keeps (every one when None), sorted by hostname, as
         the indented JSON list of GET /v1/discoveries. `labels`: `pick` keeps only
         nodes with one of these (a labels= filter): only those are looked at."""
+        kept = self._timed.get(("list", key))
+        if kept is not None:
+            return kept
 
         def build() -> Answer | Slices:
             registry = self.registry
@@ -129,7 +147,7 @@ class Answers:
                 return Slices(lambda: stream_list(registry.slices(hostnames, pick)))
             return Answer(encode_list(rows))
 
-        return self._answer(("list", key), build, timed=True)
+        return self._timed.put(("list", key), build())
 
     def all_json(self) -> bytes:
         """GET /v1/discoveries (also the callback's input)."""
@@ -144,7 +162,21 @@ class Answers:
         self, key: Hashable, build: Callable[[], bytes], *, timed: bool = True
     ) -> Answer | Slices:
         """As `cached`, as an `Answer` (whose gzip copy is then kept beside it)."""
-        return self._answer(key, lambda: Answer(build()), timed=timed)
+        store = self._timed if timed else self._untimed
+        answer = store.get(key)
+        if answer is None:
+            answer = store.put(key, Answer(build()))
+        return answer
+
+    def kept(self, key: Hashable, *, timed: bool = True) -> Answer | Slices | None:
+        """The answer kept under `key` while the index (and, when `timed`, the second)
+        has not moved, or None."""
+        return (self._timed if timed else self._untimed).get(key)
+
+    def keep(self, key: Hashable, answer: Answer, *, timed: bool = True) -> Answer:
+        """Keep `answer`, made for the index as it is now, under `key`."""
+        (self._timed if timed else self._untimed).put(key, answer)
+        return answer
 
     def _answer(
         self, key: Hashable, build: Callable[[], Answer | Slices], *, timed: bool

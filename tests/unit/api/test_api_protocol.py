@@ -147,10 +147,32 @@ async def test_big_lists_go_out_in_chunks(api: Api, registry: Registry, monkeypa
     for i in range(600):
         registry.update(Discovery(f"m{i:04d}.example", ("service:db",)))
     wire = Wire(api)
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    await asyncio.sleep(0)
+    seen: list[int] = []  # the counter's turns at each write
+    write = wire.transport.write
+
+    def watched(data: bytes | bytearray | memoryview) -> None:
+        seen.append(turns)
+        write(data)
+
+    wire.transport.write = watched  # type: ignore[method-assign]
     wire.send(get("/v1/discoveries") + get("/v1/discovery"))
     await asyncio.sleep(0.05)
+    counter.cancel()
     out = wire.take()
     assert b"transfer-encoding: chunked\r\n" in out
+    # head, 2 slices (600 nodes, 512 a slice), the brackets, the end: the loop ran
+    # between the slices (a client reading fast never pauses the writes)
+    assert len(seen) >= 4 and len(set(seen[1:4])) == 3, seen
     (_, _, body), (_, _, own) = answers(out)
     assert body == Answers(registry).all_json()
     assert own.startswith(b'{\n  "hostname": "me.example"')
@@ -269,3 +291,35 @@ async def test_access_log_lines_as_uvicorn_wrote_them(registry: Registry, caplog
     quiet = Api(Node(registry), "", ChangeFeed(registry))
     Wire(quiet).send(get("/v1/health"))
     assert len([r for r in caplog.records if r.name == "uvicorn.access"]) == 2  # off by default
+
+
+async def test_absolute_form_and_fragments_name_the_same_resource(api: Api) -> None:
+    def without_date(answer: tuple[bytes, dict[bytes, bytes], bytes]) -> tuple[Any, ...]:
+        line, headers, body = answer
+        return line, {k: v for k, v in headers.items() if k != b"date"}, body
+
+    wire = Wire(api)
+    wire.send(get("/v1/resolve?label=service:web"))
+    [plain] = answers(wire.take())
+    assert plain[0] == b"HTTP/1.1 200 OK" and b"n0.example" in plain[2]
+    for target in (
+        "http://x/v1/resolve?label=service:web",  # absolute-form, as a proxy sends it
+        "/v1/resolve?label=service:web#frag",
+        "/v1/%72esolve?label=service:web",  # a percent-encoded path
+    ):
+        wire.send(get(target))
+        assert [without_date(a) for a in answers(wire.take())] == [without_date(plain)], target
+    wire.send(get("/v1/resolve?label=nobody"))
+    assert answers(wire.take())[0][2] == b"[]\n"  # the query string is read, not dropped
+
+
+def test_the_date_header_is_the_imf_fixdate_of_rfc_9110() -> None:
+    import random
+    from email.utils import formatdate
+
+    from lobby.api.protocol import http_date
+
+    assert http_date(784111777) == b"Sun, 06 Nov 1994 08:49:37 GMT"  # RFC 9110's example
+    rng = random.Random(27)
+    for now in [0, 951782400, 1796628878, *(rng.randrange(0, 2**33) for _ in range(500))]:
+        assert http_date(now) == formatdate(now, usegmt=True).encode(), now

@@ -375,3 +375,69 @@ async def test_answers_are_counted_by_route_template(registry):
     ]
     # each a measured duration in seconds: more than nothing, far less than a second
     assert all(0 < seconds < 1 for seconds in metrics.seconds), metrics.seconds
+
+
+async def test_query_answers_are_kept_by_the_normalised_query(registry):
+    fill(registry, 40)
+    node = FakeNode(registry)
+    node.answers = Answers(registry, wall=lambda: 1000.0)  # lists show last_check: no tick
+    api = Api(node, "", ChangeFeed(registry))
+
+    def get(path: str, query: bytes, *headers: tuple[bytes, bytes]) -> Response:
+        answer = api.dispatch(Request("GET", path, query, list(headers)))
+        assert isinstance(answer, Response) and answer.status == 200
+        return answer
+
+    web = b"labels=service:web,location:dc1"
+    first = get("/v1/discoveries", web)
+    assert first.body == listing(registry, labels="service:web,location:dc1")
+    # another spelling of the same query: the same kept answer
+    assert get("/v1/discoveries", b"labels=location:dc1,,service:web,location:dc1") is first
+    assert get("/", web) is first  # GET / is the same list
+    assert get("/v1/discoveries", web) is first  # sent again as it was made
+    assert len(first.body) >= answer.GZIP_MIN
+    packed = get("/v1/discoveries", web, (b"accept-encoding", b"gzip"))
+    assert packed is not first and (b"content-encoding", b"gzip") in packed.headers
+    assert gzip.decompress(packed.body) == first.body
+    resolved = get("/v1/resolve", b"label=service:web")
+    assert get("/v1/resolve", b"label=service:web") is resolved
+    assert get("/v1/resolve", b"label=service:db").body != resolved.body
+    sd = get("/v1/prometheus/node", b"")
+    assert get("/v1/prometheus/node", b"") is sd
+    # a change: every kept answer is made again, with the new index
+    registry.update(Discovery("node-00001.example", ("location:dc1", "service:web", "x:y")))
+    for path, query, before in [
+        ("/v1/discoveries", web, first),
+        ("/v1/resolve", b"label=service:web", resolved),
+        ("/v1/prometheus/node", b"", sd),
+    ]:
+        after = get(path, query)
+        assert after is not before, path
+        assert dict(after.headers)[b"x-lobby-index"] == b"%d" % registry.index, path
+        assert (b"x-lobby-index", b"%d" % (registry.index - 1)) in before.headers, path
+    assert b'"x:y"' in get("/v1/discoveries", b"labels=x:y").body
+    members = sd.body.count(b"Targets")
+    assert get("/v1/prometheus/node", b"").body.count(b"Targets") == members - 1  # 00001 left
+
+
+async def test_a_big_list_is_gzipped_while_sent_then_kept(registry, monkeypatch):
+    monkeypatch.setattr("lobby.view.cache.KEEP_MAX", 4096)
+    fill(registry, 1200)  # 3 slices of 512
+    node = FakeNode(registry)
+    node.answers = Answers(registry, wall=lambda: 1000.0)  # one second: one Slices
+    api = Api(node, "", ChangeFeed(registry))
+    expected = pretty([d.to_dict() for d in registry.discoveries()])
+    ask = Request("GET", "/v1/discoveries", b"", [(b"accept-encoding", b"gzip")])
+    first = api.dispatch(ask)
+    assert isinstance(first, Response) and first.streamed  # made slice by slice
+    assert (b"content-encoding", b"gzip") in first.headers
+    pieces = list(first.body)  # type: ignore[arg-type]
+    assert len(pieces) >= 3  # one a slice (some empty: the compressor keeps its output)
+    assert gzip.decompress(b"".join(pieces)) == expected
+    again = api.dispatch(ask)  # the copy made meanwhile is kept: sent whole
+    assert isinstance(again, Response) and not again.streamed
+    assert again.body == b"".join(pieces)
+    assert dict(again.headers)[b"content-length"] == b"%d" % len(again.body)
+    plain = api.dispatch(Request("GET", "/v1/discoveries"))
+    assert isinstance(plain, Response) and plain.streamed
+    assert b"".join(plain.body) == expected  # type: ignore[arg-type]

@@ -194,6 +194,10 @@ def test_ts_must_be_within_ttl_of_our_clock():
     assert gate.admit(*signed("hi", "c", TS + 30_001)) == "stale"
     assert gate.admit(*signed("hi", "d", TS - 30_001)) == "stale"
 
+    # a caller that read the clock once for a batch: its reading, not the gate's
+    assert gate.admit(*signed("hi", "e", TS + 60_000), now_ms=TS + 40_000) is None
+    assert gate.admit(*signed("hi", "f", TS), now_ms=TS + 30_001) == "stale"
+
 
 def test_replays_and_duplicates():
     wall = Wall()

@@ -198,11 +198,11 @@ def test_prometheus_is_the_sd_answer(tmp_path):
     assert out == "a.example:9100;10.0.0.9:9200;"  # trim_blocks: endfor takes its newline
 
 
-def test_registry_view_is_what_the_api_shows(tmp_path):
+async def test_registry_view_is_what_the_api_shows(tmp_path):
     registry = Registry(30)
     for n in CLUSTER:
         registry.update(Discovery(n["hostname"], tuple(n["labels"])))
-    build = registry_view(registry, lambda: Discovery("me.example", ("x:y",)), 9300)()
+    build = await registry_view(registry, lambda: Discovery("me.example", ("x:y",)), 9300)()
     registry.update(Discovery("later.example", ()))  # after the snapshot: not in this view
     v = build()
     assert [n["hostname"] for n in v.nodes] == [n["hostname"] for n in CLUSTER]
@@ -567,3 +567,28 @@ def test_the_render_path_of_lobbyctl_imports_no_server_stack():
         "lobby.api",
     }
     assert {m for m in modules if m.split(".")[0] in heavy or m in heavy} == set()
+
+
+async def test_a_render_pass_runs_with_the_garbage_collector_paused(tmp_path):
+    import gc
+
+    seen: list[bool] = []
+
+    class Watched(Cluster):
+        def snapshot(self):
+            build = super().snapshot()
+            return lambda: (seen.append(gc.isenabled()), build())[1]
+
+    cluster = Watched(node("a.example"))
+    runner = make_runner(tmp_path, cluster, [("{{ nodes | length }}", "out", "")])
+    assert gc.isenabled()
+    await runner.render_all()
+    assert seen == [False]  # built (and rendered) with the collector paused
+    assert gc.isenabled()  # and on again after
+    assert (tmp_path / "out").read_text() == "1"
+    gc.disable()  # paused by someone else: left paused
+    try:
+        await runner.render_all()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

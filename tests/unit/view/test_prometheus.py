@@ -14,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lobby.api import Api
+from lobby.core.answer import Answer, Slices
 from lobby.core.model import Discovery, decode_envelope, pretty
+from lobby.view import prometheus
 from lobby.view.cache import Answers
-from lobby.view.prometheus import target, target_groups
+from lobby.view.prometheus import PrometheusSD, target, target_groups
 from lobby.view.registry import Registry
 
 SAMPLES = (
@@ -644,3 +646,110 @@ def test_rebuilds_from_kept_parts_equal_a_build_from_scratch(rounds):
             found: list[str] = []
             assert sd._assemble(name, found) == pretty(groups)
             assert found == expected
+
+
+# -- a big registry: built over several turns of the loop -------------------------------
+
+
+def big_registry(n: int) -> Registry:
+    registry = Registry(ttl=300)
+    for i in range(n):
+        labels = ["prometheus:node", f"location:dc{i % 3}"]
+        if i % 2:
+            labels.append(f"prometheus:node:host:10.0.{i // 256}.{i % 256}")
+        registry.update(node(f"n{i:05d}.example", *labels))
+    return registry
+
+
+@pytest.fixture
+def sliced(monkeypatch):
+    """Every registry of more than 10 nodes is big; a slice of 256 nodes per turn."""
+    monkeypatch.setattr(prometheus, "SLICED_FROM", 10)
+    monkeypatch.setattr(prometheus, "_BUDGET", 0.0)
+
+
+async def test_a_big_answer_is_built_over_several_turns_of_the_loop(sliced):
+    import asyncio
+
+    registry = big_registry(2000)
+    sd = PrometheusSD(Answers(registry), 9100)
+    pending = sd.get("node")
+    assert not isinstance(pending, Answer | Slices)  # a coroutine: not made at once
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    both = await asyncio.gather(pending, sd.get("node"))  # a second request waits for it
+    counter.cancel()
+    assert turns >= 2000 // 256  # the loop ran between the slices
+    want = pretty(groups(*registry.discoveries()))
+    assert both[0].body == want and both[1] is both[0]  # one build for both
+    assert sd.get("node") is both[0]  # kept: answered at once now
+
+
+async def test_a_change_during_a_big_build_is_in_its_answer(sliced):
+    import asyncio
+
+    registry = big_registry(2000)
+    sd = PrometheusSD(Answers(registry), 9100)
+    pending = asyncio.ensure_future(sd.get("node"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a slice or two made
+    registry.update(node("n00004.example", "prometheus:node:host:192.0.2.4"))
+    registry.remove("n00005.example")
+    answer = await pending
+    assert answer.body == pretty(groups(*registry.discoveries()))
+    assert b'"192.0.2.4:9100"' in answer.body and b"10.0.0.5:9100" not in answer.body
+    assert sd.get("node") is answer  # kept for the index it was made at
+
+
+async def test_a_small_registry_answers_at_once(monkeypatch):
+    registry = big_registry(prometheus.SLICED_FROM)
+    sd = PrometheusSD(Answers(registry), 9100)
+    answer = sd.get("node")
+    assert isinstance(answer, Answer) and answer.body == pretty(groups(*registry.discoveries()))
+
+
+async def test_the_route_waits_for_a_big_build(sliced):
+    from lobby.api.http import Request, Response
+    from lobby.view.feed import ChangeFeed
+
+    registry = big_registry(1000)
+    api = Api(FakeNode(registry), "", ChangeFeed(registry), node_exporter_port=9100)
+    pending = api.dispatch(Request("GET", "/v1/prometheus/node"))
+    assert not isinstance(pending, Response)  # a coroutine: the protocol runs it in a task
+    answer = await pending
+    assert (answer.status, answer.body) == (200, pretty(groups(*registry.discoveries())))
+    assert dict(answer.headers)[b"x-lobby-index"] == b"%d" % registry.index
+    kept = api.dispatch(Request("GET", "/v1/prometheus/node"))
+    assert isinstance(kept, Response) and kept.body == answer.body  # now at once
+
+
+async def test_a_client_that_goes_away_ends_its_wait_not_the_build(sliced):
+    import asyncio
+
+    from lobby.api.http import Request, Response
+    from lobby.view.feed import ChangeFeed
+
+    registry = big_registry(1000)
+    api = Api(FakeNode(registry), "", ChangeFeed(registry), node_exporter_port=9100)
+    never_started = api.dispatch(Request("GET", "/v1/prometheus/node"))
+    never_started.close()  # type: ignore[union-attr]  # gone before its task ran
+    gone = asyncio.ensure_future(api.dispatch(Request("GET", "/v1/prometheus/node")))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    for _ in range(200):  # the build goes on without anyone waiting, and is kept
+        kept = api.dispatch(Request("GET", "/v1/prometheus/node"))
+        if isinstance(kept, Response):
+            break
+        kept.close()  # type: ignore[union-attr]
+        await asyncio.sleep(0.001)
+    assert isinstance(kept, Response)
+    assert kept.body == pretty(groups(*registry.discoveries()))

@@ -413,6 +413,55 @@ def test_labelled_walks_live_nodes_like_discoveries(reg, clock):
     assert list(reg.labelled()) == [("a", ("x", "z"))]
 
 
+def test_labels_of_skips_nodes_gone_meanwhile(reg, clock):
+    reg.update(d("a", "x"))
+    reg.update(d("b", "y"))
+    names = reg.hostnames()
+    reg.remove("a")
+    assert list(reg.labels_of(names)) == [("b", ("y",))]
+
+
+async def test_snapshot_hands_the_loop_back_and_sees_changes(reg, clock):
+    import asyncio
+
+    for i in range(100):
+        reg.update(d(f"n{i:03d}", "x"))
+
+    def rows() -> list[tuple[str, tuple[str, ...], int]]:
+        return [(x.hostname, x.labels, x.last_check) for x in reg.discoveries()]
+
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.ensure_future(count())
+    whole = await reg.snapshot(step=10)
+    assert whole == rows()
+    assert turns >= 9  # the loop ran between the slices
+
+    async def change() -> None:
+        await asyncio.sleep(0)
+        reg.update(d("n000", "changed"))  # a slice already taken: made again
+        reg.remove("n099")
+
+    changed, _ = await asyncio.gather(reg.snapshot(step=10), change())
+    assert changed == rows()
+    assert changed[0][1] == ("changed",) and len(changed) == 99
+
+    async def churn() -> None:  # a change at every turn: after 3 tries, at once
+        for i in range(50):
+            reg.update(d("n001", f"turn:{i}"))
+            await asyncio.sleep(0)
+
+    moving, _ = await asyncio.gather(reg.snapshot(step=10, tries=3), churn())
+    counter.cancel()
+    assert len(moving) == 99 and moving[1][0] == "n001"
+
+
 # -- this node's own record, and the echo it expects (issue 24) ------------------------
 
 
@@ -549,3 +598,29 @@ def test_the_label_index_answers_as_a_scan_would(steps):
         for label in ("x", "y", "z"):
             assert reg.resolve(label) == scan(reg, {label})
         assert reg.carrying(["x", "z"]) == scan(reg, {"x", "z"})
+
+
+def test_hostnames_stay_sorted_through_joins_leaves_and_returns(reg, clock):
+    import random
+
+    rng = random.Random(7)
+    names = [f"n{i:03d}" for i in range(300)]
+    for name in rng.sample(names, 200):
+        reg.update(d(name, "x"))
+    kept = reg.hostnames()
+    assert kept == sorted(reg.records)
+    first = list(kept)
+    for _ in range(40):  # a few changes between reads: made from the previous list
+        for _ in range(rng.randint(1, 6)):
+            name = rng.choice(names)
+            if name in reg.records and rng.random() < 0.5:
+                reg.remove(name)
+            else:
+                reg.update(d(name, f"v{rng.random()}"))
+        listed = reg.hostnames()
+        assert listed == sorted(reg.records)
+        assert len(set(listed)) == len(listed)
+    assert kept == first and kept is not reg.hostnames()  # replaced, never changed in place
+    reg.remove("n000")
+    reg.update(d("n000", "back"))  # left and joined again between two reads: once
+    assert reg.hostnames().count("n000") == 1
