@@ -380,3 +380,25 @@ def test_a_stopped_listener_costs_a_retry_not_an_error(
         assert agent.stats()["queries"]["retries"] >= 1  # the group did pick the silent one
     finally:
         a.signal(signal.SIGCONT)
+
+
+def test_an_agent_reads_its_own_writes_through_a_listener(
+    spawn: Callable[..., Lobbyd], env: dict[str, str]
+):
+    """SPEC §5 on an agent: its "hi" leaves before the write is answered, and the next
+    query after it on the same connection, so any listener has applied it first."""
+    a = spawn("listener-a", env)
+    b = spawn("listener-b", env)
+    agent = spawn("agent-1", {**env, **AGENT})
+    wait_for(lambda: warm(a) and warm(b) and "agent-1" in hostnames(a), what="warm listeners")
+    stale = 0
+    with agent.client() as client:
+        for i in range(40):
+            label = f"round:{i}"
+            assert client.post("/v1/labels", content=label + "\n").status_code == 200
+            if client.get("/v1/resolve", params={"label": label}).json() != ["agent-1"]:
+                stale += 1
+            assert client.request("DELETE", "/v1/labels", content=label + "\n").status_code == 200
+            if client.get("/v1/resolve", params={"label": label}).json() != []:
+                stale += 1
+    assert stale == 0

@@ -157,6 +157,18 @@ class Announcer:
                     await self.publish(link, GOODBYE, goodbye)
                 await self.publish(link, HI, hi)
 
+    async def announce_now(self) -> None:
+        """Hand our "hi" to every live link now, before the caller goes on. An agent
+        (SPEC §20) calls it after a label write: the query it asks next leaves on the
+        same connection after it, so every listener applies the "hi" first (read your
+        own writes through a listener)."""
+        if not self.settings.announce or self.identity.leaving:
+            return
+        hi = self.envelope(HI, self.identity.own_discovery())
+        for link in self.links:
+            if link.driver.connected:
+                await self.publish(link, HI, hi)
+
     async def leave(self) -> None:
         """Say goodbye on every live link and give it up to 0.5 s to leave this node."""
         if not self.settings.announce:

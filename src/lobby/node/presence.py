@@ -305,9 +305,19 @@ class Presence:
 
     async def add_labels(self, labels: list[str]) -> None:
         await self.identity.add_labels(labels)
+        await self._written()
 
     async def delete_labels(self, labels: list[str]) -> None:
         await self.identity.delete_labels(labels)
+        await self._written()
+
+    async def _written(self) -> None:
+        """An agent reads the cluster through listeners: its "hi" goes out before the
+        write is answered, so that its next read finds it there (SPEC §5, §20). Without
+        this the announcer task, woken by the change, usually publishes first anyway;
+        here it is the order of one connection, not of the loop's scheduling."""
+        if not self.settings.listen:
+            await self.announcer.announce_now()
 
 
 class LoopLag:
