@@ -41,6 +41,7 @@ only: the others need no hellos and drop them).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
@@ -109,6 +110,28 @@ class Inbox(Protocol):
     def close(self) -> None:
         """No more messages wanted: later ones are dropped."""
         ...
+
+
+class QueueInbox:
+    """An `Inbox` every driver uses: the driver puts each reply message on `queue`, and
+    None when the broker says nobody takes queries; `close` runs `on_close` (the driver
+    forgets the inbox) and is idempotent as far as `on_close` is."""
+
+    __slots__ = ("_nobody", "_on_close", "queue")
+
+    def __init__(self, nobody: str, on_close: Callable[[], object] = lambda: None) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._nobody = nobody  # NoListener's message: how this broker said so
+        self._on_close = on_close
+
+    async def get(self) -> bytes:
+        data = await self.queue.get()
+        if data is None:
+            raise NoListener(self._nobody)
+        return data
+
+    def close(self) -> None:
+        self._on_close()
 
 
 class Querying(Protocol):

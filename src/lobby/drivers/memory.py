@@ -24,8 +24,8 @@ from lobby.drivers.base import (
     DriverError,
     LinkHandler,
     MessageHandler,
-    NoListener,
     QueryHandler,
+    QueueInbox,
     ToldHandler,
     Topic,
 )
@@ -61,20 +61,6 @@ class MemoryBroker:
         self.up = up
         for driver in list(self.drivers):
             driver.link(up)
-
-
-class _Inbox:
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-
-    async def get(self) -> bytes:
-        data = await self.queue.get()
-        if data is None:
-            raise NoListener("no listener takes queries")
-        return data
-
-    def close(self) -> None:
-        pass
 
 
 class MemoryDriver:
@@ -146,10 +132,10 @@ class MemoryDriver:
         if self in self.broker.serving:
             self.broker.serving.remove(self)
 
-    async def ask(self, data: bytes, to: str = "") -> _Inbox:
+    async def ask(self, data: bytes, to: str = "") -> QueueInbox:
         if not self.connected:
             raise DriverError("not connected")
-        inbox = _Inbox()
+        inbox = QueueInbox("no listener takes queries")
         serving = [d for d in self.broker.serving if d.connected and d._on_query is not None]
         if to:
             serving = [d for d in serving if d.name == to]

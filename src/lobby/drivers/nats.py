@@ -60,8 +60,8 @@ from lobby.drivers.base import (
     DriverError,
     LinkHandler,
     MessageHandler,
-    NoListener,
     QueryHandler,
+    QueueInbox,
     ToldHandler,
     Topic,
     deliverer,
@@ -86,25 +86,6 @@ QUEUE_GROUP = "lobby"  # listeners answer agents' queries in it: one each (SPEC 
 _NO_RESPONDERS = "503"  # the status NATS sends to a request's inbox that nobody takes
 
 
-class _Inbox:
-    """One query's reply messages (lobby.drivers.base.Inbox)."""
-
-    __slots__ = ("_close", "queue")
-
-    def __init__(self, close: Any) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._close = close
-
-    async def get(self) -> bytes:
-        data = await self.queue.get()
-        if data is None:
-            raise NoListener("no listener takes queries (NATS: no responders)")
-        return data
-
-    def close(self) -> None:
-        self._close()
-
-
 class NatsDriver:
     def __init__(
         self,
@@ -126,7 +107,7 @@ class NatsDriver:
         self._query_subs: list[Subscription] = []  # the queue group's, and by name
         self._inbox_for: Client | None = None  # the client our inbox is subscribed on
         self._inbox_prefix = f"_INBOX.{NUID().next().decode()}"
-        self._inboxes: dict[str, _Inbox] = {}
+        self._inboxes: dict[str, QueueInbox] = {}
         self._next_inbox = itertools.count(1)
         self._options = dict(options or {})
         self._tls = "tls" in self._options or any(s.startswith("tls://") for s in servers)
@@ -451,7 +432,7 @@ class NatsDriver:
         except Exception as exc:
             self._handler_failed(exc)
 
-    async def ask(self, data: bytes, to: str = "") -> _Inbox:
+    async def ask(self, data: bytes, to: str = "") -> QueueInbox:
         if not self.connected:
             raise DriverError("not connected to NATS")
         nc = self._nc
@@ -460,7 +441,10 @@ class NatsDriver:
                 await nc.subscribe(f"{self._inbox_prefix}.*", cb=self._replied)
                 self._inbox_for = nc
             token = str(next(self._next_inbox))
-            inbox = self._inboxes[token] = _Inbox(lambda: self._inboxes.pop(token, None))
+            inbox = self._inboxes[token] = QueueInbox(
+                "no listener takes queries (NATS: no responders)",
+                lambda: self._inboxes.pop(token, None),
+            )
             subject = f"{self.query_subject}.{to}" if to else self.query_subject
             await nc.publish(subject, data, reply=f"{self._inbox_prefix}.{token}")
         except Exception as exc:

@@ -94,8 +94,8 @@ from lobby.drivers.base import (
     Inbox,
     LinkHandler,
     MessageHandler,
-    NoListener,
     QueryHandler,
+    QueueInbox,
     Replier,
     ToldHandler,
     Topic,
@@ -195,25 +195,6 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _Inbox:
-    """One query's reply messages (lobby.drivers.base.Inbox)."""
-
-    __slots__ = ("_close", "queue")
-
-    def __init__(self, close: Callable[[], object]) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._close = close
-
-    async def get(self) -> bytes:
-        data = await self.queue.get()
-        if data is None:
-            raise NoListener("no listener takes queries (Redis: nobody subscribed)")
-        return data
-
-    def close(self) -> None:
-        self._close()
-
-
 class RedisDriver:
     def __init__(
         self,
@@ -255,7 +236,7 @@ class RedisDriver:
         self._at_connect: list[bytes] = [self.reply_channel]
         if listen:
             self._at_connect[:0] = [*self._topic_of, self.listeners_channel]
-        self._inboxes: dict[bytes, _Inbox] = {}  # token: the inbox of one ask
+        self._inboxes: dict[bytes, QueueInbox] = {}  # token: the inbox of one ask
         self._tokens = itertools.count(1)
         self._on_query: QueryHandler | None = None
         self._on_told: ToldHandler | None = None
@@ -807,7 +788,10 @@ class RedisDriver:
         if not self._up:
             raise DriverError("not connected to Redis")
         token = str(next(self._tokens)).encode()
-        inbox = self._inboxes[token] = _Inbox(lambda: self._inboxes.pop(token, None))
+        inbox = self._inboxes[token] = QueueInbox(
+            "no listener takes queries (Redis: nobody subscribed)",
+            lambda: self._inboxes.pop(token, None),
+        )
         message = b"%s %s\n%s" % (self.reply_channel, token, data)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):

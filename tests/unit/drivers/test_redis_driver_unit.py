@@ -9,7 +9,7 @@ import pytest
 from support import free_port, until
 
 from lobby.drivers.backoff import Backoff
-from lobby.drivers.base import DriverError
+from lobby.drivers.base import DriverError, QueueInbox
 from lobby.drivers.redis import RedisDriver, Silence
 
 
@@ -65,10 +65,8 @@ async def test_queries_are_framed_and_replies_routed_by_their_token() -> None:
     assert driver._inboxes == {}
 
 
-def driver_inbox(driver: RedisDriver, token: bytes):  # type: ignore[no-untyped-def]
-    from lobby.drivers.redis import _Inbox
-
-    return _Inbox(lambda: driver._inboxes.pop(token, None))
+def driver_inbox(driver: RedisDriver, token: bytes) -> QueueInbox:
+    return QueueInbox("nobody", lambda: driver._inboxes.pop(token, None))
 
 
 async def test_publish_before_start_raises_and_close_without_start_is_fine() -> None:
