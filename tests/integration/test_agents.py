@@ -22,6 +22,7 @@ import httpx
 import orjson
 import pytest
 from support import (
+    Broker,
     Lobbyd,
     NatsServer,
     Tap,
@@ -383,10 +384,12 @@ def test_a_stopped_listener_costs_a_retry_not_an_error(
 
 
 def test_an_agent_reads_its_own_writes_through_a_listener(
-    spawn: Callable[..., Lobbyd], env: dict[str, str]
+    spawn: Callable[..., Lobbyd], broker: Broker
 ):
-    """SPEC §5 on an agent: its "hi" leaves before the write is answered, and the next
-    query after it on the same connection, so any listener has applied it first."""
+    """SPEC §5 on an agent, on either broker: its "hi" leaves before the write is
+    answered, and its next query after it on the same connection, so any listener has
+    applied the "hi" first."""
+    env = broker.env(**FAST)
     a = spawn("listener-a", env)
     b = spawn("listener-b", env)
     agent = spawn("agent-1", {**env, **AGENT})

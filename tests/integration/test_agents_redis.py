@@ -305,25 +305,3 @@ def test_a_listener_that_stops_says_bye(spawn: Callable[..., Lobbyd], env: dict[
     for r, _ in ask_at_once(agent, 12):
         assert r.status_code == 200 and r.headers["x-lobby-listener"] == "listener-a"
     assert queries(agent)["retries"] == 0  # no silent try: nothing went to listener-b
-
-
-def test_an_agent_reads_its_own_writes_through_a_listener(
-    spawn: Callable[..., Lobbyd], env: dict[str, str]
-):
-    """SPEC §5 on an agent, over Redis: its "hi" and its next query leave on one
-    connection in that order, and every listener reads both from one subscription."""
-    a = spawn("listener-a", env)
-    b = spawn("listener-b", env)
-    agent = spawn("agent-1", {**env, **AGENT})
-    wait_for(lambda: warm(a) and warm(b) and "agent-1" in hostnames(a), what="warm listeners")
-    stale = 0
-    with agent.client() as client:
-        for i in range(40):
-            label = f"round:{i}"
-            assert client.post("/v1/labels", content=label + "\n").status_code == 200
-            if client.get("/v1/resolve", params={"label": label}).json() != ["agent-1"]:
-                stale += 1
-            assert client.request("DELETE", "/v1/labels", content=label + "\n").status_code == 200
-            if client.get("/v1/resolve", params={"label": label}).json() != []:
-                stale += 1
-    assert stale == 0
