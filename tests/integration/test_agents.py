@@ -150,7 +150,8 @@ def test_a_reply_over_512_kib_comes_in_chunks(
         envelope(f"peer-{i:05d}.example", [f"service:s{i}", "note:" + "x" * 600])
         for i in range(3000)
     ]
-    nats_publish(nats_server.url, channel, peers)
+    wait_for(lambda: listener.stats()["broker"]["connected"], what="the listener subscribed")
+    nats_publish(nats_server.url, channel, peers)  # once: only after it subscribed
     wait_for(lambda: listener.stats()["nodes"] >= 3002, timeout=30, what="3,000 peers")
     wait_for(lambda: warm(listener), what="warm listener")
     for _ in range(5):
@@ -319,6 +320,8 @@ def test_a_broker_restart_expires_nobody(
     env = {"NATS_URL": nats.url, "NATS_DISCOVERY_CHANNEL": channel, "KEEP_ALIVE": "1"}
     listener = spawn("listener-1", {**env, "TTL": "6", "CLEAN_EVERY": "1"})
     peers = [envelope(f"agent-{i:03d}.example", ["service:web"]) for i in range(30)]
+    # published once: only after the listener has subscribed
+    wait_for(lambda: listener.stats()["broker"]["connected"], what="the listener subscribed")
     nats_publish(nats.url, channel, peers)
     wait_for(lambda: listener.stats()["nodes"] == 31, what="30 agents heard")
     time.sleep(3.5)  # the agents' last keep-alive is 3.5 s old when the broker goes

@@ -174,7 +174,8 @@ def test_a_reply_over_512_kib_comes_in_chunks(
         envelope(f"peer-{i:05d}.example", [f"service:s{i}", "note:" + "x" * 600])
         for i in range(3000)
     ]
-    redis_publish(redis_server.port, channel, peers)
+    wait_for(lambda: listener.stats()["broker"]["connected"], what="the listener subscribed")
+    redis_publish(redis_server.port, channel, peers)  # once: only after it subscribed
     wait_for(lambda: listener.stats()["nodes"] >= 3002, timeout=30, what="3,000 peers")
     wait_for(lambda: warm(listener), what="warm listener")
     for _ in range(5):
